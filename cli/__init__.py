@@ -1,0 +1,1 @@
+"""The ``sdmark`` command line: a thin click layer over :mod:`sdmark.core`."""

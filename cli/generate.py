@@ -1,0 +1,80 @@
+"""``sdmark generate``: text to checked, marked images."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from sdmark.cli.main import cli
+from sdmark.cli.options import build_chain, chain_options, output_options, warn
+from sdmark.cli.report import Reporter
+from sdmark.core.errors import SdmarkError
+from sdmark.core.generate import GenerationSettings, generate
+from sdmark.core.output import OutputOptions
+from sdmark.core.pipeline import DEFAULT_MODEL, SCHEDULERS
+
+
+def _size(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        width, _, height = value.lower().partition("x")
+        return int(width), int(height or width)
+    except ValueError:
+        raise click.BadParameter(f"expected WIDTHxHEIGHT (e.g. 512x768), got {value!r}") from None
+
+
+def _read_prompts(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SdmarkError(f"cannot read prompts file {path}: {exc}") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise SdmarkError(f"prompts file {path} has no prompts (one per line; # starts a comment)")
+    return prompts
+
+
+@cli.command("generate")
+@click.argument("prompt", required=False)
+@click.option("--prompts-file", type=click.Path(dir_okay=False, path_type=Path), help="Read prompts from a file, one per line.")
+@click.option("-n", "--count", type=click.IntRange(min=1), default=1, show_default=True, help="Images per prompt.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), help="Base seed; image i uses seed+i. Random (and recorded) if omitted.")
+@click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True, help="Denoising steps.")
+@click.option("-g", "--guidance", type=float, default=7.5, show_default=True, help="Classifier-free guidance scale (CFG).")
+@click.option("--negative", "negative_prompt", help="Negative prompt.")
+@click.option("--size", help="WIDTHxHEIGHT, multiples of 8 (default: the model's native size).")
+@click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True, help="Hub id, local diffusers folder, or .safetensors file.")
+@click.option("--scheduler", type=click.Choice(list(SCHEDULERS)), help="Sampler (default: the model's own).")
+@click.option("--device", default="auto", show_default=True, help="cuda, cuda:1, mps, cpu or auto.")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
+              help="Weights precision; auto = fp16 on GPU, fp32 on CPU.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Images denoised together.")
+@click.option("--cpu-offload", is_flag=True, help="Keep models on the CPU and move each to the GPU when used (small GPUs).")
+@click.option("--vae-slicing", is_flag=True, help="Decode a batch one image at a time (less memory).")
+@click.option("--vae-tiling", is_flag=True, help="Decode large images in tiles (less memory).")
+@click.option("--attention-slicing", is_flag=True, help="Compute attention in slices (less memory, slower).")
+@chain_options(default="safety watermark")
+@output_options(default_dir="outputs")
+def generate_command(prompt, prompts_file, count, seed, steps, guidance, negative_prompt, size, model, scheduler, device,
+                     dtype, batch_size, cpu_offload, vae_slicing, vae_tiling, attention_slicing, chain_spec, no_safety,
+                     output_dir, fmt, quality, overwrite, as_json, progress) -> None:
+    """Generate images for PROMPT (or each line of --prompts-file), run the chain, write them."""
+    if (prompt is None) == (prompts_file is None):
+        raise click.UsageError("give a PROMPT or --prompts-file (one of them)")
+    prompts = [prompt] if prompt is not None else _read_prompts(prompts_file)
+    dims = _size(size)
+    settings = GenerationSettings(
+        prompts=prompts, negative_prompt=negative_prompt, count=count, seed=seed, steps=steps,
+        guidance_scale=guidance, width=dims[0] if dims else None, height=dims[1] if dims else None,
+        model=model, scheduler=scheduler, device=device, dtype=dtype, batch_size=batch_size,
+        cpu_offload=cpu_offload, vae_slicing=vae_slicing, vae_tiling=vae_tiling, attention_slicing=attention_slicing,
+    )
+    chain = build_chain(chain_spec, ensure_safety=True, no_safety=no_safety)
+    reporter = Reporter(as_json)
+    generate(settings, chain, OutputOptions(output_dir, fmt, quality, overwrite), safety="off" if no_safety else "on",
+             progress=progress, on_result=reporter, warn=warn)
+    sys.exit(reporter.finish(output_dir))
+

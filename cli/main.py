@@ -1,0 +1,119 @@
+"""The ``sdmark`` click group, error handling, and the introspection commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from sdmark import __version__
+from sdmark.core.errors import SdmarkError
+
+
+class SdmarkGroup(click.Group):
+    """Turns :class:`SdmarkError` into one line on stderr and its exit code (``SDMARK_DEBUG=1``
+    shows the traceback instead)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SdmarkError as exc:
+            if os.environ.get("SDMARK_DEBUG"):
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=SdmarkGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sdmark")
+def cli() -> None:
+    """Generate Stable Diffusion images that are safety-checked and provably marked, verify
+    marks, and run the same stages on existing images.
+
+    Set SDMARK_DEBUG=1 to see tracebacks, SDMARK_TRACE_PLUGINS=1 to trace plugin hooks.
+    """
+
+
+def _option_type(option: Any) -> str:
+    allowed = option.allowed()
+    return "|".join(allowed) if allowed else option.type.__name__
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per stage.")
+def stages(as_json: bool) -> None:
+    """List the installed stages with their phases and options."""
+    from sdmark.core.stages import stage_registry
+
+    registry = stage_registry()
+    for stage in registry:
+        options = [
+            {"name": o.name, "type": o.type.__name__, "default": o.default if not hasattr(o.default, "__fspath__") else str(o.default),
+             "choices": list(o.allowed() or []) or None, "help": o.help}
+            for o in stage.options
+        ]
+        if as_json:
+            click.echo(json.dumps({"name": stage.name, "description": stage.description, "phases": list(stage.phases),
+                                   "plugin": registry.owner(stage.name), "options": options}))
+            continue
+        click.echo(f"{stage.name}  ({', '.join(stage.phases)})  from {registry.owner(stage.name)}")
+        if stage.description:
+            click.echo(f"    {stage.description}")
+        for option, data in zip(stage.options, options):
+            click.echo(f"    {option.name}={data['default']!s:<12} {_option_type(option):<24} {option.help}")
+    if not as_json and not registry.names():
+        click.echo("no stages installed (check SDMARK_LOAD_PLUGINS / SDMARK_DISABLE_PLUGINS)")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per plugin.")
+def plugins(as_json: bool) -> None:
+    """List the loaded plugins and the hooks each implements."""
+    from sdmark.core.plugins import plugin_summary
+
+    for plugin in plugin_summary():
+        if as_json:
+            click.echo(json.dumps(plugin))
+        else:
+            origin = f"{plugin['distribution']} {plugin['version'] or ''}".strip() if plugin["distribution"] else plugin["module"]
+            click.echo(f"{plugin['name']}  ({origin})")
+            for hook in plugin["hooks"]:
+                click.echo(f"    {hook}")
+
+
+def _register_commands() -> None:
+    from sdmark.cli import generate, process  # noqa: F401  (they attach themselves to `cli`)
+    from sdmark.core.plugins import load_plugins, pm
+
+    load_plugins()
+    pm.hook.sdmark_register_commands(cli=cli)
+
+
+_commands_registered = False
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    global _commands_registered
+    try:
+        if not _commands_registered:
+            _register_commands()
+            _commands_registered = True
+    except SdmarkError as exc:
+        if os.environ.get("SDMARK_DEBUG"):
+            raise
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    cli.main(args=argv, prog_name="sdmark")
+
+
+def get_cli() -> click.Group:
+    """The click group with every plugin command attached (what tests drive with CliRunner)."""
+    global _commands_registered
+    if not _commands_registered:
+        _register_commands()
+        _commands_registered = True
+    return cli

@@ -1,0 +1,41 @@
+"""The sdmark core: plugin manager, hooks, stages and chains, the generation runner, image I/O.
+
+Library users import from here::
+
+    from sdmark.core import Chain, GenerationSettings, generate, process_images
+"""
+
+from sdmark.core.errors import (
+    ChainError,
+    ImageReadError,
+    ImageWriteError,
+    ModelLoadError,
+    PluginError,
+    SdmarkError,
+    StageError,
+)
+from sdmark.core.plugins import hookimpl, load_plugins, pm
+from sdmark.core.records import ProvenanceRecord
+from sdmark.core.chain import Chain, parse_chain
+from sdmark.core.stages import DenoiseBatch, ImageItem, Option, RunContext, Stage
+
+__all__ = [
+    "Chain",
+    "ChainError",
+    "DenoiseBatch",
+    "ImageItem",
+    "ImageReadError",
+    "ImageWriteError",
+    "ModelLoadError",
+    "Option",
+    "PluginError",
+    "ProvenanceRecord",
+    "RunContext",
+    "SdmarkError",
+    "Stage",
+    "StageError",
+    "hookimpl",
+    "load_plugins",
+    "parse_chain",
+    "pm",
+]

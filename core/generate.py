@@ -1,0 +1,185 @@
+"""The generation runner: prompt in, checked and marked images out.
+
+Per batch: draw the initial latents from the seeds, run the chain's ``before_denoise`` phases and
+the ``sdmark_before_denoise`` hook, denoise (``sdmark_on_step_end`` after each step), run the
+``after_denoise`` phases and hook, decode with the VAE, call ``sdmark_after_decode``, then run the
+chain's ``process`` phases and write each image.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+from sdmark.core.chain import Chain
+from sdmark.core.errors import ChainError, SdmarkError
+from sdmark.core.output import ItemResult, OutputOptions, Writer, finish_batch
+from sdmark.core.pipeline import DEFAULT_MODEL, decode, default_size, initial_latents, load_pipeline, sampler_name
+from sdmark.core.plugins import load_plugins, pm
+from sdmark.core.records import ProvenanceRecord
+from sdmark.core.stages import DenoiseBatch, ImageItem, RunContext
+
+SafetyMode = Literal["on", "off"]
+
+
+@dataclass
+class GenerationSettings:
+    """Everything that determines the generated pixels (and the loader options that do not).
+
+    Image ``i`` of the run (counting over prompts, then copies) uses seed ``seed + i``, so any
+    single image can be reproduced alone. ``seed=None`` picks a random base seed (recorded).
+    """
+
+    prompts: list[str]
+    negative_prompt: str | None = None
+    count: int = 1
+    seed: int | None = None
+    steps: int = 30
+    guidance_scale: float = 7.5
+    width: int | None = None
+    height: int | None = None
+    model: str = DEFAULT_MODEL
+    scheduler: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    batch_size: int = 1
+    cpu_offload: bool = False
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    attention_slicing: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        if not self.prompts or any(not isinstance(p, str) for p in self.prompts):
+            raise SdmarkError("give at least one prompt")
+        for name, value in (("count", self.count), ("steps", self.steps), ("batch size", self.batch_size)):
+            if value < 1:
+                raise SdmarkError(f"{name} must be at least 1; got {value}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise SdmarkError(f"seed must be between 0 and 2**63-1; got {self.seed}")
+
+
+def _jobs(settings: GenerationSettings) -> list[tuple[int, str, int]]:
+    assert settings.seed is not None
+    jobs = []
+    for prompt in settings.prompts:
+        for _ in range(settings.count):
+            index = len(jobs)
+            jobs.append((index, prompt, settings.seed + index))
+    return jobs
+
+
+def generate(
+    settings: GenerationSettings,
+    chain: Chain | None = None,
+    output: OutputOptions | None = None,
+    *,
+    safety: SafetyMode = "on",
+    pipeline: Any = None,
+    progress: bool | None = None,
+    on_result: Callable[[ItemResult], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> list[ItemResult]:
+    """Generate images for ``settings`` through ``chain``; write them to ``output`` if given.
+
+    ``safety="on"`` requires a safety-checking stage in the chain (sdmark fails closed);
+    ``safety="off"`` is the explicit opt-out, recorded in every image's provenance. Pass an already
+    loaded ``pipeline`` to reuse it across calls. Returns one :class:`ItemResult` per image.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    load_plugins()
+    settings.check()
+    chain = chain or Chain([])
+    warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
+    for message in chain.validate("generate"):
+        warn(message)
+    has_safety = any(getattr(stage, "checks_safety", False) for stage in chain.stages)
+    if safety == "on" and not has_safety:
+        raise ChainError("the chain has no safety stage: add 'safety' to it, or turn safety off explicitly (--no-safety)")
+    if safety == "off":
+        if has_safety:
+            raise ChainError("safety is turned off but the chain has a safety stage; remove one or the other")
+        warn("safety checking is OFF: images are written unchecked (recorded in their metadata)")
+    if settings.seed is None:
+        settings.seed = random.SystemRandom().randrange(2**32)
+
+    pipe = pipeline or load_pipeline(
+        settings.model, settings.device, settings.dtype, scheduler=settings.scheduler,
+        cpu_offload=settings.cpu_offload, vae_slicing=settings.vae_slicing,
+        vae_tiling=settings.vae_tiling, attention_slicing=settings.attention_slicing,
+    )
+    size = default_size(pipe)
+    height, width = settings.height or size, settings.width or size
+    context = RunContext(mode="generate", device=str(pipe._execution_device), settings=settings,
+                         pipeline=pipe, model=settings.model, warn=warn)
+    chain.setup(context)
+    writer = Writer(output, context) if output is not None else None
+    sampler = sampler_name(pipe, settings.scheduler)
+    jobs = _jobs(settings)
+    results: list[ItemResult] = []
+    # disable=None: a bar on a terminal, silence in logs and pipes (tqdm writes to stderr).
+    bar = tqdm(total=len(jobs) * settings.steps, unit="step", desc="generating", disable=None if progress is None else not progress)
+    try:
+        for start in range(0, len(jobs), settings.batch_size):
+            batch_jobs = jobs[start : start + settings.batch_size]
+            records = [
+                ProvenanceRecord(
+                    kind="generated",
+                    safety="disabled" if safety == "off" else "not-run",
+                    generation={
+                        "prompt": prompt, "negative_prompt": settings.negative_prompt, "seed": seed,
+                        "steps": settings.steps, "guidance_scale": settings.guidance_scale,
+                        "sampler": sampler, "width": width, "height": height, "model": settings.model,
+                        "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+                    },
+                )
+                for _, prompt, seed in batch_jobs
+            ]
+            images = _denoise_and_decode(pipe, chain, context, settings, batch_jobs, records, height, width, bar, torch)
+            items = [
+                ImageItem(image=image, record=record, name=f"{index:05d}-{seed}", index=index, seed=seed, prompt=prompt)
+                for image, record, (index, prompt, seed) in zip(images, records, batch_jobs)
+            ]
+            pm.hook.sdmark_after_decode(items=items, context=context)
+            results += finish_batch(items, chain, context, writer, on_result)
+    finally:
+        bar.close()
+    return results
+
+
+def _denoise_and_decode(pipe, chain, context, settings, jobs, records, height, width, bar, torch) -> list:
+    seeds = [seed for _, _, seed in jobs]
+    prompts = [prompt for _, prompt, _ in jobs]
+    latents, generators = initial_latents(pipe, seeds, height, width)
+    batch = DenoiseBatch(latents=latents, seeds=seeds, prompts=prompts)
+    with torch.inference_mode():
+        chain.run_latent_phase("before_denoise", batch, context, records)
+        pm.hook.sdmark_before_denoise(batch=batch, context=context)
+
+    def on_step_end(_pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        batch.latents, batch.step = tensors["latents"], step
+        pm.hook.sdmark_on_step_end(batch=batch, step=step, timestep=timestep, context=context)
+        bar.update(len(seeds))
+        return {"latents": batch.latents}
+
+    with torch.inference_mode():
+        batch.latents = pipe(
+            prompt=prompts,
+            negative_prompt=[settings.negative_prompt] * len(prompts) if settings.negative_prompt else None,
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance_scale,
+            height=height,
+            width=width,
+            generator=generators,
+            latents=batch.latents,
+            output_type="latent",
+            callback_on_step_end=on_step_end,
+            callback_on_step_end_tensor_inputs=["latents"],
+        ).images
+        chain.run_latent_phase("after_denoise", batch, context, records)
+        pm.hook.sdmark_after_denoise(batch=batch, context=context)
+        return decode(pipe, batch.latents)

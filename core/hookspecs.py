@@ -1,0 +1,165 @@
+"""Every hook a plugin can implement, grouped by when it runs.
+
+Hooks are always called with keyword arguments. A plugin implements any subset of them with the
+:data:`sdmark.core.hookimpl` marker on functions named exactly like the specifications below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+    from diffusers import DiffusionPipeline
+
+    from sdmark.core.stages import DenoiseBatch, ImageItem, RunContext, Stage
+
+hookspec = pluggy.HookspecMarker("sdmark")
+
+
+# -- registration: run once, when the plugin manager first needs what they provide ---------------
+
+
+@hookspec
+def sdmark_register_stages(register: Callable[[type[Stage]], None]) -> None:
+    """Contribute stages that users can put in a chain.
+
+    Runs once, the first time the stage registry is built.
+
+    :param register: call ``register(StageClass)`` for each :class:`~sdmark.core.stages.Stage`
+        subclass the plugin provides. Registering a name that is already taken is an error that
+        names both plugins.
+    """
+
+
+@hookspec
+def sdmark_register_commands(cli: click.Group) -> None:
+    """Add subcommands to the ``sdmark`` command line.
+
+    Runs once, when the CLI starts.
+
+    :param cli: the top-level click group; use ``@cli.command()`` to add commands to it.
+    """
+
+
+@hookspec
+def sdmark_register_watermark_schemes(register: Callable[[Any], None]) -> None:
+    """Contribute watermark schemes that ``sdmark verify`` checks for.
+
+    Runs once, the first time the scheme registry is built.
+
+    :param register: call ``register(scheme)`` with an object implementing the watermark plugin's
+        ``Scheme`` protocol (a name, the decoder it needs and a verdict from decoded bits).
+    """
+
+
+@hookspec
+def sdmark_register_safety_backends(register: Callable[[Any], None]) -> None:
+    """Contribute NSFW-checker backends that the ``safety`` stage can use (``safety:backend=NAME``).
+
+    Runs once, the first time the backend registry is built.
+
+    :param register: call ``register(BackendClass)`` with a class implementing the safety plugin's
+        ``SafetyBackend`` protocol.
+    """
+
+
+# -- model loading: one plugin provides it ------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def sdmark_load_pipeline(model: str, device: str, dtype: Any, options: dict[str, Any]) -> DiffusionPipeline | None:
+    """Load the diffusers text-to-image pipeline for ``model``.
+
+    The built-in implementation (``from_pretrained`` on a hub id or a local folder) is marked
+    ``trylast``, so a plugin that returns a pipeline replaces it; return ``None`` to pass.
+
+    :param model: hub id, local folder or single-file checkpoint the user asked for.
+    :param device: torch device name the pipeline will run on (``cuda``, ``cpu``, ...).
+    :param dtype: ``torch.dtype`` for the weights.
+    :param options: loader options (``scheduler``, ``cpu_offload``, ``vae_slicing``, ...).
+    :return: a loaded pipeline, or ``None`` to let the next implementation try.
+    """
+
+
+# -- generation events, in the order they happen -------------------------------------------------
+
+
+@hookspec
+def sdmark_before_denoise(batch: DenoiseBatch, context: RunContext) -> None:
+    """Runs once per batch after the chain's ``before_denoise`` phases, before the first step.
+
+    :param batch: ``batch.latents`` holds the initial latents as unscaled N(0, 1) noise, shape
+        ``(n, C, H/8, W/8)``; ``batch.seeds`` and ``batch.prompts`` say what each row is for.
+    :param context: the run: settings, pipeline, device.
+
+    May change: ``batch.latents`` (assign a tensor of the same shape, or edit it in place). The
+    pipeline scales it by the scheduler's ``init_noise_sigma`` afterwards.
+    """
+
+
+@hookspec
+def sdmark_on_step_end(batch: DenoiseBatch, step: int, timestep: Any, context: RunContext) -> None:
+    """Runs after every denoising step (bridged from diffusers' ``callback_on_step_end``).
+
+    :param batch: ``batch.latents`` holds the latents after this step.
+    :param step: zero-based index of the step that just finished.
+    :param timestep: the scheduler's timestep for that step.
+    :param context: the run.
+
+    May change: ``batch.latents``; the next step continues from whatever is there.
+    """
+
+
+@hookspec
+def sdmark_after_denoise(batch: DenoiseBatch, context: RunContext) -> None:
+    """Runs once per batch after the chain's ``after_denoise`` phases, before the VAE decode.
+
+    :param batch: ``batch.latents`` holds the final latents (what the VAE will decode).
+    :param context: the run.
+
+    May change: ``batch.latents`` (its spatial size too: the decoded image follows it).
+    """
+
+
+@hookspec
+def sdmark_after_decode(items: list[ImageItem], context: RunContext) -> None:
+    """Runs once per batch on the decoded images, before the chain's ``process`` phases.
+
+    :param items: one :class:`~sdmark.core.stages.ImageItem` per image, with ``item.image`` (PIL,
+        RGB) and ``item.record`` (its provenance record).
+    :param context: the run.
+
+    May change: ``item.image`` and ``item.record`` of each item.
+    """
+
+
+@hookspec
+def sdmark_before_save(item: ImageItem, path: Path, context: RunContext) -> None:
+    """Runs for each image that passed the chain, just before it is encoded and written.
+
+    Runs in ``generate`` and ``process`` alike.
+
+    :param item: the image, its record and ``item.text`` (text metadata that will be written).
+    :param path: where the file will end up.
+    :param context: the run.
+
+    May change: ``item.text`` and ``item.record``. Changing pixels here bypasses the chain's
+    ordering rules (a watermark may be lost): use a stage for that.
+    """
+
+
+@hookspec
+def sdmark_finalize_output(path: Path, item: ImageItem, context: RunContext) -> None:
+    """Runs after an image and its metadata are written to a temporary file, before the file is
+    moved atomically to its final name. This is the last write (e.g. a signature).
+
+    :param path: the temporary file, in the output folder, with the final file's extension.
+    :param item: the image that was written.
+    :param context: the run.
+
+    May change: the file at ``path`` (rewrite it in place); it must remain a valid image file.
+    """

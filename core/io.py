@@ -1,0 +1,240 @@
+"""Reading images safely and writing them atomically.
+
+Reading normalises what users throw at us (palette, greyscale, 16-bit, CMYK, EXIF rotation, ICC
+profiles) to 8-bit RGB or RGBA, and turns every way a file can be bad into an
+:class:`ImageReadError` that names the file. Writing never overwrites an input, never leaves a
+half-written file, and refuses to clobber an existing output unless asked to.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from sdmark.core.errors import ImageReadError, ImageWriteError
+from sdmark.core.metadata import read_metadata
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
+OUTPUT_FORMATS = {"png": ("PNG", ".png"), "jpeg": ("JPEG", ".jpg"), "jpg": ("JPEG", ".jpg"), "webp": ("WEBP", ".webp")}
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def max_pixels() -> int:
+    """The largest image we decode (``SDMARK_MAX_PIXELS``, default 100 MP): a guard against bombs."""
+    try:
+        return int(os.environ.get("SDMARK_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+    except ValueError:
+        return DEFAULT_MAX_PIXELS
+
+
+@dataclass
+class LoadedImage:
+    """An input image normalised to 8-bit RGB/RGBA, with what its file carried."""
+
+    path: Path
+    image: Image.Image
+    format: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def read_image(path: Path | str) -> LoadedImage:
+    """Open, fully decode and normalise one image; raise :class:`ImageReadError` naming the file."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if path.is_dir():
+        raise ImageReadError(f"{path}: is a directory")
+    if size == 0:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
+    limit = max_pixels()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                width, height = opened.size
+                if width * height > limit:
+                    raise ImageReadError(
+                        f"{path}: {width}x{height} is {width * height / 1e6:.0f} MP, over the "
+                        f"{limit / 1e6:.0f} MP limit (possible decompression bomb; raise SDMARK_MAX_PIXELS to allow it)"
+                    )
+                fmt = opened.format or "unknown"
+                notes = []
+                if getattr(opened, "n_frames", 1) > 1:
+                    notes.append(f"{opened.n_frames} frames: only the first is used")
+                opened.load()
+                metadata = read_metadata(opened)
+                image = _normalise(opened)
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageReadError(f"{path}: refused as a possible decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        reason = str(exc) or type(exc).__name__
+        if "truncated" in reason:
+            reason = f"truncated or corrupt ({reason})"
+        raise ImageReadError(f"{path}: cannot decode: {reason}") from None
+    return LoadedImage(path=path, image=image, format=fmt, metadata=metadata, notes=notes)
+
+
+def _normalise(image: Image.Image) -> Image.Image:
+    """EXIF orientation applied, colour converted to sRGB, 8-bit RGB or RGBA out."""
+    icc = image.info.get("icc_profile")
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # Pillow's own I;16 -> L conversion clips at 255 instead of scaling.
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
+        image = Image.fromarray(np.clip(np.rint(array * (255.0 / peak)), 0, 255).astype(np.uint8), "L")
+        mode = "L"
+    elif mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if array.max(initial=0) <= 1.0 else 1.0
+        image = Image.fromarray(np.clip(np.rint(array * scale), 0, 255).astype(np.uint8), "L")
+        mode = "L"
+    if icc and mode in ("RGB", "RGBA", "CMYK"):
+        image = _to_srgb(image, icc)
+        mode = image.mode
+    if mode == "P":
+        return image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if mode in ("LA", "PA", "RGBa", "La"):
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode == "RGBA":
+        alpha = image.getchannel("A")
+        return image.convert("RGB") if alpha.getextrema() == (255, 255) else image
+    if mode != "RGB":
+        return image.convert("RGB")
+    return image
+
+
+def _to_srgb(image: Image.Image, icc: bytes) -> Image.Image:
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    except (OSError, ImageCms.PyCMSError):
+        return image.convert("RGB") if image.mode == "CMYK" else image
+    description = (ImageCms.getProfileDescription(source) or "").lower()
+    if "srgb" in description and image.mode != "CMYK":
+        return image
+    alpha = image.getchannel("A") if image.mode == "RGBA" else None
+    base = image.convert("RGB") if image.mode == "RGBA" else image
+    try:
+        converted = ImageCms.profileToProfile(base, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    except ImageCms.PyCMSError:
+        converted = base.convert("RGB")
+    if alpha is not None:
+        converted.putalpha(alpha)
+    return converted
+
+
+@dataclass(frozen=True)
+class InputEntry:
+    """One input found on the command line: a file to read, or an error to report."""
+
+    path: Path
+    error: str | None = None
+    relative: Path | None = None
+
+
+def iter_inputs(paths: Iterable[Path | str], recursive: bool = True) -> Iterator[InputEntry]:
+    """Expand files and folders into image files, in a stable order; unreadable entries are reported.
+
+    Files named explicitly are always tried (so a non-image gets a clear error); inside folders
+    only files with an image extension are taken. ``relative`` keeps the folder structure for output.
+    """
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            yield InputEntry(path, error=f"{path}: no such file or directory")
+        elif path.is_dir():
+            errors: list[OSError] = []
+            found = []
+            for root, dirs, files in os.walk(path, onerror=errors.append):
+                dirs.sort()
+                if not recursive:
+                    dirs.clear()
+                for name in sorted(files):
+                    if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
+                        found.append(Path(root) / name)
+            for error in errors:
+                yield InputEntry(Path(error.filename or path), error=f"{error.filename}: cannot list ({error.strerror})")
+            for file in found:
+                yield InputEntry(file, relative=file.relative_to(path))
+        else:
+            yield InputEntry(path, relative=Path(path.name))
+
+
+def output_format(name: str) -> tuple[str, str]:
+    """Pillow format name and file suffix for ``png``, ``jpeg``/``jpg`` or ``webp``."""
+    try:
+        return OUTPUT_FORMATS[name.lower()]
+    except KeyError:
+        raise ImageWriteError(f"unknown output format {name!r}; choose png, jpeg or webp") from None
+
+
+def write_atomic(
+    path: Path,
+    encode: Callable[[Path], None],
+    *,
+    overwrite: bool = False,
+    protected: Iterable[Path] = (),
+    finalize: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write a file through ``encode(tmp_path)`` then move it into place in one step.
+
+    ``protected`` are input files: never replaced, whatever ``overwrite`` says. Without
+    ``overwrite`` an existing ``path`` is an error, checked again at the final link so a file that
+    appears meanwhile is not clobbered. ``finalize(tmp_path)`` is the last write (e.g. signing).
+    """
+    path = Path(path)
+    target = path.resolve()
+    for item in protected:
+        try:
+            if Path(item).resolve() == target or (target.exists() and os.path.samefile(item, target)):
+                raise ImageWriteError(f"{path}: refusing to overwrite an input file; choose another output folder")
+        except OSError:
+            continue
+    if path.exists() and not overwrite:
+        raise ImageWriteError(f"{path}: already exists (pass --overwrite to replace it)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ImageWriteError(f"{path.parent}: cannot create folder ({exc.strerror or exc})") from None
+    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    try:
+        encode(tmp)
+        if finalize is not None:
+            finalize(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise ImageWriteError(f"{path}: already exists (pass --overwrite to replace it)") from None
+            except OSError:  # filesystems without hard links
+                if path.exists():
+                    raise ImageWriteError(f"{path}: already exists (pass --overwrite to replace it)") from None
+                os.replace(tmp, path)
+    except ImageWriteError:
+        raise
+    except OSError as exc:
+        raise ImageWriteError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

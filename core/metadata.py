@@ -1,0 +1,220 @@
+"""Image metadata: A1111-style ``parameters`` text, our JSON record, and an XMP packet.
+
+Where each piece goes, by format:
+
+========  =============================  ===========================  ==========================
+format    ``parameters`` (A1111)         sdmark JSON record           XMP packet
+========  =============================  ===========================  ==========================
+PNG       ``tEXt``/``iTXt`` parameters    ``iTXt`` sdmark + in XMP     ``iTXt`` XML:com.adobe.xmp
+JPEG      EXIF UserComment (UNICODE)     in XMP (``sdmark:record``)   APP1 XMP
+WebP      EXIF UserComment (UNICODE)     in XMP (``sdmark:record``)   XMP chunk
+========  =============================  ===========================  ==========================
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+from PIL import Image, PngImagePlugin
+
+from sdmark.core.records import ProvenanceRecord
+
+DIGITAL_SOURCE_TYPE_BASE = "http://cv.iptc.org/newscodes/digitalsourcetype/"
+TRAINED_ALGORITHMIC_MEDIA = DIGITAL_SOURCE_TYPE_BASE + "trainedAlgorithmicMedia"
+SDMARK_NS = "https://sdmark.dev/ns/1.0/"
+_NS = {
+    "x": "adobe:ns:meta/",
+    "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+    "Iptc4xmpExt": "http://iptc.org/std/Iptc4xmpExt/2008-02-29/",
+    "xmp": "http://ns.adobe.com/xap/1.0/",
+    "sdmark": SDMARK_NS,
+}
+_EXIF_IFD = 0x8769
+_USER_COMMENT = 0x9286
+_UNICODE_PREFIX = b"UNICODE\x00"
+_ASCII_PREFIX = b"ASCII\x00\x00\x00"
+PNG_XMP_KEY = "XML:com.adobe.xmp"
+PNG_RECORD_KEY = "sdmark"
+
+
+def a1111_parameters(generation: dict[str, Any], software: str) -> str:
+    """The ``parameters`` text that AUTOMATIC1111, ComfyUI readers and civitai parse."""
+    lines = [generation.get("prompt", "")]
+    if generation.get("negative_prompt"):
+        lines.append(f"Negative prompt: {generation['negative_prompt']}")
+    fields = {
+        "Steps": generation.get("steps"),
+        "Sampler": generation.get("sampler"),
+        "CFG scale": generation.get("guidance_scale"),
+        "Seed": generation.get("seed"),
+        "Size": f"{generation.get('width')}x{generation.get('height')}",
+        "Model": generation.get("model"),
+        "Version": software,
+    }
+    lines.append(", ".join(f"{key}: {_a1111_value(value)}" for key, value in fields.items() if value is not None))
+    return "\n".join(lines)
+
+
+def _a1111_value(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    # A1111 quotes values that contain its separators.
+    return json.dumps(text) if any(ch in text for ch in ",:\n") else text
+
+
+def build_xmp(record: ProvenanceRecord, digital_source_type: str | None) -> str:
+    """An XMP packet with the IPTC digital source type (when known) and our JSON record."""
+    props = [f"xmp:CreatorTool={quoteattr(record.software)}"]
+    if digital_source_type:
+        props.append(f"Iptc4xmpExt:DigitalSourceType={quoteattr(digital_source_type)}")
+    namespaces = " ".join(f'xmlns:{prefix}="{uri}"' for prefix, uri in _NS.items() if prefix not in ("x", "rdf"))
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/">\n'
+        ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
+        f'  <rdf:Description rdf:about="" {namespaces}\n   ' + "\n   ".join(props) + ">\n"
+        f"   <sdmark:record>{escape(record.to_json())}</sdmark:record>\n"
+        "  </rdf:Description>\n"
+        " </rdf:RDF>\n"
+        "</x:xmpmeta>\n"
+        '<?xpacket end="w"?>'
+    )
+
+
+def parse_xmp(packet: str | bytes | None) -> dict[str, Any]:
+    """Read the digital source type, creator tool and our record (if any) from an XMP packet."""
+    result: dict[str, Any] = {"digital_source_type": None, "creator_tool": None, "record": None}
+    if not packet:
+        return result
+    if isinstance(packet, bytes):
+        packet = packet.decode("utf-8", errors="replace")
+    start = packet.find("<x:xmpmeta")
+    end = packet.rfind("</x:xmpmeta>")
+    if start < 0 or end < 0:
+        return result
+    try:
+        root = ET.fromstring(packet[start : end + len("</x:xmpmeta>")])
+    except ET.ParseError:
+        return result
+    for desc in root.iter(f"{{{_NS['rdf']}}}Description"):
+        for key, prefix, local in (
+            ("digital_source_type", "Iptc4xmpExt", "DigitalSourceType"),
+            ("creator_tool", "xmp", "CreatorTool"),
+        ):
+            qname = f"{{{_NS[prefix]}}}{local}"
+            value = desc.get(qname)
+            if value is None:
+                child = desc.find(qname)
+                value = child.text if child is not None else None
+            if value and result[key] is None:
+                result[key] = value.strip()
+        record = desc.find(f"{{{SDMARK_NS}}}record")
+        if record is not None and record.text and result["record"] is None:
+            try:
+                result["record"] = json.loads(record.text)
+            except json.JSONDecodeError:
+                pass
+    return result
+
+
+def _user_comment(text: str) -> bytes:
+    return _UNICODE_PREFIX + text.encode("utf-16-be")
+
+
+def _read_user_comment(raw: Any) -> str | None:
+    if isinstance(raw, str):
+        return raw
+    if not isinstance(raw, bytes) or len(raw) < 8:
+        return None
+    prefix, body = raw[:8], raw[8:]
+    if prefix == _UNICODE_PREFIX:
+        if body[:2] == b"\xff\xfe":
+            return body[2:].decode("utf-16-le", errors="replace")
+        if body[:2] == b"\xfe\xff":
+            body = body[2:]
+        # Some writers use little-endian without a BOM; ASCII text reveals the byte order.
+        little = len(body) >= 2 and body[0] != 0 and body[1] == 0
+        return body.decode("utf-16-le" if little else "utf-16-be", errors="replace")
+    return body.decode("utf-8" if prefix == _ASCII_PREFIX else "latin-1", errors="replace").rstrip("\x00")
+
+
+def save_with_metadata(
+    image: Image.Image,
+    path: Path,
+    fmt: str,
+    *,
+    parameters: str | None,
+    record: ProvenanceRecord,
+    xmp: str,
+    extra_text: dict[str, str] | None = None,
+    quality: int = 95,
+) -> None:
+    """Encode ``image`` to ``path`` as ``fmt`` (PNG, JPEG or WEBP) with every piece of metadata."""
+    fmt = fmt.upper()
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        for key, value in (extra_text or {}).items():
+            info.add_text(key, value)
+        if parameters:
+            info.add_text("parameters", parameters)
+        info.add_itxt(PNG_RECORD_KEY, record.to_json())
+        info.add_itxt(PNG_XMP_KEY, xmp)
+        image.save(path, "PNG", pnginfo=info)
+        return
+    if fmt not in ("JPEG", "WEBP"):
+        raise ValueError(f"unsupported output format {fmt!r}; use png, jpeg or webp")
+    exif = Image.Exif()
+    if parameters:
+        exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = _user_comment(parameters)
+    kwargs: dict[str, Any] = {"quality": quality, "exif": exif.tobytes(), "xmp": xmp.encode("utf-8")}
+    if fmt == "JPEG":
+        kwargs["subsampling"] = 0 if quality >= 90 else 2
+        if image.mode not in ("RGB", "L"):
+            image = _flatten(image)
+    image.save(path, fmt, **kwargs)
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    """JPEG has no alpha: composite on white, like browsers show transparent pixels."""
+    rgba = image.convert("RGBA")
+    background = Image.new("RGB", rgba.size, (255, 255, 255))
+    background.paste(rgba, mask=rgba.getchannel("A"))
+    return background
+
+
+def read_metadata(image: Image.Image) -> dict[str, Any]:
+    """What an opened image carries: ``parameters``, our ``record``, XMP fields, other text chunks.
+
+    Works on PNG, JPEG and WebP as Pillow opened them (before any conversion).
+    """
+    info = image.info
+    parameters = info.get("parameters")
+    if parameters is None:
+        try:
+            parameters = _read_user_comment(image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT))
+        except Exception:  # malformed EXIF must not make the image unreadable
+            parameters = None
+    packet = info.get(PNG_XMP_KEY) or info.get("xmp")
+    xmp = parse_xmp(packet)
+    record = xmp["record"]
+    if record is None and isinstance(info.get(PNG_RECORD_KEY), str):
+        try:
+            record = json.loads(info[PNG_RECORD_KEY])
+        except json.JSONDecodeError:
+            record = None
+    text = {
+        key: value
+        for key, value in info.items()
+        if isinstance(value, str) and key not in ("parameters", PNG_XMP_KEY, PNG_RECORD_KEY)
+    }
+    return {
+        "parameters": parameters,
+        "record": record,
+        "digital_source_type": xmp["digital_source_type"],
+        "creator_tool": xmp["creator_tool"],
+        "xmp": packet.decode("utf-8", "replace") if isinstance(packet, bytes) else packet,
+        "text": text,
+    }

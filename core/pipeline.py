@@ -1,0 +1,218 @@
+"""Loading a diffusers text-to-image pipeline, and the pieces of its call we need to own.
+
+sdmark draws the initial latents itself, asks the pipeline for the final latents
+(``output_type="latent"``) and decodes them exactly as the pipeline would, so that stages and hooks
+can act before, during and after denoising without changing a single pixel when they do nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sdmark.core.errors import ModelLoadError, SdmarkError
+from sdmark.core.plugins import hookimpl
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DiffusionPipeline
+    from PIL import Image
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+# Scheduler short names (and the sampler name A1111 writes for each) -> diffusers class + config.
+SCHEDULERS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "ddim": ("DDIMScheduler", "DDIM", {}),
+    "pndm": ("PNDMScheduler", "PLMS", {}),
+    "lms": ("LMSDiscreteScheduler", "LMS", {}),
+    "euler": ("EulerDiscreteScheduler", "Euler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", "Euler a", {}),
+    "heun": ("HeunDiscreteScheduler", "Heun", {}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", "DPM++ 2M", {}),
+    "dpm++2m-karras": ("DPMSolverMultistepScheduler", "DPM++ 2M Karras", {"use_karras_sigmas": True}),
+    "dpm++sde": ("DPMSolverSinglestepScheduler", "DPM++ SDE", {}),
+    "unipc": ("UniPCMultistepScheduler", "UniPC", {}),
+}
+_SAMPLER_BY_CLASS = {cls: sampler for cls, sampler, extra in SCHEDULERS.values() if not extra}
+
+
+def pick_device(requested: str | None = None) -> str:
+    """``cuda`` when available, else ``mps``, else ``cpu``; an explicit request must be usable."""
+    import torch
+
+    if requested and requested != "auto":
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise SdmarkError(f"device {requested!r} requested but CUDA is not available (use --device cpu)")
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(requested: str | None, device: str) -> torch.dtype:
+    """fp16 on GPUs, fp32 on the CPU, unless the user names ``fp32``, ``fp16`` or ``bf16``."""
+    import torch
+
+    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
+             "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    if requested in (None, "auto"):
+        return torch.float32 if device == "cpu" else torch.float16
+    try:
+        return table[requested]
+    except KeyError:
+        raise SdmarkError(f"unknown dtype {requested!r}; choose auto, fp32, fp16 or bf16") from None
+
+
+def set_scheduler(pipe: DiffusionPipeline, name: str) -> None:
+    """Replace the pipeline's scheduler by short name (``euler-a``) or diffusers class name."""
+    import diffusers
+
+    if name in SCHEDULERS:
+        class_name, _, extra = SCHEDULERS[name]
+    elif hasattr(diffusers, name) and name.endswith("Scheduler"):
+        class_name, extra = name, {}
+    else:
+        raise SdmarkError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)} or a diffusers scheduler class")
+    pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **extra)
+
+
+def sampler_name(pipe: DiffusionPipeline, scheduler: str | None) -> str:
+    """The A1111 sampler name for the pipeline's scheduler (for the ``parameters`` text)."""
+    if scheduler in SCHEDULERS:
+        return SCHEDULERS[scheduler][1]
+    class_name = type(pipe.scheduler).__name__
+    return _SAMPLER_BY_CLASS.get(class_name, class_name)
+
+
+@hookimpl(trylast=True)
+def sdmark_load_pipeline(model: str, device: str, dtype: Any, options: dict[str, Any]) -> DiffusionPipeline:
+    """Built-in loader: ``from_pretrained`` on a hub id or a local folder, or a single-file checkpoint."""
+    import diffusers
+
+    path = Path(model).expanduser()
+    # A hub id is "org/name"; anything shaped like a path must exist locally.
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
+    if looks_local and not path.exists():
+        raise ModelLoadError(f"model folder {model!r} does not exist")
+    kwargs: dict[str, Any] = {"torch_dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
+    try:
+        if path.is_file():
+            if path.suffix not in (".safetensors", ".ckpt"):
+                raise ModelLoadError(f"{model}: a single-file model must be .safetensors or .ckpt")
+            pipe = diffusers.StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+        else:
+            pipe = diffusers.DiffusionPipeline.from_pretrained(str(path) if path.exists() else model, **kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        where = "folder" if path.exists() else "hub id"
+        raise ModelLoadError(
+            f"could not load model {where} {model!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+            "Without network access, pass a local folder saved with save_pretrained() (it needs model_index.json)."
+        ) from exc
+    supported = (diffusers.StableDiffusionPipeline, diffusers.StableDiffusionXLPipeline)
+    if not isinstance(pipe, supported):
+        raise ModelLoadError(f"{model!r} is a {type(pipe).__name__}; sdmark runs Stable Diffusion 1.x/2.x and SDXL text-to-image pipelines")
+    return pipe
+
+
+def load_pipeline(
+    model: str,
+    device: str | None = None,
+    dtype: str | None = None,
+    *,
+    scheduler: str | None = None,
+    cpu_offload: bool = False,
+    vae_slicing: bool = False,
+    vae_tiling: bool = False,
+    attention_slicing: bool = False,
+) -> DiffusionPipeline:
+    """Load a pipeline through the ``sdmark_load_pipeline`` hook and apply device and memory options."""
+    from sdmark.core.plugins import load_plugins, pm
+
+    load_plugins()
+    device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, device)
+    options = {"scheduler": scheduler, "cpu_offload": cpu_offload, "vae_slicing": vae_slicing,
+               "vae_tiling": vae_tiling, "attention_slicing": attention_slicing}
+    pipe = pm.hook.sdmark_load_pipeline(model=model, device=device, dtype=torch_dtype, options=options)
+    if scheduler:
+        set_scheduler(pipe, scheduler)
+    if cpu_offload:
+        if device == "cpu":
+            raise SdmarkError("--cpu-offload moves models between the CPU and a GPU; it needs --device cuda")
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    if vae_slicing:
+        pipe.vae.enable_slicing()
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+    if attention_slicing:
+        pipe.enable_attention_slicing()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def latent_shape(pipe: DiffusionPipeline, height: int, width: int) -> tuple[int, int, int]:
+    """(channels, height, width) of one image's latents; sizes must be multiples of the VAE factor."""
+    factor = pipe.vae_scale_factor
+    if height % factor or width % factor:
+        raise SdmarkError(f"width and height must be multiples of {factor} for this model; got {width}x{height}")
+    return pipe.unet.config.in_channels, height // factor, width // factor
+
+
+def default_size(pipe: DiffusionPipeline) -> int:
+    """The model's native resolution (512 for SD 1.x, 768 for SD 2 v, 1024 for SDXL)."""
+    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+
+
+def initial_latents(pipe: DiffusionPipeline, seeds: list[int], height: int, width: int) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """N(0, 1) latents drawn one image at a time from CPU generators seeded ``seeds``.
+
+    Identical to what the pipeline draws itself when called with
+    ``generator=[torch.Generator("cpu").manual_seed(s) for s in seeds]``, and independent of the
+    device, so a seed means the same image everywhere. The generators are returned because the
+    scheduler keeps drawing from them (ancestral samplers).
+    """
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    shape = (len(seeds), *latent_shape(pipe, height, width))
+    latents = randn_tensor(shape, generator=generators, device=pipe._execution_device, dtype=pipe.unet.dtype)
+    return latents, generators
+
+
+def decode(pipe: DiffusionPipeline, latents: torch.Tensor) -> list[Image.Image]:
+    """Decode final latents to PIL images exactly as the pipeline's own ``__call__`` does."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    vae = pipe.vae
+    with torch.no_grad():
+        if isinstance(pipe, StableDiffusionXLPipeline):
+            needs_upcasting = vae.dtype == torch.float16 and vae.config.force_upcast
+            if needs_upcasting:
+                pipe.upcast_vae()
+                latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype)
+            elif latents.dtype != vae.dtype:
+                latents = latents.to(vae.dtype)
+            mean = getattr(vae.config, "latents_mean", None)
+            std = getattr(vae.config, "latents_std", None)
+            if mean is not None and std is not None:
+                mean = torch.tensor(mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+                std = torch.tensor(std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+                latents = latents * std / vae.config.scaling_factor + mean
+            else:
+                latents = latents / vae.config.scaling_factor
+            image = vae.decode(latents, return_dict=False)[0]
+            if needs_upcasting:
+                vae.to(dtype=torch.float16)
+        else:
+            image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+        images = pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True] * image.shape[0])
+    pipe.maybe_free_model_hooks()
+    return images

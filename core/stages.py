@@ -1,0 +1,269 @@
+"""Stages: the units a user composes into a chain, and the objects they work on.
+
+A stage is a :class:`Stage` subclass with a ``name``, typed :class:`Option` s and one or more
+phases: ``before_denoise`` and ``after_denoise`` see latents during ``generate``; ``process``
+sees decoded images in ``generate`` and ``process`` alike.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence
+
+from sdmark.core.errors import ChainError, StageError
+from sdmark.core.records import ProvenanceRecord
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+PHASES = ("before_denoise", "after_denoise", "process")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Option:
+    """A typed stage option with a default.
+
+    ``type`` is one of ``str``, ``int``, ``float``, ``bool`` or ``Path``. ``choices`` is a tuple of
+    allowed strings, or a callable returning one (for choices that plugins extend).
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] | Callable[[], Sequence[str]] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def allowed(self) -> tuple[str, ...] | None:
+        if self.choices is None:
+            return None
+        return tuple(self.choices() if callable(self.choices) else self.choices)
+
+    def coerce(self, value: Any, stage: str) -> Any:
+        """Turn ``value`` (a string from the command line, or a TOML value) into this option's type."""
+        where = f"option {stage}:{self.name}"
+        expected = self.type.__name__
+        try:
+            if self.type is bool:
+                if isinstance(value, bool):
+                    result: Any = value
+                elif isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+                    result = value.lower() in _TRUE
+                else:
+                    raise ValueError
+            elif self.type is int:
+                if isinstance(value, bool) or isinstance(value, float):
+                    raise ValueError
+                result = int(value)
+            elif self.type is float:
+                if isinstance(value, bool):
+                    raise ValueError
+                result = float(value)
+            elif self.type is Path:
+                if not isinstance(value, (str, Path)) or not str(value):
+                    raise ValueError
+                result = Path(value).expanduser()
+            else:
+                if not isinstance(value, str):
+                    raise ValueError
+                result = value
+        except (TypeError, ValueError):
+            raise ChainError(f"{where} expects {expected}, got {value!r}") from None
+        allowed = self.allowed()
+        if allowed is not None and result not in allowed:
+            raise ChainError(f"{where} must be one of {', '.join(allowed)}; got {value!r}")
+        if self.minimum is not None and result < self.minimum:
+            raise ChainError(f"{where} must be >= {self.minimum}; got {value!r}")
+        if self.maximum is not None and result > self.maximum:
+            raise ChainError(f"{where} must be <= {self.maximum}; got {value!r}")
+        return result
+
+
+@dataclass
+class DenoiseBatch:
+    """Latents of one batch during generation; hooks and latent phases may replace ``latents``."""
+
+    latents: torch.Tensor
+    seeds: list[int]
+    prompts: list[str]
+    step: int = -1
+
+
+@dataclass
+class ImageItem:
+    """One image moving through the chain.
+
+    ``text`` holds the text metadata that will be written (``parameters`` and friends);
+    ``source_metadata`` what an input file carried (see :func:`sdmark.core.metadata.read_metadata`);
+    ``error`` or ``dropped`` say why it will not be written. Stages change ``image`` and add to
+    ``record``; ``notes`` are short remarks shown to the user.
+    """
+
+    image: Image.Image
+    record: ProvenanceRecord
+    name: str
+    index: int = 0
+    source: Path | None = None
+    seed: int | None = None
+    prompt: str | None = None
+    text: dict[str, str] = field(default_factory=dict)
+    source_metadata: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    dropped: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def alive(self) -> bool:
+        return self.error is None and self.dropped is None
+
+    def fail(self, message: str) -> None:
+        """Mark the image as failed: it will be reported and not written."""
+        self.error = message
+
+
+@dataclass
+class RunContext:
+    """What a stage knows about the run it is part of.
+
+    ``mode`` is ``generate`` or ``process``. ``settings`` is the generation settings (``None`` in
+    ``process``); ``pipeline`` the loaded diffusers pipeline (``None`` in ``process``).
+    ``cache`` is shared by stages that load models, so a model loads once per run.
+    """
+
+    mode: str
+    device: str = "cpu"
+    settings: Any = None
+    pipeline: Any = None
+    model: str | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
+    warn: Callable[[str], None] = field(default=lambda message: print(f"warning: {message}", file=sys.stderr))
+
+
+class Stage:
+    """Base class of every stage.
+
+    Subclasses set the class attributes and override the phase methods they list in ``phases``.
+    The constructor receives validated options as keyword arguments (``self.options``).
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    options: ClassVar[tuple[Option, ...]] = ()
+    phases: ClassVar[tuple[str, ...]] = ("process",)
+    changes_pixels: ClassVar[bool] = True
+    """Whether ``process`` changes pixels (such a stage after ``watermark`` may erase the mark)."""
+    embeds_watermark: ClassVar[bool] = False
+
+    def __init__(self, **options: Any) -> None:
+        self.options: dict[str, Any] = options
+
+    def __repr__(self) -> str:
+        opts = ",".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.name}:{opts}" if opts else self.name
+
+    def active_phases(self) -> tuple[str, ...]:
+        """The phases this configured stage runs in (may depend on its options)."""
+        return self.phases
+
+    def check(self, mode: str) -> None:
+        """Validate option combinations for ``mode`` before any work; raise :class:`ChainError`."""
+
+    def setup(self, context: RunContext) -> None:
+        """Load what the stage needs (models, fonts), once per run, before the first image."""
+
+    def before_denoise(self, batch: DenoiseBatch, context: RunContext) -> dict[str, Any] | None:
+        """Change ``batch.latents`` (unscaled N(0, 1) noise); return a result for the record."""
+        raise NotImplementedError
+
+    def after_denoise(self, batch: DenoiseBatch, context: RunContext) -> dict[str, Any] | None:
+        """Change ``batch.latents`` (final latents); return a result for the record."""
+        raise NotImplementedError
+
+    def process(self, items: list[ImageItem], context: RunContext) -> None:
+        """Change the images of a batch; the default calls :meth:`process_one` per image.
+
+        A failure on one image marks that image failed (:meth:`ImageItem.fail`) and the others go on.
+        """
+        for item in items:
+            if not item.alive:
+                continue
+            try:
+                result = self.process_one(item, context)
+            except StageError as exc:
+                item.fail(f"{self.name}: {exc}")
+                continue
+            except Exception as exc:  # one bad image must not stop the batch
+                item.fail(f"{self.name}: {type(exc).__name__}: {exc}")
+                continue
+            item.record.add(self.name, "process", self.options, result)
+
+    def process_one(self, item: ImageItem, context: RunContext) -> dict[str, Any] | None:
+        """Change one image (``item.image``) and return a result for its record."""
+        raise NotImplementedError
+
+
+class StageRegistry:
+    """Stage classes by name, filled through the ``sdmark_register_stages`` hook."""
+
+    def __init__(self) -> None:
+        self._stages: dict[str, type[Stage]] = {}
+        self._owners: dict[str, str] = {}
+
+    def register(self, stage: type[Stage], owner: str = "?") -> None:
+        name = getattr(stage, "name", None)
+        if not isinstance(name, str) or not name:
+            raise ChainError(f"stage class {stage!r} from {owner} has no name")
+        bad = set(stage.phases) - set(PHASES)
+        if bad:
+            raise ChainError(f"stage {name!r} from {owner} declares unknown phases {sorted(bad)}")
+        if name in self._stages and self._stages[name] is not stage:
+            raise ChainError(f"stage {name!r} is registered twice: by {self._owners[name]} and by {owner}")
+        self._stages[name] = stage
+        self._owners[name] = owner
+
+    def get(self, name: str) -> type[Stage]:
+        try:
+            return self._stages[name]
+        except KeyError:
+            valid = ", ".join(sorted(self._stages)) or "none (no plugins loaded)"
+            raise ChainError(f"unknown stage {name!r}; installed stages: {valid}") from None
+
+    def owner(self, name: str) -> str:
+        return self._owners.get(name, "?")
+
+    def names(self) -> list[str]:
+        return sorted(self._stages)
+
+    def __iter__(self) -> Iterable[type[Stage]]:
+        return iter(self._stages[name] for name in self.names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._stages
+
+
+_registry: StageRegistry | None = None
+
+
+def stage_registry() -> StageRegistry:
+    """The registry of every installed stage (plugins load on first use)."""
+    global _registry
+    if _registry is None:
+        from sdmark.core.plugins import load_plugins, pm
+
+        load_plugins()
+        registry = StageRegistry()
+        pm.hook.sdmark_register_stages(register=lambda stage: registry.register(stage, stage.__module__))
+        _registry = registry
+    return _registry
+
+
+def reset_registries() -> None:
+    """Forget the stage registry so it is rebuilt from the plugins (for tests and plugin authors)."""
+    global _registry
+    _registry = None

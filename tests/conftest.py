@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny Stable Diffusion model saved once per session, real sample photos."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A diffusers model folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
+    from sdmark.tiny import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-sd") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_model_dir: Path):
+    """The tiny model loaded through sdmark's real loader (``from_pretrained`` on the folder), on CPU."""
+    from sdmark.core.pipeline import load_pipeline
+
+    return load_pipeline(str(tiny_model_dir), device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, "object"]:
+    """Real photographs shipped by scikit-image, as PIL RGB images."""
+    from PIL import Image
+    from skimage import data
+
+    def rgb(array):
+        image = Image.fromarray(array)
+        return image.convert("RGB")
+
+    return {
+        "astronaut": rgb(data.astronaut()),
+        "coffee": rgb(data.coffee()),
+        "chelsea": rgb(data.chelsea()),
+        "rocket": rgb(data.rocket()),
+        "camera": rgb(data.camera()),
+    }
+
+
+@pytest.fixture
+def photo_dir(tmp_path: Path, photos) -> Path:
+    """A folder with three real photos as PNG and JPEG."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photos["astronaut"].save(folder / "astronaut.png")
+    photos["coffee"].save(folder / "coffee.jpg", quality=92)
+    photos["chelsea"].save(folder / "chelsea.png")
+    return folder
