@@ -163,3 +163,21 @@ def sdmark_finalize_output(path: Path, item: ImageItem, context: RunContext) -> 
 
     May change: the file at ``path`` (rewrite it in place); it must remain a valid image file.
     """
+
+
+# -- verification ------------------------------------------------------------------------------
+
+
+@hookspec
+def sdmark_inspect_image(path: Path, image: Any, metadata: dict[str, Any], report: dict[str, Any]) -> None:
+    """Runs in ``sdmark verify`` for each readable image, after watermark detection.
+
+    :param path: the image file.
+    :param image: the decoded image (PIL, RGB or RGBA, EXIF orientation applied).
+    :param metadata: what the file carried (:func:`sdmark.core.metadata.read_metadata`).
+    :param report: the image's verify report: ``path``, ``watermarked``, ``detections`` (each with
+        ``scheme``, ``p_value``, ``payload``, ``band``) and ``error``.
+
+    May change: ``report``: add keys of your own (e.g. ``content_credentials``); do not remove or
+    rewrite the keys above. Printed in ``--json`` output as they are.
+    """

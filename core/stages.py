@@ -159,6 +159,9 @@ class Stage:
     changes_pixels: ClassVar[bool] = True
     """Whether ``process`` changes pixels (such a stage after ``watermark`` may erase the mark)."""
     embeds_watermark: ClassVar[bool] = False
+    """Whether this stage embeds an invisible watermark (pixel changes after it trigger a warning)."""
+    checks_safety: ClassVar[bool] = False
+    """Whether this stage is a safety check (``generate`` refuses to run without one unless told)."""
 
     def __init__(self, **options: Any) -> None:
         self.options: dict[str, Any] = options
