@@ -20,7 +20,7 @@ fi
 PIP=".venv/bin/python -m pip --disable-pip-version-check"
 $PIP install -q --upgrade pip
 $PIP install -q "$TORCH_SPEC"
-$PIP install -q -e ".[safety,test]"
+$PIP install -q -e ".[safety,c2pa,test]"
 # spandrel declares torchvision, whose PyPI build replaces the CPU torch: install it without deps.
 $PIP install -q einops
 $PIP install -q --no-deps "spandrel>=0.4"

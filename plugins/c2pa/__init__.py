@@ -1,0 +1,1 @@
+"""The Content Credentials (C2PA) plugin."""
