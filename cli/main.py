@@ -98,6 +98,9 @@ _commands_registered = False
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     global _commands_registered
+    if not os.environ.get("SDMARK_DEBUG"):
+        # transformers warns at import that CLIPImageProcessor prefers torchvision; users can do nothing about it.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         if not _commands_registered:
             _register_commands()

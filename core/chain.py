@@ -34,6 +34,8 @@ class StageSpec:
 
     name: str
     options: dict[str, Any]
+    typed: bool = False
+    """True when values come typed (TOML): then "2" is not an int, as the user wrote a string."""
 
 
 def parse_spec(text: str) -> list[StageSpec]:
@@ -108,7 +110,7 @@ def read_chain_file(path: Path) -> list[StageSpec]:
         name = table.pop("name", None)
         if not isinstance(name, str):
             raise ChainError(f"chain file {path}: stage #{number} has no name = \"...\"")
-        specs.append(StageSpec(name, table))
+        specs.append(StageSpec(name, table, typed=True))
     return specs
 
 
@@ -145,7 +147,7 @@ class Chain:
                 raise ChainError(f"stage {spec.name!r} has no option {', '.join(sorted(unknown))}; valid options: {valid}")
             values = {name: option.default for name, option in known.items()}
             for key, raw in spec.options.items():
-                values[key] = known[key].coerce(raw, spec.name)
+                values[key] = known[key].coerce(raw, spec.name, strict=spec.typed)
             stages.append(cls_(**values))
         return cls(stages)
 

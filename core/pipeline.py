@@ -7,6 +7,7 @@ can act before, during and after denoising without changing a single pixel when 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,7 +97,9 @@ def sdmark_load_pipeline(model: str, device: str, dtype: Any, options: dict[str,
     looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
     if looks_local and not path.exists():
         raise ModelLoadError(f"model folder {model!r} does not exist")
-    kwargs: dict[str, Any] = {"torch_dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
+    # The safety checker is a stage of ours (never diffusers' silent black images), so the
+    # pipeline is loaded without it.
+    kwargs: dict[str, Any] = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
     try:
         if path.is_file():
             if path.suffix not in (".safetensors", ".ckpt"):
@@ -133,6 +136,7 @@ def load_pipeline(
     from sdmark.core.plugins import load_plugins, pm
 
     load_plugins()
+    _quiet_loading()
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
     options = {"scheduler": scheduler, "cpu_offload": cpu_offload, "vae_slicing": vae_slicing,
@@ -154,6 +158,17 @@ def load_pipeline(
         pipe.enable_attention_slicing()
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _quiet_loading() -> None:
+    """Loading bars of diffusers/transformers are noise next to ours (SDMARK_DEBUG keeps them)."""
+    if os.environ.get("SDMARK_DEBUG"):
+        return
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def latent_shape(pipe: DiffusionPipeline, height: int, width: int) -> tuple[int, int, int]:

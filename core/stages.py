@@ -45,11 +45,17 @@ class Option:
             return None
         return tuple(self.choices() if callable(self.choices) else self.choices)
 
-    def coerce(self, value: Any, stage: str) -> Any:
-        """Turn ``value`` (a string from the command line, or a TOML value) into this option's type."""
+    def coerce(self, value: Any, stage: str, strict: bool = False) -> Any:
+        """Turn ``value`` into this option's type.
+
+        Strings from the command line are parsed; with ``strict`` (typed sources such as TOML) a
+        number or boolean must already be one.
+        """
         where = f"option {stage}:{self.name}"
         expected = self.type.__name__
         try:
+            if strict and self.type in (bool, int, float) and isinstance(value, str):
+                raise ValueError
             if self.type is bool:
                 if isinstance(value, bool):
                     result: Any = value

@@ -56,3 +56,34 @@ def photo_dir(tmp_path: Path, photos) -> Path:
     photos["coffee"].save(folder / "coffee.jpg", quality=92)
     photos["chelsea"].save(folder / "chelsea.png")
     return folder
+
+
+@pytest.fixture
+def register_plugin():
+    """Register plugin objects with sdmark's plugin manager for one test (registries rebuilt)."""
+    from sdmark.core.plugins import load_plugins, pm
+    from sdmark.core.stages import reset_registries
+
+    load_plugins()
+    registered = []
+
+    def register(plugin, name: str | None = None):
+        pm.register(plugin, name=name)
+        registered.append(plugin)
+        reset_registries()
+        return plugin
+
+    yield register
+    for plugin in registered:
+        pm.unregister(plugin)
+    reset_registries()
+
+
+@pytest.fixture
+def cli_runner():
+    """A CliRunner and the sdmark click group with every plugin command attached."""
+    from click.testing import CliRunner
+
+    from sdmark.cli.main import get_cli
+
+    return CliRunner(), get_cli()
