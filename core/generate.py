@@ -121,8 +121,10 @@ def generate(
     sampler = sampler_name(pipe, settings.scheduler)
     jobs = _jobs(settings)
     results: list[ItemResult] = []
+    pipe.scheduler.set_timesteps(settings.steps)  # some schedulers (PLMS) take more steps than asked
+    steps_per_image = len(pipe.scheduler.timesteps)
     # disable=None: a bar on a terminal, silence in logs and pipes (tqdm writes to stderr).
-    bar = tqdm(total=len(jobs) * settings.steps, unit="step", desc="generating", disable=None if progress is None else not progress)
+    bar = tqdm(total=len(jobs) * steps_per_image, unit="step", desc="generating", disable=None if progress is None else not progress)
     try:
         for start in range(0, len(jobs), settings.batch_size):
             batch_jobs = jobs[start : start + settings.batch_size]
