@@ -14,7 +14,10 @@ from sdmark.core.errors import (
     SdmarkError,
     StageError,
 )
+from sdmark.core.generate import GenerationSettings, generate
+from sdmark.core.output import ItemResult, OutputOptions
 from sdmark.core.plugins import hookimpl, load_plugins, pm
+from sdmark.core.process import process_images
 from sdmark.core.records import ProvenanceRecord
 from sdmark.core.chain import Chain, parse_chain
 from sdmark.core.stages import DenoiseBatch, ImageItem, Option, RunContext, Stage
@@ -22,6 +25,9 @@ from sdmark.core.stages import DenoiseBatch, ImageItem, Option, RunContext, Stag
 __all__ = [
     "Chain",
     "ChainError",
+    "GenerationSettings",
+    "ItemResult",
+    "OutputOptions",
     "DenoiseBatch",
     "ImageItem",
     "ImageReadError",
@@ -34,8 +40,10 @@ __all__ = [
     "SdmarkError",
     "Stage",
     "StageError",
+    "generate",
     "hookimpl",
     "load_plugins",
     "parse_chain",
     "pm",
+    "process_images",
 ]
