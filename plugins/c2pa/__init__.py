@@ -1,1 +1,63 @@
-"""The Content Credentials (C2PA) plugin."""
+"""The Content Credentials (C2PA) plugin: signed manifests on every written image, found again
+through the watermark when a platform strips them.
+
+Hooks only; the work is in the modules beside this one, imported when first needed (the ``c2pa``
+native library is large and this module is imported on every CLI start):
+
+``manifest``  the manifest definition built from an image's provenance record
+``sign``      signing the written file in place (``sdmark_finalize_output``)
+``signer``    a ``c2pa.Signer`` from a key file, a command or a callback, once per process
+``registry``  the SQLite store of signed manifests keyed by watermark payload
+``verify``    reading and judging credentials for ``sdmark verify`` (``sdmark_inspect_image``)
+``identity``  ``sdmark keys init``: a local CA and signing certificate
+``settings``  where keys, registry and trust anchors live (environment variables)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sdmark.core.plugins import hookimpl
+from sdmark.plugins.c2pa.settings import set_signing_config, set_trust_anchors
+
+__all__ = ["set_signing_config", "set_trust_anchors"]
+
+_MISSING = "c2pa-python is not installed (pip install 'sdmark[c2pa]')"
+_MISSING_WARNED = "c2pa.missing-warned"
+
+
+@hookimpl
+def sdmark_register_commands(cli: Any) -> None:
+    from sdmark.plugins.c2pa.commands import keys
+
+    cli.add_command(keys)
+
+
+@hookimpl(trylast=True)
+def sdmark_finalize_output(path: Path, item: Any, context: Any) -> None:
+    """Sign the file in place; ``trylast`` so that no other plugin's final write comes after it."""
+    from sdmark.plugins.c2pa.sign import sign_output
+
+    try:
+        sign_output(path, item, context)
+    except ImportError as exc:
+        if exc.name != "c2pa":
+            raise
+        if not context.cache.get(_MISSING_WARNED):
+            context.cache[_MISSING_WARNED] = True
+            context.warn(f"{_MISSING}: images are written without Content Credentials")
+
+
+@hookimpl
+def sdmark_inspect_image(path: Path, image: Any, metadata: dict[str, Any], report: dict[str, Any]) -> None:
+    report.setdefault("xmp_digital_source_type", metadata.get("digital_source_type"))
+    report.setdefault("parameters", metadata.get("parameters"))
+    try:
+        from sdmark.plugins.c2pa.verify import inspect_credentials
+
+        report["content_credentials"] = inspect_credentials(Path(path), report.get("detections"))
+    except ImportError as exc:
+        if exc.name != "c2pa":
+            raise
+        report["content_credentials"] = {"present": None, "status": None, "error": _MISSING, "summary": _MISSING}

@@ -1,0 +1,194 @@
+"""Signing a written image in place: the last write before it is moved to its final name."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+from sdmark.core.errors import SdmarkError
+from sdmark.core.stages import ImageItem, RunContext
+from sdmark.plugins.c2pa import settings
+from sdmark.plugins.c2pa.manifest import PARENT_ID, build_manifest, soft_binding
+from sdmark.plugins.c2pa.registry import Entry, open_registry
+
+SUFFIX_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+MIME_BY_SUFFIX = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
+                  ".tif": "image/tiff", ".tiff": "image/tiff", ".gif": "image/gif", ".bmp": "image/bmp"}
+_TMP_NAME = re.compile(r"^\.(?P<stem>.+)\.[0-9a-f]{8}\.tmp(?P<suffix>\.[^.]+)$")
+_WARNED = "c2pa.unsigned-warned"
+_contexts: dict[tuple, Any] = {}
+
+
+class SigningError(SdmarkError):
+    """Signing was configured but failed for this image (it is then not written)."""
+
+    exit_code = 1
+
+
+def final_name(path: Path) -> str:
+    """The name the file will have once moved into place (``write_atomic`` names temp files ``.NAME.xxxx.tmp.EXT``)."""
+    match = _TMP_NAME.match(path.name)
+    return f"{match['stem']}{match['suffix']}" if match else path.name
+
+
+def sign_output(path: Path, item: ImageItem, context: RunContext) -> bool:
+    """Embed a signed C2PA manifest in the image at ``path``; return whether it was signed.
+
+    Without a signing identity it warns once per run and leaves the file as it is. A configured
+    identity that fails raises :class:`SdmarkError`: the image is reported as failed rather than
+    silently written without the credentials the deployment asked for.
+    """
+    config = settings.signing_config()
+    if config is None:
+        if not settings.signing_disabled() and not context.cache.get(_WARNED):
+            context.cache[_WARNED] = True
+            context.warn(
+                "no C2PA signing identity: images are written without Content Credentials "
+                f"(run `sdmark keys init`, or set SDMARK_SIGN_CERT and SDMARK_SIGN_KEY; looked in {settings.keys_dir()})"
+            )
+        return False
+    fmt = SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        return False
+    import c2pa
+
+    from sdmark import __version__
+    from sdmark.plugins.c2pa.signer import callback_error, get_signer
+
+    signer = get_signer(config)
+    title = final_name(path)
+    source = item.record.source or {}
+    flags, watermarks = _stage_flags()
+    manifest = build_manifest(item.record, title=title, fmt=fmt, software_version=__version__,
+                              source_format=source.get("format"), stage_flags=flags, watermark_stages=watermarks)
+    mime = MIME_BY_SUFFIX[path.suffix.lower()]
+    signed = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.signing{path.suffix}")
+    try:
+        builder = c2pa.Builder.from_json(manifest, context=signing_context())
+        if item.record.kind == "processed" and item.source is not None:
+            _add_parent(builder, item.source)
+        with open(path, "rb") as src, open(signed, "w+b") as dst:
+            manifest_store = builder.sign(signer, mime, src, dst)
+        os.replace(signed, path)
+    except c2pa.C2paError as exc:
+        reason = callback_error(signer)
+        raise SigningError(f"{title}: C2PA signing failed: {reason or exc}") from None
+    except OSError as exc:
+        raise SigningError(f"{title}: C2PA signing failed: {exc.strerror or exc}") from None
+    finally:
+        signed.unlink(missing_ok=True)
+    _register(item, path, title, mime, manifest_store, watermarks)
+    return True
+
+
+def signing_context() -> Any:
+    """The SDK context used for signing: no thumbnails (they cost ~50 ms and up to 0.9 MB each)."""
+    import c2pa
+
+    anchors = tuple(settings.trust_anchor_paths())
+    key = (os.getpid(), anchors)
+    if key not in _contexts:
+        config: dict[str, Any] = {"builder": {"thumbnail": {"enabled": False}}}
+        if anchors:
+            # Lets an ingredient's own credentials be judged against the same anchors as verify.
+            config["trust"] = {"user_anchors": "".join(settings.read_anchor(p) for p in anchors)}
+        _contexts.clear()
+        _contexts[key] = c2pa.Context.from_dict(config)
+    return _contexts[key]
+
+
+def _add_parent(builder: Any, source: Path) -> None:
+    """The input as parent ingredient; the SDK keeps its own manifest (if any) inside ours."""
+    import c2pa
+
+    ingredient = {"title": source.name, "relationship": "parentOf", "label": PARENT_ID}
+    mime = sniff_mime(source) or MIME_BY_SUFFIX.get(source.suffix.lower(), "application/octet-stream")
+    try:
+        with open(source, "rb") as stream:
+            builder.add_ingredient(ingredient, mime, stream)
+    except (OSError, c2pa.C2paError) as exc:
+        raise SigningError(f"{source}: cannot record the input as C2PA ingredient ({exc})") from None
+
+
+def sniff_mime(path: Path) -> str | None:
+    """The MIME type from the file's first bytes (a JPEG named .png is still a JPEG)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+    except OSError:
+        return None
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "image/tiff"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if head[:2] == b"BM":
+        return "image/bmp"
+    return None
+
+
+def _stage_flags() -> tuple[dict[str, bool], set[str]]:
+    """Which installed stages change pixels, and which embed a watermark."""
+    from sdmark.core.stages import stage_registry
+
+    stages = list(stage_registry())
+    return ({stage.name: bool(stage.changes_pixels) for stage in stages},
+            {stage.name for stage in stages if stage.embeds_watermark} | {"watermark"})
+
+
+def _register(item: ImageItem, path: Path, title: str, mime: str, manifest_store: bytes, watermarks: set[str]) -> None:
+    """Keep the signed manifest under the image's watermark payload, when it has one."""
+    binding = soft_binding(item.record, watermarks)
+    registry_file = settings.registry_path()
+    if binding is None or registry_file is None or not manifest_store:
+        return
+    labels = manifest_labels(manifest_store)
+    # The active manifest is the last one in a manifest store (parents' manifests come first).
+    label = labels[-1] if labels else ""
+    open_registry(registry_file).add(Entry(
+        payload=binding.payload, scheme=binding.scheme, manifest_label=label, manifest=manifest_store,
+        format=mime, title=title, file_sha256=_sha256(path),
+    ))
+
+
+def manifest_labels(store: bytes) -> list[str]:
+    """Labels of the manifests in a JUMBF manifest store, in order.
+
+    The store is a ``jumb`` superbox: a ``jumd`` description box (16-byte type UUID, a toggles
+    byte, then the label as a NUL-terminated string) followed by one ``jumb`` box per manifest.
+    """
+
+    def boxes(data: bytes, start: int, end: int):
+        while start + 8 <= end:
+            size = int.from_bytes(data[start:start + 4], "big")
+            kind = data[start + 4:start + 8]
+            if size < 8 or start + size > end:
+                return
+            yield kind, start + 8, start + size
+            start += size
+
+    def label(data: bytes, start: int, end: int) -> str | None:
+        for kind, body, stop in boxes(data, start, end):
+            if kind == b"jumd" and stop - body > 17 and data[body + 16] & 0x02:
+                return data[body + 17:stop].split(b"\x00", 1)[0].decode("utf-8", "replace")
+            return None
+        return None
+
+    for kind, body, stop in boxes(store, 0, len(store)):
+        if kind == b"jumb":
+            return [name for child, cbody, cstop in boxes(store, body, stop) if child == b"jumb"
+                    for name in [label(store, cbody, cstop)] if name]
+    return []
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

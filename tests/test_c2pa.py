@@ -1,0 +1,476 @@
+"""Content Credentials end to end: sign real images with a local identity, verify, tamper, strip,
+recover through the watermark registry; PNG, JPEG and WebP."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import os
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("c2pa")
+
+from sdmark.core.io import read_image  # noqa: E402
+from sdmark.core.metadata import TRAINED_ALGORITHMIC_MEDIA  # noqa: E402
+from sdmark.core.plugins import hookimpl, load_plugins, pm  # noqa: E402
+from sdmark.core.stages import Option, Stage  # noqa: E402
+from sdmark.plugins.c2pa import set_signing_config, set_trust_anchors  # noqa: E402
+
+FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+
+
+@pytest.fixture(autouse=True)
+def c2pa_env(tmp_path, monkeypatch):
+    """Keys, registry and anchors in tmp paths; nothing from the developer's environment."""
+    for name in list(os.environ):
+        if name.startswith("SDMARK_SIGN") or name in ("SDMARK_TRUST_ANCHORS", "SDMARK_TSA_URL"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("SDMARK_KEYS_DIR", str(tmp_path / "keys"))
+    monkeypatch.setenv("SDMARK_REGISTRY", str(tmp_path / "registry.sqlite"))
+    set_trust_anchors(None)
+    set_signing_config(None)
+    yield
+    set_trust_anchors(None)
+    set_signing_config(None)
+
+
+@pytest.fixture
+def identity(cli_runner, tmp_path) -> Path:
+    """A local identity made by `sdmark keys init`; returns its folder (ca.pem is the anchor)."""
+    runner, cli = cli_runner
+    result = runner.invoke(cli, ["keys", "init", "--name", "Test Signer", "--org", "sdmark tests"])
+    assert result.exit_code == 0, result.output
+    return tmp_path / "keys"
+
+
+def run_process(cli_runner, inputs, out: Path, *extra: str, chain: str = ""):
+    runner, cli = cli_runner
+    args = ["process", *map(str, inputs), "--chain", chain, "--no-safety", "-o", str(out), "--json", *extra]
+    result = runner.invoke(cli, args)
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return result, lines
+
+
+def inspect(path: Path, detections: list | None = None) -> dict:
+    """What `sdmark verify` reports for ``path`` (through the verify hook, with given detections)."""
+    load_plugins()
+    loaded = read_image(path)
+    report = {"path": str(path), "watermarked": bool(detections), "detections": detections or [], "error": None}
+    pm.hook.sdmark_inspect_image(path=loaded.path, image=loaded.image, metadata=loaded.metadata, report=report)
+    return report
+
+
+def action_names(credentials: dict) -> list[str]:
+    return [a["action"] for a in credentials["actions"]]
+
+
+# -- tampering helpers: change pixels but keep every other byte, the manifest included --------
+
+
+def _reencoded(path: Path, fmt: str) -> bytes:
+    image = Image.open(path).convert("RGB")
+    pixels = image.load()
+    for x in range(40):
+        pixels[x, 10] = (255, 0, 0)
+    buffer = io.BytesIO()
+    kwargs = {"quality": 95, "subsampling": 0} if fmt == "JPEG" else {"quality": 95} if fmt == "WEBP" else {}
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _png_chunks(data: bytes):
+    pos = 8
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        yield kind, data[pos:pos + 12 + length]
+        pos += 12 + length
+
+
+def _riff_chunks(data: bytes):
+    pos = 12
+    while pos < len(data):
+        kind, length = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        size = 8 + length + (length & 1)
+        yield kind, data[pos:pos + size]
+        pos += size
+
+
+def _jpeg_image_start(data: bytes) -> int:
+    """Offset of the first segment that is not APPn/COM (tables, frame and scan follow)."""
+    pos = 2
+    while data[pos] == 0xFF and (0xE0 <= data[pos + 1] <= 0xEF or data[pos + 1] == 0xFE):
+        pos += 2 + struct.unpack(">H", data[pos + 2:pos + 4])[0]
+    return pos
+
+
+def tamper_pixels(path: Path) -> None:
+    """Replace the image data of ``path`` with that of an edited copy; metadata bytes stay as they are."""
+    data = path.read_bytes()
+    if data.startswith(b"\x89PNG"):
+        new = _reencoded(path, "PNG")
+        idat = b"".join(chunk for kind, chunk in _png_chunks(new) if kind == b"IDAT")
+        out, done = [data[:8]], False
+        for kind, chunk in _png_chunks(data):
+            if kind == b"IDAT":
+                if not done:
+                    out.append(idat)
+                    done = True
+            else:
+                out.append(chunk)
+        path.write_bytes(b"".join(out))
+    elif data.startswith(b"\xff\xd8"):
+        new = _reencoded(path, "JPEG")
+        path.write_bytes(data[:_jpeg_image_start(data)] + new[_jpeg_image_start(new):])
+    else:
+        new = _reencoded(path, "WEBP")
+        bitstream = next(chunk for kind, chunk in _riff_chunks(new) if kind in (b"VP8 ", b"VP8L"))
+        body = b"".join(bitstream if kind in (b"VP8 ", b"VP8L") else chunk for kind, chunk in _riff_chunks(data))
+        path.write_bytes(b"RIFF" + struct.pack("<I", len(body) + 4) + b"WEBP" + body)
+    Image.open(path).load()  # still a valid image
+
+
+def strip_metadata(path: Path, out: Path) -> Path:
+    """What a platform does on upload: decode and re-encode, keeping the pixels only."""
+    Image.open(path).convert("RGB").save(out, quality=90) if out.suffix == ".jpg" else Image.open(path).convert("RGB").save(out)
+    return out
+
+
+# -- a stand-in watermark stage, so registry recovery is tested without the real watermark ------
+
+
+class _TestMark(Stage):
+    name = "testmark"
+    description = "records a watermark payload, C0FFEE00, C0FFEE01, ... (test only; changes no pixels)"
+    options = (Option("payload", str, "", "fixed payload instead of the next in the sequence"),)
+    changes_pixels = False
+    embeds_watermark = True
+    issued = itertools.count()
+
+    def process_one(self, item, context):
+        payload = self.options["payload"] or f"C0FFEE{next(self.issued):02X}"
+        return {"scheme": "testmark", "payload": payload, "bits": [1, 0, 1, 1], "summary": "marked"}
+
+
+class _TestMarkPlugin:
+    @hookimpl
+    def sdmark_register_stages(self, register):
+        register(_TestMark)
+
+
+# -- tests -------------------------------------------------------------------------------------
+
+
+def test_the_plugin_adds_the_keys_command_through_the_hook():
+    import click
+
+    group = click.Group("sdmark-test")
+    load_plugins()
+    pm.hook.sdmark_register_commands(cli=group)
+    assert {"init", "show"} <= set(group.commands["keys"].commands)
+
+
+def test_keys_init_creates_a_c2pa_ready_identity(cli_runner, identity):
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    assert (identity / "signer.key").stat().st_mode & 0o777 == 0o600
+    leaf, ca = x509.load_pem_x509_certificates((identity / "signer-chain.pem").read_bytes())
+    assert leaf.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature
+    assert ExtendedKeyUsageOID.EMAIL_PROTECTION in leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert aki.key_identifier == ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.key_identifier
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert (leaf.not_valid_after_utc - leaf.not_valid_before_utc).days > 20 * 365
+    assert (identity / "ca.pem").read_bytes().strip() in (identity / "signer-chain.pem").read_bytes()
+    runner, cli = cli_runner
+    again = runner.invoke(cli, ["keys", "init"])
+    assert again.exit_code == 2 and "--force" in again.stderr
+    shown = json.loads(runner.invoke(cli, ["keys", "show", "--json"]).stdout)
+    assert "Test Signer" in shown["signing"]["certificate"]["subject"]
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_process_signs_and_verify_judges_trust(cli_runner, identity, photo_dir, tmp_path, fmt):
+    result, lines = run_process(cli_runner, [photo_dir / "astronaut.png"], tmp_path / "out", "--format", fmt)
+    assert result.exit_code == 0, result.output
+    written = Path(lines[0]["path"])
+    assert written.suffix == FORMATS[fmt]
+
+    untrusted = inspect(written)["content_credentials"]
+    assert untrusted["present"] and untrusted["status"] == "untrusted" and not untrusted["trusted"]
+    assert untrusted["signer"]["common_name"] == "Test Signer"
+    assert untrusted["claim_generator"].startswith("sdmark ")
+    assert action_names(untrusted)[0] == "c2pa.opened"
+    assert untrusted["ingredients"][0]["title"] == "astronaut.png"
+    assert untrusted["ingredients"][0]["relationship"] == "parentOf"
+    assert untrusted["digital_source_type"] is None  # a photo: we never claim it was generated
+
+    set_trust_anchors([identity / "ca.pem"])
+    trusted = inspect(written)["content_credentials"]
+    assert trusted["status"] == "valid" and trusted["trusted"]
+    assert trusted["trust_anchors"] == [{"path": str((identity / "ca.pem").resolve()), "subject": "O=sdmark tests,CN=Test Signer CA"}]
+
+
+def test_other_anchor_is_untrusted(cli_runner, identity, photo_dir, tmp_path):
+    runner, cli = cli_runner
+    assert runner.invoke(cli, ["keys", "init", "--dir", str(tmp_path / "other")]).exit_code == 0
+    _, lines = run_process(cli_runner, [photo_dir / "chelsea.png"], tmp_path / "out")
+    set_trust_anchors([tmp_path / "other" / "ca.pem"])
+    credentials = inspect(Path(lines[0]["path"]))["content_credentials"]
+    assert credentials["status"] == "untrusted"
+    assert "signingCredential.untrusted" in credentials["failures"]
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_tampered_pixels_are_detected(cli_runner, identity, photo_dir, tmp_path, fmt):
+    set_trust_anchors([identity / "ca.pem"])
+    _, lines = run_process(cli_runner, [photo_dir / "coffee.jpg"], tmp_path / "out", "--format", fmt)
+    path = Path(lines[0]["path"])
+    assert inspect(path)["content_credentials"]["status"] == "valid"
+    tamper_pixels(path)
+    credentials = inspect(path)["content_credentials"]
+    assert credentials["present"]
+    assert credentials["status"] == "tampered", credentials
+    assert any(code.endswith(".mismatch") for code in credentials["failures"])
+
+
+def test_generate_manifest_says_trained_algorithmic_media(cli_runner, identity, tiny_model_dir, tmp_path):
+    runner, cli = cli_runner
+    result = runner.invoke(cli, ["generate", "a lighthouse at dusk", "--seed", "7", "--steps", "1", "-m", str(tiny_model_dir),
+                                 "--chain", "", "--no-safety", "--size", "128x128", "-o", str(tmp_path / "gen"),
+                                 "--format", "jpeg", "--json"])
+    assert result.exit_code == 0, result.output
+    path = Path(json.loads(result.stdout.splitlines()[0])["path"])
+    set_trust_anchors([identity / "ca.pem"])
+    report = inspect(path)
+    credentials = report["content_credentials"]
+    assert credentials["status"] == "valid"
+    created = credentials["actions"][0]
+    assert created["action"] == "c2pa.created"
+    assert created["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA == credentials["digital_source_type"]
+    assert created["software_agent"].startswith("sdmark ")
+    assert str(tiny_model_dir) in created["description"]
+    assert report["xmp_digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA
+    assert report["parameters"].startswith("a lighthouse at dusk\n")
+
+    # Processing a generated image keeps its credentials as the parent ingredient's manifest.
+    _, lines = run_process(cli_runner, [path], tmp_path / "again", "--format", "png")
+    again = inspect(Path(lines[0]["path"]))["content_credentials"]
+    assert again["status"] == "valid"
+    assert again["ingredients"][0]["manifest"] == credentials["manifest"]
+    assert again["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA and again["digital_source_type_inherited"]
+    assert action_names(again) == ["c2pa.opened", "c2pa.transcoded"]
+
+
+def test_without_identity_images_are_written_unsigned_with_one_warning(cli_runner, photo_dir, tmp_path):
+    result, lines = run_process(cli_runner, [photo_dir], tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert [line["status"] for line in lines] == ["written"] * 3
+    assert result.stderr.count("no C2PA signing identity") == 1
+    assert "sdmark keys init" in result.stderr
+    for line in lines:
+        credentials = inspect(Path(line["path"]))["content_credentials"]
+        assert credentials["present"] is False and credentials["status"] is None
+
+
+def test_broken_signing_config_fails_the_image_clearly(cli_runner, photo_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SDMARK_SIGN_CERT", str(tmp_path / "missing.pem"))
+    monkeypatch.setenv("SDMARK_SIGN_KEY", str(tmp_path / "missing.key"))
+    result, lines = run_process(cli_runner, [photo_dir / "astronaut.png"], tmp_path / "out")
+    assert result.exit_code == 1
+    assert lines[0]["status"] == "failed" and "missing.pem" in lines[0]["error"]
+    assert not list((tmp_path / "out").glob("*.png"))  # nothing half-signed left behind
+
+
+def test_soft_binding_registry_and_recovery_after_stripping(cli_runner, identity, photo_dir, tmp_path, register_plugin):
+    register_plugin(_TestMarkPlugin(), name="testmark-plugin")
+    _TestMark.issued = itertools.count()
+    set_trust_anchors([identity / "ca.pem"])
+    _, lines = run_process(cli_runner, [photo_dir / "astronaut.png", photo_dir / "chelsea.png"], tmp_path / "out",
+                           "--format", "webp", chain="testmark")
+    signed = Path(lines[1]["path"])
+    credentials = inspect(signed)["content_credentials"]
+    assert credentials["status"] == "valid"
+    assert "c2pa.watermarked" in action_names(credentials)
+    assert credentials["soft_binding"] == {"alg": "dev.sdmark.watermark.testmark", "scheme": "testmark", "payload": "c0ffee01"}
+
+    stripped = strip_metadata(signed, tmp_path / "uploaded.jpg")
+    assert inspect(stripped)["content_credentials"]["present"] is False
+    detection = {"scheme": "testmark", "p_value": 1e-12, "payload": "c0ffee01", "band": "very likely"}
+    recovered = inspect(stripped, [detection])["content_credentials"]
+    assert recovered["present"] is False and recovered["recovered_from_registry"] is True
+    assert recovered["status"] == "valid" and recovered["binding"] == "watermark"
+    assert recovered["manifest"] == credentials["manifest"]
+    assert recovered["registry_entry"]["title"] == signed.name
+    assert recovered["registry_entry"]["manifest"] == credentials["manifest"]
+    assert recovered["record"]["source"]["name"] == "chelsea.png"
+    # Values the SDK would mangle (arrays of numbers) come back exactly through the record.
+    assert recovered["record"]["stages"][0]["result"]["bits"] == [1, 0, 1, 1]
+    assert "recovered" in recovered["summary"]
+
+    unknown = inspect(stripped, [{**detection, "payload": "0badc0de"}])["content_credentials"]
+    assert unknown["recovered_from_registry"] is False and unknown["status"] is None
+
+    # A file that still has its manifest says whether the watermark matches the soft binding.
+    assert inspect(signed, [detection])["content_credentials"]["soft_binding_matches_watermark"] is True
+    assert inspect(signed, [{**detection, "payload": "c0ffee00"}])["content_credentials"]["soft_binding_matches_watermark"] is False
+
+    # Re-marking a signed image: the registry keys the new (active) manifest, not the parent's.
+    _, again = run_process(cli_runner, [signed], tmp_path / "again", chain="testmark")
+    remarked = inspect(Path(again[0]["path"]))["content_credentials"]
+    assert remarked["ingredients"][0]["manifest"] == credentials["manifest"]
+    from_registry = inspect(strip_metadata(Path(again[0]["path"]), tmp_path / "again.png"),
+                            [{**detection, "payload": "c0ffee02"}])["content_credentials"]
+    assert from_registry["manifest"] == remarked["manifest"] != credentials["manifest"]
+
+    # A weak detection is not evidence enough to look anything up.
+    weak = inspect(stripped, [{**detection, "p_value": 0.01, "band": "partial"}])["content_credentials"]
+    assert weak["recovered_from_registry"] is False
+
+
+def test_a_payload_shared_by_several_images_recovers_nothing(cli_runner, identity, photo_dir, tmp_path, register_plugin):
+    register_plugin(_TestMarkPlugin(), name="testmark-plugin")
+    _, lines = run_process(cli_runner, [photo_dir], tmp_path / "out", chain="testmark:payload=StableDiffusionV1")
+    stripped = strip_metadata(Path(lines[0]["path"]), tmp_path / "stripped.png")
+    detection = {"scheme": "testmark", "p_value": 1e-12, "payload": "StableDiffusionV1", "band": "very likely"}
+    credentials = inspect(stripped, [detection])["content_credentials"]
+    assert credentials["recovered_from_registry"] is False and credentials["registry_matches"] == 3
+    assert "cannot identify one" in credentials["note"]
+
+
+def _write_signing_helpers(folder: Path) -> None:
+    (folder / "kms_stub.py").write_text(
+        "import os\n"
+        "from cryptography.hazmat.primitives import hashes, serialization\n"
+        "from cryptography.hazmat.primitives.asymmetric import ec\n"
+        "def sign(data: bytes) -> bytes:\n"
+        "    key = serialization.load_pem_private_key(open(os.environ['KMS_STUB_KEY'], 'rb').read(), None)\n"
+        "    return key.sign(data, ec.ECDSA(hashes.SHA256()))\n"
+        "if __name__ == '__main__':\n"
+        "    import sys\n"
+        "    sys.stdout.buffer.write(sign(sys.stdin.buffer.read()))\n"
+    )
+
+
+@pytest.mark.parametrize("way", ["callback", "command"])
+def test_external_signer_callback_or_command(cli_runner, identity, photo_dir, tmp_path, monkeypatch, way):
+    """A deployment keeps its key elsewhere (KMS, HSM): sdmark only hands it the bytes to sign."""
+    _write_signing_helpers(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("KMS_STUB_KEY", str(identity / "signer.key"))
+    monkeypatch.setenv("SDMARK_KEYS_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("SDMARK_SIGN_CERT", str(identity / "signer-chain.pem"))
+    if way == "callback":
+        monkeypatch.setenv("SDMARK_SIGN_CALLBACK", "kms_stub:sign")
+    else:
+        monkeypatch.setenv("SDMARK_SIGN_COMMAND", f"{sys.executable} {tmp_path / 'kms_stub.py'}")
+    result, lines = run_process(cli_runner, [photo_dir / "coffee.jpg"], tmp_path / "out", "--format", "jpeg")
+    assert result.exit_code == 0, result.output
+    set_trust_anchors([identity / "ca.pem"])
+    assert inspect(Path(lines[0]["path"]))["content_credentials"]["status"] == "valid"
+
+
+def test_failing_signing_command_reports_why(cli_runner, identity, photo_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SDMARK_SIGN_CERT", str(identity / "signer-chain.pem"))
+    monkeypatch.setenv("SDMARK_SIGN_COMMAND", f"{sys.executable} -c \"import sys; sys.exit('HSM offline')\"")
+    result, lines = run_process(cli_runner, [photo_dir / "coffee.jpg"], tmp_path / "out")
+    assert result.exit_code == 1
+    assert "HSM offline" in lines[0]["error"]
+
+
+def test_untrusted_anchor_file_is_a_clear_error(tmp_path):
+    from sdmark.core.errors import SdmarkError
+
+    bad = tmp_path / "not-a-cert.pem"
+    bad.write_text("hello")
+    with pytest.raises(SdmarkError, match="no PEM certificate"):
+        set_trust_anchors([bad])
+    with pytest.raises(SdmarkError, match="cannot read"):
+        set_trust_anchors([tmp_path / "absent.pem"])
+
+
+# -- with the real watermark stage and verify ----------------------------------------------------
+
+
+def _has_watermark_stage() -> bool:
+    from sdmark.core.stages import stage_registry
+
+    load_plugins()
+    return "watermark" in stage_registry()
+
+
+needs_watermark = pytest.mark.skipif(not _has_watermark_stage(), reason="needs the watermark stage (sdmark stages)")
+
+
+def _verify(cli_runner, path: Path) -> dict:
+    """`sdmark verify --json` when the command exists, else its Python API."""
+    runner, cli = cli_runner
+    if "verify" in cli.commands:
+        result = runner.invoke(cli, ["verify", "--json", str(path)])
+        return json.loads(result.stdout.splitlines()[0])
+    from sdmark.plugins.watermark.verify import verify_file
+
+    return verify_file(path)
+
+
+@needs_watermark
+@pytest.mark.parametrize("fmt", ["jpeg", "webp"])
+def test_watermark_recovers_stripped_credentials_end_to_end(cli_runner, identity, photo_dir, tmp_path, fmt):
+    set_trust_anchors([identity / "ca.pem"])
+    result, lines = run_process(cli_runner, [photo_dir / "astronaut.png"], tmp_path / "out", "--format", fmt, chain="watermark")
+    assert result.exit_code == 0, result.output
+    signed = Path(lines[0]["path"])
+    payload = lines[0]["record"]["stages"][0]["result"]["payload"]
+
+    report = _verify(cli_runner, signed)
+    credentials = report["content_credentials"]
+    assert report["watermarked"] and credentials["status"] == "valid" and credentials["present"]
+    assert credentials["soft_binding"]["payload"] == payload and credentials["soft_binding_matches_watermark"]
+    assert "c2pa.watermarked" in action_names(credentials)
+
+    stripped = strip_metadata(signed, tmp_path / "platform-copy.jpg")  # re-encoded at JPEG 90, no metadata
+    report = _verify(cli_runner, stripped)
+    credentials = report["content_credentials"]
+    assert report["watermarked"] and report["detections"][0]["payload"] == payload
+    assert credentials["present"] is False and credentials["recovered_from_registry"] is True
+    assert credentials["status"] == "valid" and credentials["binding"] == "watermark"
+    assert credentials["record"]["source"]["name"] == "astronaut.png"
+
+
+@needs_watermark
+def test_generated_watermarked_image_recovers_after_stripping(cli_runner, identity, tiny_model_dir, tmp_path):
+    runner, cli = cli_runner
+    result = runner.invoke(cli, ["generate", "a red kite", "--seed", "11", "--steps", "1", "-m", str(tiny_model_dir),
+                                 "--chain", "watermark", "--no-safety", "-o", str(tmp_path / "gen"), "--json"])
+    assert result.exit_code == 0, result.output
+    signed = Path(json.loads(result.stdout.splitlines()[0])["path"])
+    set_trust_anchors([identity / "ca.pem"])
+    stripped = strip_metadata(signed, tmp_path / "screenshot.png")
+    report = _verify(cli_runner, stripped)
+    credentials = report["content_credentials"]
+    assert report["parameters"] is None and report["xmp_digital_source_type"] is None  # metadata gone
+    assert credentials["recovered_from_registry"] is True and credentials["status"] == "valid"
+    assert credentials["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA
+    assert [a["action"] for a in credentials["actions"]] == ["c2pa.created", "c2pa.watermarked"]
+    assert credentials["record"]["generation"]["prompt"] == "a red kite"
+
+
+def test_verify_trust_option(cli_runner, identity, photo_dir, tmp_path):
+    runner, cli = cli_runner
+    if "verify" not in cli.commands:
+        pytest.skip("needs `sdmark verify`")
+    _, lines = run_process(cli_runner, [photo_dir / "coffee.jpg"], tmp_path / "out", "--format", "webp")
+    path = lines[0]["path"]
+    plain = json.loads(runner.invoke(cli, ["verify", "--json", path]).stdout)
+    assert plain["content_credentials"]["status"] == "untrusted" and plain["content_credentials"]["trust_anchors"] == []
+    trusted = json.loads(runner.invoke(cli, ["verify", "--json", "--trust", str(identity / "ca.pem"), path]).stdout)
+    assert trusted["content_credentials"]["status"] == "valid"
+    assert trusted["content_credentials"]["trust_anchors"][0]["path"] == str((identity / "ca.pem").resolve())
+    bad = runner.invoke(cli, ["verify", "--trust", str(tmp_path / "absent.pem"), path])
+    assert bad.exit_code == 2 and "absent.pem" in bad.stderr
