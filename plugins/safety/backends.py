@@ -1,0 +1,143 @@
+"""Safety backends: the NSFW checkers behind the ``safety`` stage, and their registry.
+
+A backend is a :class:`SafetyBackend` subclass. Plugins contribute more through the
+``sdmark_register_safety_backends(register)`` hook; ``safety:backend=NAME`` picks one. A backend
+loads its model in ``__init__`` (once per run: instances are cached in ``context.cache``) and judges
+a batch of images in :meth:`SafetyBackend.check`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from sdmark.core.errors import ChainError, PluginError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from sdmark.core.stages import RunContext
+
+BACKEND_OPTIONS = ("threshold", "classes", "model", "sensitivity")
+"""Stage options that belong to backends; each backend lists the ones it reads in ``uses``."""
+
+
+@dataclass
+class Verdict:
+    """What a backend concluded about one image.
+
+    ``reasons`` are the (label, score) pairs that made it unsafe, worst first; ``scores`` every
+    score the backend wants recorded; ``why`` a short human reason (built from ``reasons`` when
+    empty); ``details`` anything else for the provenance record (thresholds, boxes).
+    """
+
+    flagged: bool
+    reasons: list[tuple[str, float]] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)
+    why: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if self.why:
+            return self.why
+        return ", ".join(f"{label} {score:.2f}" for label, score in self.reasons[:3]) or "flagged"
+
+
+class SafetyBackend:
+    """Base class of a safety backend.
+
+    Subclasses set ``name`` (what users write after ``backend=``), ``description`` and ``uses`` (the
+    stage options they read, among :data:`BACKEND_OPTIONS`), and implement ``__init__`` (load the
+    model; raise :class:`~sdmark.core.errors.ModelLoadError` naming what was tried) and
+    :meth:`check`.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    uses: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, options: dict[str, Any], context: RunContext) -> None:
+        self.options = options
+
+    @classmethod
+    def validate(cls, options: dict[str, Any], mode: str) -> None:
+        """Check this backend's options before any work; raise :class:`ChainError`."""
+
+    @classmethod
+    def cache_key(cls, options: dict[str, Any], context: RunContext) -> tuple[Any, ...]:
+        """What makes two loaded instances interchangeable within a run."""
+        return (cls.name, tuple(str(options.get(name)) for name in cls.uses), context.device, context.model)
+
+    def check(self, images: list[Image.Image]) -> list[Verdict]:
+        """Judge a batch of RGB or RGBA images; one :class:`Verdict` per image, in order.
+
+        Raise on failure: the stage retries images one by one and fails those that still raise
+        (they are never written unchecked).
+        """
+        raise NotImplementedError
+
+
+_registry: tuple[list[tuple[str, Any]], dict[str, type[SafetyBackend]]] | None = None
+
+
+def backend_registry() -> dict[str, type[SafetyBackend]]:
+    """Every installed backend by name, collected through ``sdmark_register_safety_backends``.
+
+    The registry is rebuilt when the set of registered plugins changes (a plugin registered at run
+    time, as tests do, is seen without any reset call).
+    """
+    global _registry
+    from sdmark.core.plugins import load_plugins, pm
+
+    load_plugins()
+    # The key holds the plugin objects themselves: comparing ids alone could match a new plugin
+    # that reuses a collected one's id.
+    key = sorted(pm.list_name_plugin(), key=lambda pair: pair[0])
+    if _registry is not None and len(_registry[0]) == len(key) and all(
+        name == old_name and plugin is old_plugin for (name, plugin), (old_name, old_plugin) in zip(key, _registry[0])
+    ):
+        return _registry[1]
+    backends: dict[str, type[SafetyBackend]] = {}
+
+    def register(backend: type[SafetyBackend]) -> None:
+        name = getattr(backend, "name", None)
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"safety backend {backend!r} has no name")
+        if not callable(getattr(backend, "check", None)):
+            raise PluginError(f"safety backend {name!r} ({backend.__module__}) has no check() method")
+        unknown = set(getattr(backend, "uses", ())) - set(BACKEND_OPTIONS)
+        if unknown:
+            raise PluginError(f"safety backend {name!r} uses unknown options {sorted(unknown)}; "
+                              f"backends may use {', '.join(BACKEND_OPTIONS)}")
+        other = backends.get(name)
+        if other is not None and other is not backend:
+            raise PluginError(f"safety backend {name!r} is registered twice: by {other.__module__} and by {backend.__module__}")
+        backends[name] = backend
+
+    pm.hook.sdmark_register_safety_backends(register=register)
+    _registry = (key, dict(sorted(backends.items())))
+    return _registry[1]
+
+
+def backend_names() -> tuple[str, ...]:
+    """The names users can give to ``safety:backend=`` (the option's choices)."""
+    return tuple(backend_registry())
+
+
+def get_backend(name: str) -> type[SafetyBackend]:
+    backends = backend_registry()
+    try:
+        return backends[name]
+    except KeyError:
+        raise ChainError(f"unknown safety backend {name!r}; installed: {', '.join(backends) or 'none'}") from None
+
+
+def load_backend(name: str, options: dict[str, Any], context: RunContext) -> SafetyBackend:
+    """The backend instance for this run, loaded once and kept in ``context.cache``."""
+    cls = get_backend(name)
+    key = ("safety-backend", *cls.cache_key(options, context))
+    backend = context.cache.get(key)
+    if backend is None:
+        backend = cls(options, context)
+        context.cache[key] = backend
+    return backend
