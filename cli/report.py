@@ -34,6 +34,8 @@ class Reporter:
 
     def __call__(self, result: ItemResult) -> None:
         self.counts[result.status] += 1
+        if result.record is not None and any(entry.result.get("flagged") for entry in result.record.stages):
+            self.counts["flagged"] += 1
         if self.as_json:
             click.echo(json.dumps(result.to_json(), ensure_ascii=False))
             return
@@ -53,6 +55,8 @@ class Reporter:
         """Print the summary to stderr and return the exit code (1 when any image failed)."""
         order = ("written", "kept", "dropped", "failed")
         summary = ", ".join(f"{self.counts[k]} {k}" for k in order if self.counts[k]) or "nothing to do"
+        if self.counts["flagged"]:
+            summary += f" ({self.counts['flagged']} flagged by safety)"
         if directory is not None and self.counts["written"]:
             summary += f" -> {directory}"
         click.echo(summary, err=True)

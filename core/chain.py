@@ -173,6 +173,13 @@ class Chain:
                     "it cannot process existing images"
                 )
             stage.check(mode)
+        for position, stage in enumerate(self.stages):
+            earlier = [s.name for s in self.stages[:position] if s.changes_pixels and "process" in s.active_phases()]
+            if stage.checks_safety and earlier:
+                warnings.append(
+                    f"{', '.join(map(repr, earlier))} run(s) before {stage.name!r}: the safety check sees their "
+                    f"output, not the generated image; put {stage.name!r} first"
+                )
         marked_by: Stage | None = None
         for stage in self.stages:
             if marked_by is not None and stage.changes_pixels and "process" in stage.active_phases():

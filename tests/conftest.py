@@ -12,6 +12,21 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_user_state(tmp_path_factory: pytest.TempPathFactory):
+    """Keep the user's signing identity and manifest registry out of the tests (and vice versa)."""
+    home = tmp_path_factory.mktemp("user-state")
+    saved = {key: os.environ.get(key) for key in ("SDMARK_KEYS_DIR", "SDMARK_REGISTRY")}
+    os.environ["SDMARK_KEYS_DIR"] = str(home / "keys")
+    os.environ["SDMARK_REGISTRY"] = str(home / "registry.sqlite")
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A diffusers model folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""

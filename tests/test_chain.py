@@ -47,10 +47,19 @@ class LatentOnly(Stage):
         return {}
 
 
+class Check(Stage):
+    name = "t-check"
+    checks_safety = True
+    changes_pixels = False
+
+    def process_one(self, item, context):
+        return {"summary": "ok"}
+
+
 class Stages:
     @hookimpl
     def sdmark_register_stages(self, register):
-        for stage in (Invert, Mark, LatentOnly):
+        for stage in (Invert, Mark, LatentOnly, Check):
             register(stage)
 
 
@@ -143,3 +152,9 @@ def test_cli_process_warns_about_order_and_runs_in_order(stages, cli_runner, pho
     written = Image.open(out / "astronaut.png").convert("RGB")
     original = Image.open(photo_dir / "astronaut.png").convert("RGB")
     assert written.tobytes() == ImageOps.invert(original).tobytes()
+
+
+def test_pixel_stage_before_the_safety_check_warns(stages):
+    assert Chain.build("t-check t-invert t-mark").validate("generate") == []
+    [warning] = Chain.build("t-invert t-check").validate("generate")
+    assert "the safety check sees their output" in warning and "'t-invert'" in warning
