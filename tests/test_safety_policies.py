@@ -198,7 +198,7 @@ def test_cli_reports_flagged_and_clean_images(inputs, tmp_path, cli_runner):
         f"written  {out / 'coffee.png'}  [safety: ok]",
     ]
     assert "warning: safety flagged astronaut: test-marker 0.99 -> blurred" in result.stderr
-    assert "3 written -> " in result.stderr and "(1 flagged by safety)" in result.stderr
+    assert "3 written (1 flagged by safety) -> " in result.stderr
 
     dropped = runner.invoke(cli, ["process", str(inputs), "--chain", "safety:backend=test-flag,policy=drop",
                                   "-o", str(tmp_path / "d"), "--json"])
