@@ -1,1 +1,28 @@
-"""The watermark plugin."""
+"""The watermark plugin: the ``watermark`` stage and the schemes ``sdmark verify`` knows.
+
+Modules: :mod:`.stage` (the stage), :mod:`.methods` (embedding methods by name),
+:mod:`.schemes` (detectors, p-values, bands, the scheme registry), :mod:`.payload` (our versioned,
+BCH-protected payload), :mod:`.dwt` (vectorised dwtDct/dwtDctSvd), :mod:`.rivagan` (rivaGan via
+onnxruntime), :mod:`.verify` (the verify API), :mod:`.calibration` (false-positive measurements).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from sdmark.core.plugins import hookimpl
+
+
+@hookimpl
+def sdmark_register_stages(register: Callable[[type], None]) -> None:
+    from sdmark.plugins.watermark.stage import WatermarkStage
+
+    register(WatermarkStage)
+
+
+@hookimpl
+def sdmark_register_watermark_schemes(register: Callable[[Any], None]) -> None:
+    from sdmark.plugins.watermark.schemes import builtin_schemes
+
+    for scheme in builtin_schemes():
+        register(scheme)

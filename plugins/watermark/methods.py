@@ -1,0 +1,126 @@
+"""Embedding methods the ``watermark`` stage offers (``watermark:method=NAME``), by name.
+
+A method embeds an sdmark mark into an RGB array and names the scheme
+(:mod:`~sdmark.plugins.watermark.schemes`) that reads it back, which the stage uses to check its
+own output. Adding a method is one :func:`register_method` call with a :class:`Method`; the stage's
+``method`` option lists whatever is registered. This module is imported on every CLI start, so
+embedders import their heavy dependencies when they run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+MIN_PIXELS = 256 * 256
+"""invisible-watermark refuses images with fewer pixels than 256x256; all methods here keep that floor."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way to embed a mark.
+
+    ``embed(rgb, ident)`` returns a marked copy of an ``(H, W, 3)`` uint8 array; ``ident`` is the
+    8-byte id (ignored when ``carries_id`` is false). ``scheme`` is the name of the registered
+    scheme that detects this method's marks. ``min_carriers`` is the least number of 4x4 DWT
+    blocks the method needs (0 when it does not use them). ``require()`` raises
+    :class:`RuntimeError` with an install hint when a dependency is missing.
+    """
+
+    name: str
+    description: str
+    embed: Callable[[np.ndarray, bytes], np.ndarray]
+    scheme: str
+    carries_id: bool = True
+    min_carriers: int = 0
+    require: Callable[[], None] = lambda: None
+    min_side: int = 0
+
+    def unfit(self, width: int, height: int) -> str | None:
+        """Why an image of this size cannot carry the mark, or ``None`` when it can."""
+        if width * height < MIN_PIXELS:
+            return (f"image is {width}x{height}: {self.name} needs at least {MIN_PIXELS} pixels (256x256); "
+                    "upscale it before the watermark stage or leave it unmarked")
+        if min(width, height) < self.min_side:
+            return f"image is {width}x{height}: {self.name} needs at least {self.min_side} pixels a side"
+        if self.min_carriers:
+            from sdmark.plugins.watermark.dwt import capacity
+
+            if capacity(height, width) < self.min_carriers:
+                return (f"image is {width}x{height}: too thin for {self.name} "
+                        f"(needs {self.min_carriers} 8x8-pixel cells, has {capacity(height, width)})")
+        return None
+
+
+_methods: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> None:
+    """Add a method (a name already taken is an error, so two plugins never fight silently)."""
+    if method.name in _methods and _methods[method.name] != method:
+        raise ValueError(f"watermark method {method.name!r} is registered twice")
+    _methods[method.name] = method
+
+
+def get_method(name: str) -> Method:
+    try:
+        return _methods[name]
+    except KeyError:
+        raise KeyError(f"unknown watermark method {name!r}; choose one of {', '.join(method_names())}") from None
+
+
+def method_names() -> tuple[str, ...]:
+    return tuple(_methods)
+
+
+# -- built-in methods ---------------------------------------------------------------------------
+
+
+def _dwt_embedder(method: str) -> Callable[[np.ndarray, bytes], np.ndarray]:
+    def embed(rgb: np.ndarray, ident: bytes) -> np.ndarray:
+        from sdmark.plugins.watermark import dwt, payload
+
+        return dwt.embed(rgb, payload.encode(ident, method), method)
+
+    return embed
+
+
+def _rivagan_embed(rgb: np.ndarray, ident: bytes) -> np.ndarray:
+    from sdmark.plugins.watermark import payload, rivagan
+
+    return rivagan.encode(rgb, payload.RIVAGAN_PATTERN)
+
+
+def _rivagan_require() -> None:
+    from sdmark.plugins.watermark import rivagan
+
+    try:
+        rivagan.session("encoder")
+        rivagan.session("decoder")
+    except rivagan.RivaGanUnavailable as exc:
+        raise RuntimeError(str(exc)) from None
+
+
+register_method(Method(
+    "dwtDctSvd", "invisible-watermark dwtDctSvd with the sdmark payload (survives JPEG 75 and resizing)",
+    _dwt_embedder("dwtDctSvd"), scheme="sdmark-dwtDctSvd", min_carriers=4 * 152))
+register_method(Method(
+    "dwtDct", "invisible-watermark dwtDct with the sdmark payload (fast, fragile: JPEG 90 can erase it)",
+    _dwt_embedder("dwtDct"), scheme="sdmark-dwtDct", min_carriers=4 * 152))
+register_method(Method(
+    "rivaGan", "invisible-watermark rivaGan (neural, survives crops and brightness) with sdmark's keyed "
+    "32-bit pattern; no room for an id, and ~1 s an image on a CPU",
+    _rivagan_embed, scheme="sdmark-rivaGan", carries_id=False, require=_rivagan_require))
+
+
+def _spectral_embed(rgb: np.ndarray, ident: bytes) -> np.ndarray:
+    from sdmark.plugins.watermark import spectral
+
+    return spectral.embed(rgb, ident)
+
+
+register_method(Method(
+    "sdmark", "sdmark's own spread-spectrum mark with self-synchronisation (survives crops, resizing, "
+    "JPEG and tone changes); 64-bit id", _spectral_embed, scheme="sdmark", min_side=128))

@@ -1,0 +1,355 @@
+"""Watermark schemes: the marks ``sdmark verify`` knows, each a named detector with a verdict.
+
+A scheme is any object with the attributes and method of :class:`Scheme`. Built-in schemes and
+third-party ones are registered alike, through the ``sdmark_register_watermark_schemes`` hook.
+Detectors read the image through an :class:`ImageView`, which computes each shared transform
+(a chroma plane, its Haar band, per-block scores) once per image however many schemes use it.
+
+Confidence
+----------
+Every detection has a ``p_value``: the probability that an *unmarked* image gives a read at least
+this good. For a fixed message of ``n`` bits with ``k`` bits matching it is the binomial tail
+``P(Binomial(n, 1/2) >= k)``; for the sdmark payload it is the BCH bound of
+:mod:`sdmark.plugins.watermark.payload`. A scheme that reads the image in several ways (SDXL: two
+channel orders, uint8 or float embedding) multiplies its best p-value by the number of ways (Bonferroni).
+
+The band turns the p-value into words, like Stability's ``detect.py``:
+
+============  ===============  ==================================================================
+band          p-value          meaning
+============  ===============  ==================================================================
+very likely   <= 1e-9          watermarked
+likely        <= 1e-6          watermarked
+partial       <= 1e-3          some bits agree; not enough to call it marked
+none          > 1e-3           nothing found
+============  ===============  ==================================================================
+
+An image is reported *watermarked* when one scheme is ``likely`` or ``very likely``. The cut at
+1e-6 per scheme is the stated false-positive rate for fair-coin bits. Decoded bits of real images
+are not fair coins (flat and graphic images read long runs of equal bits), so the cuts were checked
+on unmarked images, photos and flat/graphic ones, with crops and re-encodes: run
+``python -m sdmark.plugins.watermark.calibration`` for the table of their best p-values per scheme.
+On 259 unmarked images the smallest p-value of any scheme was 8.4e-3 (see that module's docstring), and
+``tests/test_watermark_detect.py`` fails if any unmarked test image is reported watermarked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from math import comb
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
+
+import numpy as np
+
+from sdmark.plugins.watermark import dwt, payload
+
+BANDS = (("very likely", 1e-9), ("likely", 1e-6), ("partial", 1e-3))
+"""(band, largest p-value in it), strongest first; above the last cut the band is ``none``."""
+WATERMARKED_BANDS = frozenset({"very likely", "likely"})
+
+
+def band_for(p_value: float) -> str:
+    """The band of a p-value (see the module docstring)."""
+    for name, cut in BANDS:
+        if p_value <= cut:
+            return name
+    return "none"
+
+
+@lru_cache(maxsize=None)
+def binomial_tail(n: int, k: int) -> float:
+    """``P(Binomial(n, 1/2) >= k)``, exact."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    return sum(comb(n, i) for i in range(k, n + 1)) / 2.0**n
+
+
+@dataclass
+class Detection:
+    """What one scheme found in one image."""
+
+    scheme: str
+    p_value: float
+    payload: str | None = None
+    band: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.band:
+            self.band = band_for(self.p_value)
+
+    @property
+    def watermarked(self) -> bool:
+        return self.band in WATERMARKED_BANDS
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scheme": self.scheme, "p_value": float(self.p_value), "payload": self.payload,
+                "band": self.band, **self.details}
+
+
+class ImageView:
+    """One image as detectors see it, with every derived array computed at most once.
+
+    ``rgb`` is an ``(H, W, 3)`` uint8 array (alpha dropped: marks live in the colour channels).
+    """
+
+    def __init__(self, rgb: np.ndarray) -> None:
+        self.rgb = np.ascontiguousarray(rgb[:, :, :3], dtype=np.uint8)
+        self._memo: dict[Any, Any] = {}
+
+    @property
+    def height(self) -> int:
+        return self.rgb.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.rgb.shape[1]
+
+    def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per image per ``key``: how schemes share any work of their own."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def block_scores(self, method: str, order: dwt.Order = "bgr", offset: float = 0.0) -> np.ndarray:
+        """Per-block scores of a DWT method (``dwtDct``/``dwtDctSvd``) for a channel order.
+
+        ``offset`` is subtracted from the low-low band first: :data:`dwt.FLOAT_OFFSET` reads a mark
+        that was embedded in a float image (see there).
+        """
+        blocks = self.memo(("blocks", order), lambda: dwt.to_blocks(dwt.haar_ll(dwt.u_plane(self.rgb, order))))
+        return self.memo(("scores", method, order, offset),
+                         lambda: dwt.scores_of_blocks(blocks - offset if offset else blocks, method))
+
+    def bits(self, method: str, length: int, order: dwt.Order = "bgr", offset: float = 0.0) -> np.ndarray:
+        """The ``length`` bits invisible-watermark would decode with ``method`` (bool array)."""
+        return dwt.bits_from_scores(self.block_scores(method, order, offset), length)
+
+    def carriers(self) -> int:
+        """Blocks available to the DWT methods (each carries one copy of one bit)."""
+        return dwt.capacity(self.height, self.width)
+
+
+@runtime_checkable
+class Scheme(Protocol):
+    """What ``sdmark verify`` needs from a scheme.
+
+    ``name`` is unique and shown to users; ``costly`` schemes (a neural decoder) run only when
+    asked for by name or with ``--all-schemes``; ``decoder`` names the transform it reads (for
+    ``sdmark verify --list-schemes``). ``detect`` returns a :class:`Detection` (any band) or
+    ``None`` when the image cannot carry this mark (too small).
+    """
+
+    name: str
+    description: str
+    decoder: str
+    costly: bool
+
+    def detect(self, view: ImageView) -> Detection | None: ...
+
+
+def _bits_of_bytes(message: bytes) -> tuple[int, ...]:
+    return tuple(int(b) for b in np.unpackbits(np.frombuffer(message, dtype=np.uint8)))
+
+
+@dataclass(frozen=True)
+class FixedMessageScheme:
+    """A tool that stamps the same message into every image; verdict from the count of matching bits.
+
+    ``readings`` lists the ways the tool has been seen to hand images to invisible-watermark:
+    (channel order, offset of the low-low band; :data:`dwt.FLOAT_OFFSET` for float images). Each is
+    read and the best p-value, times the number of readings, is the verdict.
+    """
+
+    name: str
+    description: str
+    bits: tuple[int, ...]
+    method: str = "dwtDct"
+    readings: tuple[tuple[dwt.Order, float], ...] = (("bgr", 0.0),)
+    text: str | None = None
+    costly: bool = False
+
+    @property
+    def decoder(self) -> str:
+        ways = sorted({order for order, _ in self.readings}) + (["float"] if any(o for _, o in self.readings) else [])
+        return f"{self.method} ({'/'.join(ways)})"
+
+    @classmethod
+    def from_bytes(cls, name: str, description: str, message: bytes, **kwargs: Any) -> FixedMessageScheme:
+        return cls(name, description, _bits_of_bytes(message), text=message.decode("latin-1"), **kwargs)
+
+    def detect(self, view: ImageView) -> Detection | None:
+        n = len(self.bits)
+        if view.carriers() < n:
+            return None
+        expected = np.asarray(self.bits, dtype=bool)
+        best: tuple[int, str, float] | None = None
+        for order, offset in self.readings:
+            matches = int((view.bits(self.method, n, order, offset) == expected).sum())
+            if best is None or matches > best[0]:
+                best = (matches, order, offset)
+        assert best is not None
+        matches, order, offset = best
+        p_value = min(1.0, binomial_tail(n, matches) * len(self.readings))
+        details: dict[str, Any] = {"matched_bits": matches, "bits": n}
+        if len(self.readings) > 1:
+            details["channel_order"] = order
+            details["embedded_as"] = "float" if offset else "uint8"
+        payload_text = self.text if p_value <= BANDS[1][1] else None
+        return Detection(self.name, p_value, payload_text, details=details)
+
+
+@dataclass(frozen=True)
+class SdmarkPayloadScheme:
+    """Our own payload (:mod:`~sdmark.plugins.watermark.payload`) embedded with a DWT method."""
+
+    name: str
+    description: str
+    method: str
+    costly: bool = False
+    methods_tried: int = 2
+    """How many sdmark payload schemes a default verify runs (for the union bound)."""
+
+    @property
+    def decoder(self) -> str:
+        return f"{self.method} (bgr), BCH"
+
+    def detect(self, view: ImageView) -> Detection | None:
+        if view.carriers() < payload.LENGTH:
+            return None
+        found = payload.decode(view.bits(self.method, payload.LENGTH), self.method, self.methods_tried)
+        if found is None:
+            return Detection(self.name, 1.0, None, details={"decoded": False})
+        return Detection(self.name, found.p_value, found.hex,
+                         details={"decoded": True, "corrected_bits": found.corrected, "method": self.method})
+
+
+@dataclass(frozen=True)
+class RivaGanPatternScheme:
+    """sdmark's fixed keyed 32-bit pattern embedded with rivaGan; verdict from matching bits."""
+
+    name: str = "sdmark-rivaGan"
+    description: str = "sdmark's keyed pattern in rivaGan (32 bits; a neural decoder, ~0.6 s an image)"
+    decoder: str = "rivaGan (ONNX)"
+    costly: bool = True
+
+    def detect(self, view: ImageView) -> Detection | None:
+        from sdmark.plugins.watermark import rivagan
+
+        bits = view.memo("rivaGan", lambda: rivagan.decode(view.rgb))
+        matches = int((bits == payload.RIVAGAN_PATTERN.astype(bool)).sum())
+        # With 32 bits the "likely" cut (1e-6) falls between 29 and 30 matches: the stated bound.
+        p_value = binomial_tail(payload.RIVAGAN_BITS, matches)
+        return Detection(self.name, p_value, None, details={"matched_bits": matches, "bits": payload.RIVAGAN_BITS})
+
+
+@dataclass(frozen=True)
+class SpectralScheme:
+    """sdmark's own spread-spectrum mark (:mod:`~sdmark.plugins.watermark.spectral`), public key."""
+
+    name: str = "sdmark"
+    description: str = "sdmark spread-spectrum mark (64-bit id, keyed check + BCH; survives crops and resizing)"
+    decoder: str = "spectral (FFT)"
+    costly: bool = False
+
+    def detect(self, view: ImageView) -> Detection | None:
+        from sdmark.plugins.watermark import spectral
+
+        if min(view.height, view.width) < spectral.MIN_DETECT_SIDE:
+            return None
+        found = view.memo("spectral", lambda: spectral.detect(view.rgb))
+        if not found.found:
+            return Detection(self.name, 1.0, None, details={"decoded": False})
+        return Detection(self.name, found.p_value, found.hex,
+                         details={"decoded": True, "corrected_bits": found.corrected, "scale": found.scale})
+
+
+SDXL_MESSAGE = 0xB3EC907BB19E
+
+
+def builtin_schemes() -> list[Any]:
+    """The schemes sdmark ships: four other tools' fixed marks and our payload in each method."""
+    sdxl_bits = tuple(int(b) for b in bin(SDXL_MESSAGE)[2:])
+    return [
+        FixedMessageScheme.from_bytes(
+            "sd-v1", "Stable Diffusion v1 reference scripts (CompVis txt2img/img2img): 'StableDiffusionV1', dwtDct",
+            b"StableDiffusionV1"),
+        FixedMessageScheme.from_bytes(
+            "sd-v2", "Stable Diffusion 2 reference scripts (Stability-AI/stablediffusion): 'SDV2', dwtDct", b"SDV2"),
+        FixedMessageScheme(
+            "sdxl", "SDXL in diffusers and Stability's generative-models: 48 bits 0xB3EC907BB19E, dwtDct on float "
+            "images (also read as uint8, and in the swapped channel order of diffusers releases before the BGR fix)",
+            sdxl_bits, readings=(("bgr", 0.0), ("bgr", dwt.FLOAT_OFFSET), ("rgb", 0.0), ("rgb", dwt.FLOAT_OFFSET)),
+            text=f"0x{SDXL_MESSAGE:X}"),
+        FixedMessageScheme.from_bytes("invokeai", "InvokeAI: 'InvokeAI', dwtDct", b"InvokeAI"),
+        SdmarkPayloadScheme("sdmark-dwtDctSvd", "sdmark payload (versioned id, BCH + CRC) in dwtDctSvd", "dwtDctSvd"),
+        SdmarkPayloadScheme("sdmark-dwtDct", "sdmark payload (versioned id, BCH + CRC) in dwtDct", "dwtDct"),
+        SpectralScheme(),
+        RivaGanPatternScheme(),
+    ]
+
+
+class SchemeRegistry:
+    """Schemes by name, filled through the ``sdmark_register_watermark_schemes`` hook."""
+
+    def __init__(self) -> None:
+        self._schemes: dict[str, Any] = {}
+
+    def register(self, scheme: Any) -> None:
+        if not isinstance(scheme, Scheme):
+            raise TypeError(f"{scheme!r} does not implement the watermark Scheme protocol "
+                            "(name, description, decoder, costly, detect)")
+        if scheme.name in self._schemes and self._schemes[scheme.name] is not scheme:
+            from sdmark.core.errors import PluginError
+
+            raise PluginError(f"watermark scheme {scheme.name!r} is registered twice")
+        self._schemes[scheme.name] = scheme
+
+    def get(self, name: str) -> Any:
+        try:
+            return self._schemes[name]
+        except KeyError:
+            from sdmark.core.errors import SdmarkError
+
+            raise SdmarkError(f"unknown watermark scheme {name!r}; known schemes: {', '.join(self.names())}") from None
+
+    def names(self) -> list[str]:
+        return list(self._schemes)
+
+    def __iter__(self):
+        return iter(self._schemes.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._schemes
+
+    def select(self, names: Iterable[str] = (), all_schemes: bool = False) -> list[Any]:
+        """Named schemes; with none named, every cheap one (all of them with ``all_schemes``)."""
+        names = list(names)
+        if names:
+            return [self.get(name) for name in names]
+        return [s for s in self if all_schemes or not s.costly]
+
+
+_registry: SchemeRegistry | None = None
+
+
+def scheme_registry() -> SchemeRegistry:
+    """Every installed scheme (plugins load on first use)."""
+    global _registry
+    if _registry is None:
+        from sdmark.core.plugins import load_plugins, pm
+
+        load_plugins()
+        registry = SchemeRegistry()
+        pm.hook.sdmark_register_watermark_schemes(register=registry.register)
+        _registry = registry
+    return _registry
+
+
+def reset_scheme_registry() -> None:
+    """Forget the registry so it is rebuilt from the plugins (tests, plugin authors)."""
+    global _registry
+    _registry = None

@@ -1,0 +1,94 @@
+"""The ``watermark`` stage through ``sdmark process`` and the Python API."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdmark.core.chain import Chain
+from sdmark.core.errors import ChainError
+from sdmark.core.process import process_images
+from sdmark.plugins.watermark.verify import verify_file, verify_image
+
+
+def test_process_chain_marks_and_records_and_verify_reads_it(cli_runner, photo_dir, tmp_path):
+    runner, cli = cli_runner
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["process", str(photo_dir), "--chain", "watermark:id=c0ffee", "-o", str(out),
+                                 "--json", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 3 and all(line["status"] == "written" for line in lines)
+    entry = lines[0]["record"]["stages"][-1]
+    assert entry["stage"] == "watermark"
+    assert entry["result"]["method"] == "dwtDctSvd" and entry["result"]["scheme"] == "sdmark-dwtDctSvd"
+    assert entry["result"]["payload"] == "0000000000c0ffee" and entry["result"]["readback"]["band"] == "very likely"
+    assert entry["result"]["summary"] == "dwtDctSvd id=0000000000c0ffee"
+    for written in out.iterdir():
+        report = verify_file(written)
+        assert report["watermarked"] and report["detections"][0]["payload"] == "0000000000c0ffee"
+    for source in photo_dir.iterdir():  # inputs untouched and unmarked
+        assert verify_file(source)["watermarked"] is False
+
+
+def test_auto_ids_differ_per_image_and_are_recorded(photos, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    photos["astronaut"].save(folder / "a.png")
+    photos["rocket"].save(folder / "b.png")
+    results = process_images([folder], Chain.build("watermark:method=dwtDct"), None, progress=False)
+    ids = [r.record.find("watermark")[0].result["id"] for r in results]
+    assert len(set(ids)) == 2 and all(len(i) == 16 for i in ids)
+    for result, ident in zip(results, ids):
+        assert verify_image(result.item.image)["detections"][0]["payload"] == ident
+
+
+def test_alpha_is_kept_and_odd_sizes_work(tmp_path):
+    rng = np.random.default_rng(0)
+    base = np.asarray(Image.fromarray(rng.integers(60, 200, (301, 283, 3), dtype=np.uint8)).resize((283, 301)))
+    alpha = np.tile(np.linspace(0, 255, 283).astype(np.uint8), (301, 1))
+    rgba = Image.fromarray(np.dstack([base, alpha]), "RGBA")
+    path = tmp_path / "odd.png"
+    rgba.save(path)
+    [result] = process_images([path], Chain.build("watermark"), None, progress=False)
+    assert result.status == "kept", result.error
+    image = result.item.image
+    assert image.mode == "RGBA" and image.size == (283, 301)
+    assert np.array_equal(np.asarray(image)[:, :, 3], alpha)
+    assert verify_image(image)["watermarked"]
+
+
+def test_small_image_fails_loudly_and_is_not_written(cli_runner, tmp_path):
+    runner, cli = cli_runner
+    Image.new("RGB", (200, 180), (120, 80, 40)).save(tmp_path / "small.png")
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["process", str(tmp_path / "small.png"), "--chain", "watermark", "-o", str(out),
+                                 "--no-progress"])
+    assert result.exit_code == 1
+    assert "needs at least 65536 pixels" in result.stdout
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_option_errors_before_any_work():
+    with pytest.raises(ChainError, match="must be one of dwtDctSvd, dwtDct, rivaGan"):
+        Chain.build("watermark:method=lsb")
+    chain = Chain.build("watermark:id=nothex")
+    with pytest.raises(ChainError, match="hex digits"):
+        chain.validate("process")
+    with pytest.raises(ChainError, match="carries no id"):
+        Chain.build("watermark:method=rivaGan,id=12").validate("process")
+
+
+def test_spectral_sdmark_method_marks_and_verify_reads_it(photos, tmp_path):
+    pytest.importorskip("sdmark.plugins.watermark.spectral")
+    path = tmp_path / "cat.png"
+    photos["chelsea"].save(path)
+    [result] = process_images([path], Chain.build("watermark:method=sdmark,id=feed"), None, progress=False)
+    assert result.status == "kept", result.error
+    entry = result.record.find("watermark")[0].result
+    assert (entry["method"], entry["scheme"], entry["payload"]) == ("sdmark", "sdmark", "000000000000feed")
+    report = verify_image(result.item.image)
+    assert report["watermarked"] and report["detections"][0]["scheme"] == "sdmark"
