@@ -28,15 +28,17 @@ def _verify_one(job: tuple[str, str | None, tuple[str, ...], bool]) -> dict[str,
 def _human(report: dict[str, Any]) -> str:
     if report["error"]:
         return f"error        {report['path']}  ({report['error']})"
+    credentials = report.get("content_credentials") or {}
+    extra = f"  [credentials: {credentials['summary']}]" if credentials.get("summary") not in (None, "none") else ""
     found = [d for d in report["detections"] if d["band"] in ("likely", "very likely")]
     if found:
         parts = []
         for d in found:
             payload = f" payload={d['payload']}" if d.get("payload") else ""
             parts.append(f"{d['scheme']} ({d['band']}, p={d['p_value']:.1e}{payload})")
-        return f"watermarked  {report['path']}  " + "; ".join(parts)
+        return f"watermarked  {report['path']}  " + "; ".join(parts) + extra
     weak = [f"{d['scheme']} partial, p={d['p_value']:.1e}" for d in report["detections"]]
-    return f"unmarked     {report['path']}" + (f"  ({'; '.join(weak)})" if weak else "")
+    return f"unmarked     {report['path']}" + (f"  ({'; '.join(weak)})" if weak else "") + extra
 
 
 def _list_schemes() -> None:
