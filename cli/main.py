@@ -63,7 +63,9 @@ def stages(as_json: bool) -> None:
         if stage.description:
             click.echo(f"    {stage.description}")
         for option, data in zip(stage.options, options):
-            click.echo(f"    {option.name}={data['default']!s:<12} {_option_type(option):<24} {option.help}")
+            default = "" if data["default"] in (None, "") else f", default {data['default']}"
+            click.echo(f"    {option.name}  ({_option_type(option)}{default})")
+            click.echo(f"        {option.help}")
     if not as_json and not registry.names():
         click.echo("no stages installed (check SDMARK_LOAD_PLUGINS / SDMARK_DISABLE_PLUGINS)")
 

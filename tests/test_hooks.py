@@ -173,7 +173,7 @@ def test_third_party_plugin_is_discovered_and_its_stage_runs(third_party_site, p
     env = {"PYTHONPATH": str(third_party_site), "SDMARK_DISABLE_PLUGINS": "broken"}
     stages = sdmark("stages", env=env)
     assert stages.returncode == 0, stages.stderr
-    assert "mirror  (process)  from sdmark_mirror" in stages.stdout and "times=1" in stages.stdout
+    assert "mirror  (process)  from sdmark_mirror" in stages.stdout and "times  (int, default 1)" in stages.stdout
     plugins = sdmark("plugins", env=env)
     assert "mirror  (sdmark-mirror 1.2.3)" in plugins.stdout
     out = tmp_path / "out"
