@@ -136,7 +136,7 @@ def load_pipeline(
     from sdmark.core.plugins import load_plugins, pm
 
     load_plugins()
-    _quiet_loading()
+    quiet_loading()
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
     options = {"scheduler": scheduler, "cpu_offload": cpu_offload, "vae_slicing": vae_slicing,
@@ -160,7 +160,7 @@ def load_pipeline(
     return pipe
 
 
-def _quiet_loading() -> None:
+def quiet_loading() -> None:
     """Loading bars of diffusers/transformers are noise next to ours (SDMARK_DEBUG keeps them)."""
     if os.environ.get("SDMARK_DEBUG"):
         return
