@@ -21,9 +21,12 @@ def _size(value: str | None) -> tuple[int, int] | None:
         return None
     try:
         width, _, height = value.lower().partition("x")
-        return int(width), int(height or width)
+        size = int(width), int(height or width)
     except ValueError:
-        raise click.BadParameter(f"expected WIDTHxHEIGHT (e.g. 512x768), got {value!r}") from None
+        raise click.BadParameter(f"expected WIDTHxHEIGHT (e.g. 512x768), got {value!r}", param_hint="--size") from None
+    if min(size) < 8 or size[0] % 8 or size[1] % 8:
+        raise click.BadParameter(f"width and height must be positive multiples of 8; got {value!r}", param_hint="--size")
+    return size
 
 
 def _read_prompts(path: Path) -> list[str]:

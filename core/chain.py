@@ -20,7 +20,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sdmark.core.errors import ChainError, StageError
 from sdmark.core.stages import DenoiseBatch, ImageItem, RunContext, Stage, StageRegistry, stage_registry
@@ -190,6 +190,23 @@ class Chain:
             if stage.embeds_watermark:
                 marked_by = stage
         return warnings
+
+    def check_safety(self, mode: str, safety: str, warn: Callable[[str], None]) -> None:
+        """Enforce the safety rules before any work.
+
+        ``generate`` with ``safety="on"`` needs a safety-checking stage (sdmark fails closed);
+        ``safety="off"`` is the explicit opt-out and must not contradict the chain. ``process``
+        without a safety stage runs, but says so (its records say ``not-run``).
+        """
+        has_safety = any(stage.checks_safety for stage in self.stages)
+        if safety == "off":
+            if has_safety:
+                raise ChainError("safety is turned off but the chain has a safety stage; remove one or the other")
+            warn("safety checking is OFF: images are written unchecked (recorded in their metadata)")
+        elif not has_safety:
+            if mode == "generate":
+                raise ChainError("the chain has no safety stage: add 'safety' to it, or turn safety off explicitly (--no-safety)")
+            warn("the chain has no safety stage: images are not checked for unsafe content (recorded as not-run)")
 
     def setup(self, context: RunContext) -> None:
         for stage in self.stages:

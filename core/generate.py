@@ -9,17 +9,16 @@ chain's ``process`` phases and write each image.
 from __future__ import annotations
 
 import random
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 from sdmark.core.chain import Chain
-from sdmark.core.errors import ChainError, SdmarkError
+from sdmark.core.errors import SdmarkError
 from sdmark.core.output import ItemResult, OutputOptions, Writer, finish_batch
 from sdmark.core.pipeline import DEFAULT_MODEL, decode, default_size, initial_latents, load_pipeline, sampler_name
 from sdmark.core.plugins import load_plugins, pm
 from sdmark.core.records import ProvenanceRecord
-from sdmark.core.stages import DenoiseBatch, ImageItem, RunContext
+from sdmark.core.stages import DenoiseBatch, ImageItem, RunContext, default_warn
 
 SafetyMode = Literal["on", "off"]
 
@@ -57,6 +56,9 @@ class GenerationSettings:
         for name, value in (("count", self.count), ("steps", self.steps), ("batch size", self.batch_size)):
             if value < 1:
                 raise SdmarkError(f"{name} must be at least 1; got {value}")
+        for name, value in (("width", self.width), ("height", self.height)):
+            if value is not None and value < 8:
+                raise SdmarkError(f"{name} must be at least 8 pixels; got {value}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise SdmarkError(f"seed must be between 0 and 2**63-1; got {self.seed}")
 
@@ -94,16 +96,10 @@ def generate(
     load_plugins()
     settings.check()
     chain = chain or Chain([])
-    warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
+    warn = warn or default_warn
     for message in chain.validate("generate"):
         warn(message)
-    has_safety = any(getattr(stage, "checks_safety", False) for stage in chain.stages)
-    if safety == "on" and not has_safety:
-        raise ChainError("the chain has no safety stage: add 'safety' to it, or turn safety off explicitly (--no-safety)")
-    if safety == "off":
-        if has_safety:
-            raise ChainError("safety is turned off but the chain has a safety stage; remove one or the other")
-        warn("safety checking is OFF: images are written unchecked (recorded in their metadata)")
+    chain.check_safety("generate", safety, warn)
     if settings.seed is None:
         settings.seed = random.SystemRandom().randrange(2**32)
 
@@ -113,7 +109,8 @@ def generate(
         vae_tiling=settings.vae_tiling, attention_slicing=settings.attention_slicing,
     )
     size = default_size(pipe)
-    height, width = settings.height or size, settings.width or size
+    height = size if settings.height is None else settings.height
+    width = size if settings.width is None else settings.width
     context = RunContext(mode="generate", device=str(pipe._execution_device), settings=settings,
                          pipeline=pipe, model=settings.model, warn=warn)
     chain.setup(context)

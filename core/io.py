@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from sdmark.core.errors import ImageReadError, ImageWriteError
+from sdmark.core.errors import ImageReadError, ImageWriteError, SdmarkError
 from sdmark.core.metadata import read_metadata
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
@@ -58,6 +58,8 @@ def read_image(path: Path | str) -> LoadedImage:
     if size == 0:
         raise ImageReadError(f"{path}: empty file (0 bytes)")
     limit = max_pixels()
+    # Pillow's own bomb check fires at its default limit; make it ours.
+    Image.MAX_IMAGE_PIXELS = limit
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -231,10 +233,12 @@ def write_atomic(
                 if path.exists():
                     raise ImageWriteError(f"{path}: already exists (pass --overwrite to replace it)") from None
                 os.replace(tmp, path)
-    except ImageWriteError:
+    except SdmarkError:
         raise
     except OSError as exc:
         raise ImageWriteError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    except Exception as exc:  # an encoder or a finalising plugin failing on one image
+        raise ImageWriteError(f"{path}: cannot encode: {type(exc).__name__}: {exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 from typing import Callable, Iterable, Literal
 
 from sdmark.core.chain import Chain
-from sdmark.core.errors import ChainError, ImageReadError
+from sdmark.core.errors import ImageReadError
 from sdmark.core.io import InputEntry, iter_inputs, read_image
 from sdmark.core.output import ItemResult, OutputOptions, Writer, finish_batch
 from sdmark.core.plugins import load_plugins
 from sdmark.core.records import ProvenanceRecord
-from sdmark.core.stages import ImageItem, RunContext
+from sdmark.core.stages import ImageItem, RunContext, default_warn
 
 
 def _sha256(path: Path) -> str:
@@ -73,13 +72,10 @@ def process_images(
     from sdmark.core.pipeline import pick_device
 
     load_plugins()
-    warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
+    warn = warn or default_warn
     for message in chain.validate("process"):
         warn(message)
-    if safety == "off":
-        if any(getattr(stage, "checks_safety", False) for stage in chain.stages):
-            raise ChainError("safety is turned off but the chain has a safety stage; remove one or the other")
-        warn("safety checking is OFF for this run (recorded in the images' metadata)")
+    chain.check_safety("process", safety, warn)
     entries = list(iter_inputs(inputs))
     context = RunContext(mode="process", device=pick_device(device), warn=warn)
     chain.setup(context)

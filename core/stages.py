@@ -133,6 +133,11 @@ class ImageItem:
         self.error = message
 
 
+def default_warn(message: str) -> None:
+    """Where warnings go when the caller gives no ``warn``: one line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 @dataclass
 class RunContext:
     """What a stage knows about the run it is part of.
@@ -148,7 +153,7 @@ class RunContext:
     pipeline: Any = None
     model: str | None = None
     cache: dict[str, Any] = field(default_factory=dict)
-    warn: Callable[[str], None] = field(default=lambda message: print(f"warning: {message}", file=sys.stderr))
+    warn: Callable[[str], None] = default_warn
 
 
 class Stage:

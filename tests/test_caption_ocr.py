@@ -112,7 +112,9 @@ def test_cli_caption_reads_back(tmp_path, photo_dir):
         "process", str(photo_dir), "--chain", "caption:text='Made with AI',position=top", "-o", str(out), "--json",
     ])
     assert result.exit_code == 0, result.stderr
-    for line in result.stdout.splitlines():
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    for line in lines:
         data = json.loads(line)
         caption = [entry for entry in data["record"]["stages"] if entry["stage"] == "caption"][0]["result"]
         assert caption["box"][1] == 0  # a top band

@@ -72,3 +72,18 @@ def test_stages_and_plugins_list_as_json(cli_runner):
     for line in stages.stdout.splitlines():
         stage = json.loads(line)
         assert stage["name"] and stage["phases"] and isinstance(stage["options"], list)
+
+
+def test_bad_sizes_are_usage_errors(cli_runner):
+    runner, cli = cli_runner
+    for size in ("-64x64", "0x0", "100x64", "axb"):
+        result = runner.invoke(cli, ["generate", "x", "--size", size, "--no-safety", "--chain", ""])
+        assert result.exit_code == 2 and "--size" in result.stderr and "Traceback" not in result.stderr, size
+
+
+def test_process_without_safety_says_so(cli_runner, photo_dir, tmp_path):
+    runner, cli = cli_runner
+    result = runner.invoke(cli, ["process", str(photo_dir / "coffee.jpg"), "--chain", "", "-o", str(tmp_path), "--json"])
+    assert result.exit_code == 0
+    assert "no safety stage: images are not checked" in result.stderr
+    assert json.loads(result.stdout)["record"]["safety"] == "not-run"

@@ -50,6 +50,7 @@ def test_empty_chain_is_pixel_identical_to_diffusers(tiny_pipe, diffusers_pipe):
 def test_batched_images_match_diffusers_with_per_image_generators(tiny_pipe, diffusers_pipe):
     ours = run(tiny_pipe, seed=40, count=2, batch_size=2, negative_prompt="blurry")
     theirs = reference(diffusers_pipe, "a lighthouse at dusk", [40, 41], negative_prompt=["blurry"] * 2)
+    assert len(ours) == len(theirs) == 2
     assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))
     assert not np.array_equal(ours[0], ours[1])
 

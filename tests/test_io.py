@@ -169,3 +169,25 @@ def test_same_stem_inputs_get_distinct_outputs(tmp_path, photos, cli_runner):
     result = runner.invoke(cli, ["process", str(folder), "--chain", "", "--no-safety", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["pic-1.png", "pic.png"]
+
+
+def test_encoder_error_fails_one_image_and_the_batch_goes_on(tmp_path, photos, cli_runner):
+    runner, cli = cli_runner
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (17000, 8), "grey").save(folder / "a-wide.png")  # over WebP's 16383-pixel limit
+    photos["coffee"].save(folder / "b.png")
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["process", str(folder), "--chain", "", "--no-safety", "--format", "webp", "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "cannot encode" in result.stdout and "Traceback" not in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["b.webp"]
+
+
+def test_pixel_limit_is_ours_not_pillows(tmp_path, monkeypatch):
+    Image.new("L", (100, 100)).save(tmp_path / "small.png")
+    monkeypatch.setenv("SDMARK_MAX_PIXELS", "5000")
+    with pytest.raises(ImageReadError, match="over the 0 MP limit|decompression bomb"):
+        read_image(tmp_path / "small.png")
+    monkeypatch.setenv("SDMARK_MAX_PIXELS", "200000000")
+    assert read_image(tmp_path / "small.png").image.size == (100, 100)

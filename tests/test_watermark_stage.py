@@ -92,3 +92,28 @@ def test_spectral_sdmark_method_marks_and_verify_reads_it(photos, tmp_path):
     assert (entry["method"], entry["scheme"], entry["payload"]) == ("sdmark", "sdmark", "000000000000feed")
     report = verify_image(result.item.image)
     assert report["watermarked"] and report["detections"][0]["scheme"] == "sdmark"
+
+
+def test_mark_that_cannot_be_carried_fails_loudly(cli_runner, tmp_path):
+    runner, cli = cli_runner
+    Image.new("RGB", (512, 512), "white").save(tmp_path / "white.png")
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["process", str(tmp_path / "white.png"), "--chain", "watermark:method=dwtDct", "-o", str(out)])
+    assert result.exit_code == 1
+    assert "mark did not read back" in result.stdout
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_mark_lost_in_encoding_is_caught_in_the_written_file(cli_runner, photo_dir, tmp_path):
+    runner, cli = cli_runner
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["process", str(photo_dir / "astronaut.png"), "--chain", "watermark:method=dwtDct",
+                                 "--format", "jpeg", "--quality", "70", "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "does not survive encoding to .jpg" in result.stdout
+    assert not out.exists() or not any(out.iterdir())  # nothing unmarked left behind
+    kept = runner.invoke(cli, ["process", str(photo_dir / "astronaut.png"), "--chain", "watermark:method=dwtDctSvd",
+                               "--format", "jpeg", "--quality", "95", "-o", str(out), "--json"])
+    assert kept.exit_code == 0, kept.output
+    entry = json.loads(kept.stdout)["record"]["stages"][0]["result"]
+    assert entry["file_readback"]["band"] in ("likely", "very likely")

@@ -106,9 +106,12 @@ def _recover(detections: list[dict[str, Any]], context: Any) -> dict[str, Any]:
     registry_file = settings.registry_path()
     if registry_file is None:
         return {}
-    registry = open_registry(registry_file)
-    for detection in _positive(detections):
-        entries = registry.lookup(payload_key(detection["payload"]))
+    try:
+        registry = open_registry(registry_file)
+        lookups = [(detection, registry.lookup(payload_key(detection["payload"]))) for detection in _positive(detections)]
+    except Exception as exc:  # a broken registry must not stop verify: report it for this image
+        return {"registry_error": f"{type(exc).__name__}: {exc}"}
+    for detection, entries in lookups:
         if not entries:
             continue
         if len({entry.manifest_label for entry in entries}) > 1:

@@ -56,6 +56,8 @@ class SafetyStage(Stage):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
+        # flag and drop never touch pixels, so only the other policies may erase a watermark.
+        self.changes_pixels = options.get("policy") not in ("flag", "drop")
         self._backend: SafetyBackend | None = None
         self._replacement: Image.Image | None = None
 

@@ -20,6 +20,14 @@ def sdmark_register_stages(register: Callable[[type], None]) -> None:
     register(WatermarkStage)
 
 
+@hookimpl(tryfirst=True)
+def sdmark_finalize_output(path: Any, item: Any, context: Any) -> None:
+    """Read the mark back from the encoded file: lossy formats or alpha flattening can erase it."""
+    from sdmark.plugins.watermark.stage import check_written_mark
+
+    check_written_mark(path, item)
+
+
 @hookimpl
 def sdmark_register_watermark_schemes(register: Callable[[Any], None]) -> None:
     from sdmark.plugins.watermark.schemes import builtin_schemes

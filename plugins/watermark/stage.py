@@ -92,6 +92,31 @@ class WatermarkStage(Stage):
         return result
 
 
+def check_written_mark(path: Any, item: ImageItem) -> None:
+    """Fail the image if the mark its record claims does not read back from the file at ``path``.
+
+    The stage checks its own output, but encoding comes later: JPEG/WebP compression and JPEG's
+    flattening of alpha can erase a fragile mark. The file is checked as a reader will see it.
+    """
+    from sdmark.core.io import read_image
+    from sdmark.plugins.watermark.schemes import ImageView, scheme_registry
+
+    entries = [entry for entry in item.record.find("watermark") if entry.result.get("scheme")]
+    if not entries:
+        return
+    entry = entries[-1]
+    written = read_image(path).image
+    detection = scheme_registry().get(entry.result["scheme"]).detect(ImageView(np.asarray(written.convert("RGB"))))
+    expected = entry.result.get("payload")
+    if detection is None or not detection.watermarked or detection.payload != expected:
+        got = "nothing" if detection is None else f"{detection.band} (p={detection.p_value:.2g})"
+        raise StageError(
+            f"watermark: the {entry.result.get('method')} mark does not survive encoding to {path.suffix} "
+            f"(read back {got}); raise --quality, write PNG, or use a sturdier method; not written"
+        )
+    entry.result["file_readback"] = {"band": detection.band, "p_value": detection.p_value}
+
+
 def _psnr(a: np.ndarray, b: np.ndarray) -> float | None:
     mse = float(np.mean((a.astype(np.float64) - b) ** 2))
     return None if mse == 0 else round(float(10.0 * np.log10(255.0**2 / mse)), 2)

@@ -61,5 +61,8 @@ def verify_file(path: Path | str, schemes: Iterable[Any] | None = None, inspect:
     if inspect:
         from sdmark.core.plugins import pm
 
-        pm.hook.sdmark_inspect_image(path=Path(path), image=loaded.image, metadata=loaded.metadata, report=report)
+        try:
+            pm.hook.sdmark_inspect_image(path=Path(path), image=loaded.image, metadata=loaded.metadata, report=report)
+        except Exception as exc:  # a plugin's extra report must not stop a folder or hide the verdict
+            report["inspect_error"] = f"{type(exc).__name__}: {exc}"
     return report

@@ -1,0 +1,365 @@
+"""Synchronisation for the ``sdmark`` spectral watermark: find the tile lattice, then fold the image on it.
+
+The mark repeats with period ``TILE`` pixels, so the spectrum of the image's (whitened) detail has
+spikes at the tile's harmonics: at the carriers' frequencies divided by the resize factor ``s``, and
+turned with the image if it was rotated. :func:`lattice_candidates` scores every ``s`` of a fine grid
+(0.45x to 2.2x) by the whitened power summed at those harmonics (a matched filter for the mark's known
+spectral support) and, for rotated images, checks the autocorrelation's peaks near the x axis with
+the same template turned; the best few lattices are returned without being told the original size.
+:func:`fold` resamples the image onto a candidate lattice and sums all its tiles into one ``TILE x
+TILE`` tile, in which the mark adds up coherently and the image does not; the tile's unknown offset
+(a crop at any position) is then found by cyclic correlation with the sync carrier (see
+:mod:`.spectral`), and :func:`refined` corrects the lattice from how that offset drifts between the
+quarters of the fold.
+
+All sizes here are bounded: the lattice search reads a centred window of at most ``SEARCH_WINDOW``
+pixels a side and the fold one of at most ``WINDOW``, so detection costs grow with the pixel count
+only through the luminance conversion and stop growing beyond those windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+from scipy import fft as sfft
+from scipy import ndimage
+
+from sdmark.plugins.watermark.spectral_pattern import TILE
+
+WINDOW = 1024
+"""Largest side of the window that the detector analyses."""
+SCALE_MIN, SCALE_MAX = 0.45, 2.2
+"""Resize factors (relative to the marked image) the lattice search covers."""
+ANGLE_MAX = 8.0
+"""Largest rotation, in degrees, the lattice search covers."""
+PEAKS_PER_AXIS = 3
+"""Autocorrelation peaks kept near each axis; candidate lattices are their pairs."""
+
+
+@dataclass(frozen=True)
+class Lattice:
+    """The tile's two period vectors in image pixels (x, y), and the autocorrelation evidence for them."""
+
+    v1: tuple[float, float]
+    v2: tuple[float, float]
+    score: float
+
+    @property
+    def scale(self) -> float:
+        (x1, y1), (x2, y2) = self.v1, self.v2
+        return float(np.sqrt(abs(x1 * y2 - y1 * x2)) / TILE)
+
+    @property
+    def angle(self) -> float:
+        """Rotation in degrees, counter-clockwise on screen."""
+        return -float(np.degrees(np.arctan2(self.v1[1], self.v1[0])))
+
+
+def whitened_detail(y: np.ndarray) -> np.ndarray:
+    """Local-contrast-normalised detail of a luminance window: the mark's share of it is roughly even.
+
+    Subtracting a wide blur removes illumination and the strong low frequencies; dividing by the
+    local detail level keeps a textured region (where the embedder put a strong mark, and where the
+    image itself is loud) from outweighing a smooth one. Brightness and contrast changes cancel out.
+    """
+    detail = y - smooth(y, 6.0)
+    level = np.sqrt(np.maximum(smooth(detail * detail, 8.0), 0))
+    return detail / (level + 0.7)
+
+
+def smooth(x: np.ndarray, sigma: float) -> np.ndarray:
+    """A Gaussian blur of ``x`` (float32); wide ones run at a quarter of the resolution (same result
+    to within a few percent, a fraction of the cost)."""
+    h, w = x.shape
+    if sigma < 4 or min(h, w) < 64:
+        return cv2.GaussianBlur(x, (0, 0), sigma)
+    small = cv2.resize(x, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), sigma / 4)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _centre(shape: tuple[int, int], size: int) -> tuple[slice, slice]:
+    h, w = shape
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return slice(top, top + min(h, size)), slice(left, left + min(w, size))
+
+
+def window(y: np.ndarray) -> np.ndarray:
+    """The centred analysis window (at most ``WINDOW`` a side) of a luminance image."""
+    return y[_centre(y.shape, WINDOW)]
+
+
+def _refine(acf: np.ndarray, r: int, c: int) -> tuple[float, float]:
+    """Sub-pixel peak position by a parabola through each axis' neighbours."""
+
+    def vertex(a: float, b: float, d: float) -> float:
+        denom = a - 2 * b + d
+        return 0.0 if denom >= 0 else float(np.clip(0.5 * (a - d) / denom, -0.5, 0.5))
+
+    h, w = acf.shape
+    b = acf[r, c]
+    dr = vertex(acf[(r - 1) % h, c], b, acf[(r + 1) % h, c])
+    dc = vertex(acf[r, (c - 1) % w], b, acf[r, (c + 1) % w])
+    return r + dr, c + dc
+
+
+SEARCH_WINDOW = 640
+"""Largest side of the centred window whose spectrum the scale search reads."""
+TAPER = 0.25
+"""Share of each side given to the cosine edges of the Tukey taper before the FFT."""
+
+
+def whitened_power(window: np.ndarray) -> np.ndarray:
+    """Tapered power spectrum of ``window``, each ring divided by its mean, capped, minus 1.
+
+    The tile's harmonics are sharp spikes on top of the image's smooth spectrum; after whitening they
+    are values well above 0 while the rest averages 0. The cap keeps one strong periodicity of the
+    image from outweighing hundreds of harmonics; the band keeps only where the mark can be. A Tukey
+    taper (flat in the middle) keeps most of the window's area while softening its edges.
+    """
+    h, w = window.shape
+    spectrum = sfft.rfft2(window * _taper(h, w), workers=1)
+    power = spectrum.real**2
+    power += spectrum.imag**2
+    ring, band = _spectral_geometry(h, w)
+    counts = np.bincount(ring.ravel())
+    means = np.bincount(ring.ravel(), power.ravel()) / np.maximum(counts, 1)
+    power /= np.maximum(means, 1e-12).astype(np.float32)[ring]
+    np.minimum(power, 20.0, out=power)
+    power -= 1.0
+    power *= band
+    return power
+
+
+def _tukey(n: int) -> np.ndarray:
+    from scipy.signal.windows import tukey
+
+    return tukey(n, TAPER).astype(np.float32)
+
+
+@lru_cache(maxsize=16)
+def _taper(h: int, w: int) -> np.ndarray:
+    return _tukey(h)[:, None] * _tukey(w)[None, :]
+
+
+def _harmonics(key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    from sdmark.plugins.watermark.spectral_pattern import TILE, carriers
+
+    c = carriers(key)
+    return np.where(c.rows < TILE // 2, c.rows, c.rows - TILE) / TILE, c.cols / TILE
+
+
+def _indices(h: int, w: int, key: bytes, scales: np.ndarray, angle: float = 0.0) -> np.ndarray:
+    """Flat indices into a ``whitened_power`` of an ``h x w`` window of the tile's harmonics, per scale."""
+    fy, fx = _harmonics(key)
+    if angle:
+        # The image turned by ``angle`` (counter-clockwise on screen, y down): its spectrum turns alike.
+        ca, sa = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+        fx, fy = fx * ca + fy * sa, -fx * sa + fy * ca
+        flip = fx < 0  # rfft2 holds half the plane: use the mirror point
+        fx, fy = np.where(flip, -fx, fx), np.where(flip, -fy, fy)
+    row = np.rint(fy[None, :] / scales[:, None] * h).astype(np.int64) % h
+    col = np.rint(fx[None, :] / scales[:, None] * w).astype(np.int64)
+    half = w // 2
+    index = (row * (half + 1) + np.minimum(col, half)).astype(np.int32)
+    index[col > half] = 0  # beyond Nyquist: reads the (zeroed) DC bin
+    return index
+
+
+@lru_cache(maxsize=32)
+def _template(h: int, w: int, key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The scale search grid and, for each scale, the flat indices of the tile's harmonics.
+
+    The grid is uniform in 1/scale with steps that move the outermost harmonic by half a frequency
+    bin, the finest a windowed spectrum resolves.
+    """
+    from sdmark.plugins.watermark.spectral_pattern import F_HI
+
+    steps = int(np.ceil(2 * max(h, w) * F_HI * (1 / SCALE_MIN - 1 / SCALE_MAX))) + 1
+    scales = 1 / np.linspace(1 / SCALE_MAX, 1 / SCALE_MIN, steps)
+    return scales, _indices(h, w, key, scales)
+
+
+def _turned(power: np.ndarray, shape: tuple[int, int], key: bytes, centre: float, spread: float,
+            lmin: float, lmax: float) -> list[Lattice]:
+    """Candidates for a rotated image: autocorrelation peaks near the x axis, scored by the template.
+
+    The whitened power's inverse transform is the autocorrelation of the window's detail; the tile
+    shows as a peak at ``TILE * scale`` pixels in the direction of the rotation. Each peak found is
+    checked (and refined on a small grid) with the harmonic template turned by its angle.
+    """
+    from sdmark.plugins.watermark.spectral_pattern import F_HI
+
+    h, w = shape
+    acf = sfft.irfft2(power, s=shape, workers=1)
+    half = int(np.ceil(lmax * np.tan(np.radians(ANGLE_MAX)))) + 2
+    cols = np.arange(int(lmin), min(int(np.ceil(lmax)) + 1, w // 2))
+    rows = np.arange(-half, half + 1)
+    if cols.size < 3:
+        return []
+    strip = acf[np.ix_(rows % h, cols)]
+    maxima = (strip == ndimage.maximum_filter(strip, size=5, mode="nearest"))
+    maxima[[0, -1], :] = maxima[:, [0, -1]] = False
+    r, c = np.nonzero(maxima)
+    dy, dx = rows[r].astype(float), cols[c].astype(float)
+    angle = np.degrees(np.arctan2(dy, dx))
+    keep = (np.abs(angle) <= ANGLE_MAX) & (np.abs(angle) >= 0.4) & (np.hypot(dx, dy) <= lmax)
+    order = np.argsort(strip[r, c][keep])[::-1][:PEAKS_PER_AXIS]
+    out = []
+    for i in np.flatnonzero(keep)[order]:
+        rr, cc = _refine(strip, int(r[i]), int(c[i]))
+        x, y = cols[0] + cc, rows[0] + rr
+        # y points down: a peak at (x, -y') is a counter-clockwise turn on screen.
+        length, theta = float(np.hypot(x, y)), -float(np.degrees(np.arctan2(y, x)))
+        # Local grid: half-bin steps in scale and angle around the peak.
+        step = 1 / (2 * max(h, w) * F_HI)
+        best = (-np.inf, 0.0, 0.0)
+        for dtheta in np.degrees(step) * np.arange(-2, 3):
+            scales = length / TILE * (1 + step * np.arange(-3, 4))
+            scores = power.ravel()[_indices(h, w, key, scales, theta + dtheta)].sum(axis=1)
+            k = int(np.argmax(scores))
+            if scores[k] > best[0]:
+                best = (float(scores[k]), float(scales[k]), theta + dtheta)
+        score, scale, theta = best
+        v = TILE * scale
+        ca, sa = np.cos(np.radians(theta)), np.sin(np.radians(theta))
+        out.append(Lattice((v * ca, -v * sa), (v * sa, v * ca), (score - centre) / spread))
+    return out
+
+
+def lattice_candidates(detail: np.ndarray, key: bytes, count: int = 4) -> list[Lattice]:
+    """Up to ``count`` resize factors suggested by the spectrum of ``detail``, best first, as lattices.
+
+    Each scale of a fine grid is scored by the whitened power summed at the harmonics the tile would
+    have at that scale (a matched filter for the mark's known spectral support); the strongest local
+    maxima, refined by a parabola, are the candidates, scored in robust standard deviations.
+    """
+    region = detail[_centre(detail.shape, SEARCH_WINDOW)]
+    power = whitened_power(region)
+    scales, index = _template(*region.shape, key)
+    scores = power.ravel()[index].sum(axis=1)
+    centre = np.median(scores)
+    spread = 1.4826 * np.median(np.abs(scores - centre)) or 1.0
+    z = (scores - centre) / spread
+    peaks = np.flatnonzero((z[1:-1] >= z[:-2]) & (z[1:-1] > z[2:])) + 1
+    peaks = peaks[np.argsort(z[peaks])[::-1][:count]]  # rotated candidates may displace some below
+    out = []
+    inverse = 1 / scales
+    for i in peaks:
+        a, b, d = z[i - 1], z[i], z[i + 1]
+        denom = a - 2 * b + d
+        offset = 0.0 if denom >= 0 else float(np.clip(0.5 * (a - d) / denom, -0.5, 0.5))
+        step = inverse[1] - inverse[0]
+        scale = 1 / (inverse[i] + offset * step)
+        length = TILE * scale
+        out.append(Lattice((length, 0.0), (0.0, length), float(b)))
+    lmin, lmax = TILE * SCALE_MIN, TILE * SCALE_MAX
+    out += _turned(power, region.shape, key, centre, spread, lmin, lmax)
+    out.sort(key=lambda lattice: -lattice.score)
+    return out[:count]
+
+
+@lru_cache(maxsize=32)
+def _spectral_geometry(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    from sdmark.plugins.watermark.spectral_pattern import F_HI, F_LO
+
+    fy = sfft.fftfreq(h)[:, None]
+    fx = sfft.rfftfreq(w)[None, :]
+    radius = np.sqrt(fy * fy + fx * fx)
+    ring = np.minimum((radius * min(h, w)).astype(np.int32), min(h, w) // 2)
+    band = ((radius >= 0.8 * F_LO / SCALE_MAX) & (radius <= min(0.49, 1.1 * F_HI / SCALE_MIN))).astype(np.float32)
+    band[0, :] = band[:, 0] = 0  # the window's cross: not the mark
+    # JPEG's 8x8 block edges put power on the rows and columns at multiples of 1/8 cycle/pixel, which
+    # would favour every scale whose harmonics fall there: leave those lines out.
+    for k in range(1, 5):
+        rows = round(k * h / 8) + np.arange(-1, 2)
+        band[rows % h, :] = 0
+        band[-rows % h, :] = 0
+        band[:, np.clip(round(k * w / 8) + np.arange(-1, 2), 0, w // 2)] = 0
+    return ring, band
+
+
+@dataclass(frozen=True)
+class Folded:
+    """The window summed onto one tile, split in up to 2 x 2 parts (``parts[i, j]``, each ``TILE x TILE``).
+
+    ``centres[i, j]`` is the centre of part (i, j) in resampled pixels (x, y); the parts' sum is the
+    whole fold. Comparing where the mark sits in each part tells how far the lattice is off.
+    """
+
+    parts: np.ndarray
+    centres: np.ndarray
+
+    @property
+    def tile(self) -> np.ndarray:
+        return self.parts.sum(axis=(0, 1))
+
+
+def _split(blocks: int) -> list[slice]:
+    if blocks < 2:
+        return [slice(0, blocks)]
+    return [slice(0, blocks // 2), slice(blocks // 2, blocks)]
+
+
+def fold(detail: np.ndarray, lattice: Lattice) -> Folded:
+    """Resample ``detail`` so that ``lattice`` becomes ``TILE x TILE`` squares, and sum the squares.
+
+    The result's offset is arbitrary (the origin of the window); the caller finds it by correlation.
+    """
+    h, w = detail.shape
+    basis = np.array([lattice.v1, lattice.v2], dtype=np.float64).T / TILE  # resampled -> image pixels
+    if lattice.scale > 1.05:
+        # Shrinking: blur first so the image's fine detail does not alias into the mark's band.
+        detail = cv2.GaussianBlur(detail, (0, 0), 0.5 * lattice.scale)
+    if basis[0, 1] == 0 and basis[1, 0] == 0:
+        # No rotation: a plain resize is several times cheaper than an affine warp.
+        size = (max(1, round(w / basis[0, 0])), max(1, round(h / basis[1, 1])))
+        canon = cv2.resize(detail, size, interpolation=cv2.INTER_LINEAR)
+        ch, cw = canon.shape
+        ph, pw = -ch % TILE, -cw % TILE
+        canon = cv2.copyMakeBorder(canon, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=0)
+    else:
+        inverse = np.linalg.inv(basis)
+        corners = inverse @ np.array([[0, w, 0, w], [0, 0, h, h]], dtype=np.float64)
+        low = np.floor(corners.min(axis=1))
+        ch, cw = (np.ceil(corners.max(axis=1) - low).astype(int) + 1)[::-1]
+        ph, pw = -ch % TILE, -cw % TILE
+        affine = np.hstack([basis, (basis @ low)[:, None]])
+        canon = cv2.warpAffine(detail, affine, (int(cw + pw), int(ch + ph)),
+                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    by, bx = (ch + ph) // TILE, (cw + pw) // TILE
+    blocks = canon.reshape(by, TILE, bx, TILE)
+    rows, cols = _split(by), _split(bx)
+    parts = np.zeros((len(rows), len(cols), TILE, TILE), dtype=np.float32)
+    centres = np.zeros((len(rows), len(cols), 2))
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            parts[i, j] = blocks[r, :, c, :].sum(axis=(0, 2))
+            centres[i, j] = (TILE * (c.start + c.stop) / 2, TILE * (r.start + r.stop) / 2)
+    return Folded(parts, centres)
+
+
+def refined(lattice: Lattice, offsets: np.ndarray, centres: np.ndarray) -> Lattice | None:
+    """The lattice corrected by how the mark's offset drifts across the parts of a fold.
+
+    If the lattice is off by a small linear map ``E`` (scale error, rotation), the mark found in a part
+    centred at ``u`` sits at ``d0 - E u``: a least-squares fit of the parts' offsets gives ``E``, and
+    the true basis is ``B (I + E)^-1``. ``None`` when the parts cannot tell (one part only).
+    """
+    u = centres.reshape(-1, 2)
+    d = offsets.reshape(-1, 2)
+    if len(u) < 2:
+        return None
+    design = np.hstack([np.ones((len(u), 1)), u - u.mean(axis=0)])
+    gradient = np.zeros((2, 2))
+    for axis in range(2):
+        solution, *_ = np.linalg.lstsq(design, d[:, axis], rcond=None)
+        gradient[axis] = solution[1:]
+    # Directions with a single part carry no information: lstsq gives 0 there, i.e. no correction.
+    basis = np.array([lattice.v1, lattice.v2], dtype=np.float64).T
+    new = basis @ np.linalg.inv(np.eye(2) - gradient)
+    return Lattice(tuple(new[:, 0]), tuple(new[:, 1]), lattice.score)

@@ -1,0 +1,182 @@
+"""sdmark's own spectral watermark (plugins/watermark/spectral.py): round trips, attacks, keys, errors."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+
+from sdmark.plugins.watermark import spectral
+from sdmark.plugins.watermark import spectral_code as code
+
+PAYLOAD = bytes.fromhex("0123456789abcdef")
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255**2 / np.mean((a.astype(float) - b) ** 2)))
+
+
+def _illustrations() -> dict[str, np.ndarray]:
+    """Digital-art-like images: flat shapes, a gradient with shapes, a text poster."""
+    flat = Image.new("RGB", (512, 512), (70, 130, 200))
+    draw = ImageDraw.Draw(flat)
+    draw.ellipse([40, 60, 300, 320], fill=(240, 200, 40))
+    draw.rectangle([250, 280, 480, 470], fill=(200, 40, 60))
+    draw.polygon([(20, 500), (200, 350), (380, 500)], fill=(30, 160, 80))
+
+    y, x = np.mgrid[0:448, 0:576] / 576.0
+    ramp = np.stack([40 + 180 * x, 60 + 120 * y, 200 - 150 * x], axis=-1).astype(np.uint8)
+    gradient = Image.fromarray(ramp)
+    ImageDraw.Draw(gradient).ellipse([300, 100, 500, 300], fill=(250, 250, 250))
+
+    poster = Image.new("RGB", (480, 544), (250, 248, 240))
+    draw = ImageDraw.Draw(poster)
+    for row, size in enumerate((52, 36, 28, 44, 30, 24, 40)):
+        draw.text((20, 20 + row * 72), "summer festival open", fill=(20, 20, 20), font=ImageFont.load_default(size=size))
+    return {"flat": np.asarray(flat), "gradient": np.asarray(gradient), "text": np.asarray(poster)}
+
+
+@pytest.fixture(scope="module")
+def photo_arrays(photos) -> dict[str, np.ndarray]:
+    return {name: np.asarray(image) for name, image in photos.items()}
+
+
+@pytest.fixture(scope="module")
+def marked(photo_arrays) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every photo and illustration with its marked copy."""
+    images = {**photo_arrays, **_illustrations()}
+    return {name: (image, spectral.embed(image, PAYLOAD)) for name, image in images.items()}
+
+
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", quality=quality)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def _half(image: np.ndarray) -> np.ndarray:
+    h, w = image.shape[:2]
+    return np.asarray(Image.fromarray(image).resize((w // 2, h // 2), Image.BICUBIC))
+
+
+def test_round_trip_decodes_the_exact_payload(marked) -> None:
+    for name, (_, image) in marked.items():
+        found = spectral.detect(image)
+        assert found.found, name
+        assert found.payload == PAYLOAD, name
+        assert found.p_value <= 1e-6, name
+        assert abs(found.scale - 1) < 0.01, name
+
+
+def test_photos_stay_invisible(marked, photo_arrays) -> None:
+    psnrs = [_psnr(*marked[name]) for name in photo_arrays]
+    assert np.mean(psnrs) >= 40, psnrs
+    for name in ("flat", "gradient"):
+        # Where the original is flat (no detail to hide the mark) the change stays a few grey levels.
+        original, image = marked[name]
+        grey = original.astype(np.float32).mean(axis=2)
+        spread = ndimage.maximum_filter(grey, 17) - ndimage.minimum_filter(grey, 17)
+        change = np.abs(image.astype(int) - original).max(axis=2)
+        assert change[spread <= 3].max() <= 10, name
+        assert np.sqrt(np.mean(change[spread <= 3] ** 2.0)) <= 2.5, name
+
+
+def test_embed_leaves_its_input_alone(photo_arrays) -> None:
+    image = photo_arrays["coffee"]
+    before = image.copy()
+    spectral.embed(image, PAYLOAD)
+    assert np.array_equal(image, before)
+
+
+ATTACKS = {
+    "jpeg50": lambda x: _jpeg(x, 50),
+    "crop75-odd-offset": lambda x: x[37:37 + int(x.shape[0] * 0.866), 61:61 + int(x.shape[1] * 0.866)],
+    "resize0.5-not-back": _half,
+    "brightness0.7": lambda x: np.clip(np.rint(x * 0.7), 0, 255).astype(np.uint8),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+@pytest.mark.parametrize("name", ["astronaut", "rocket", "flat"])
+def test_survives_attack(marked, attack: str, name: str) -> None:
+    attacked = ATTACKS[attack](marked[name][1])
+    found = spectral.detect(attacked)
+    assert found.found and found.payload == PAYLOAD, (attack, name, found)
+    if attack == "resize0.5-not-back":
+        assert abs(found.scale - 0.5) < 0.01
+
+
+def _unmarked() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    return {
+        "noise": rng.integers(0, 256, (300, 400, 3), dtype=np.uint8),
+        "constant": np.full((256, 256, 3), 128, np.uint8),
+        "black": np.zeros((300, 300, 3), np.uint8),
+        "stripes": np.tile((np.arange(512) // 4 % 2 * 255).astype(np.uint8), (512, 1))[..., None].repeat(3, -1),
+        "checker": ((np.indices((384, 384)).sum(0) // 16 % 2) * 255).astype(np.uint8)[..., None].repeat(3, -1),
+        **_illustrations(),
+    }
+
+
+def test_unmarked_images_are_not_detected(photo_arrays) -> None:
+    for name, image in {**photo_arrays, **_unmarked()}.items():
+        for view in (image, _half(image), _jpeg(image, 75)):
+            found = spectral.detect(view)
+            assert not found.found and found.payload is None and found.p_value == 1.0, name
+
+
+def test_a_wrong_key_reads_nothing_and_a_private_key_works(marked) -> None:
+    _, public = marked["astronaut"]
+    assert not spectral.detect(public, key=b"someone else's key").found
+
+    secret = b"deployment secret 7f3a"
+    original, _ = marked["chelsea"]
+    private = spectral.embed(original, PAYLOAD, key=secret)
+    assert spectral.detect(private, key=secret).payload == PAYLOAD
+    assert not spectral.detect(private).found  # the public key cannot read it
+
+
+def test_grey_images_round_trip(photo_arrays) -> None:
+    grey = photo_arrays["camera"][..., 0].copy()
+    marked = spectral.embed(grey, PAYLOAD)
+    assert marked.shape == grey.shape and marked.dtype == np.uint8
+    assert spectral.detect(marked).payload == PAYLOAD
+
+
+def test_bad_input_gives_clear_errors(photo_arrays) -> None:
+    image = photo_arrays["astronaut"]
+    with pytest.raises(spectral.SpectralError, match="at least 128 pixels"):
+        spectral.embed(image[:100, :300], PAYLOAD)
+    with pytest.raises(spectral.SpectralError, match="exactly 8 bytes"):
+        spectral.embed(image, b"short")
+    with pytest.raises(spectral.SpectralError, match="exactly 8 bytes"):
+        spectral.embed(image, "0123456789abcdef")  # type: ignore[arg-type]
+    with pytest.raises(spectral.SpectralError, match="uint8"):
+        spectral.embed(image.astype(np.float32), PAYLOAD)
+    with pytest.raises(spectral.SpectralError, match="RGB"):
+        spectral.embed(np.zeros((256, 256, 4), np.uint8), PAYLOAD)
+    with pytest.raises(spectral.SpectralError, match="at least 96 pixels"):
+        spectral.detect(image[:64, :64])
+    with pytest.raises(spectral.SpectralError, match="key"):
+        spectral.detect(image, key=b"")
+
+
+def test_false_positive_bound_is_far_below_one_in_a_million() -> None:
+    bound = code.false_positive_bound(spectral.ALIGNMENTS)
+    assert bound < 1e-9
+    # A clean read is a much rarer coincidence than one that needed every correction.
+    assert code.false_positive_bound(spectral.ALIGNMENTS, 0) < bound
+    # Fair-coin words essentially never decode (expect 0 of these; a bug in the check would show).
+    rng = np.random.default_rng(0)
+    hits = sum(code.decode(rng.standard_normal(code.CODE_BITS), b"k") is not None for _ in range(2000))
+    assert hits == 0
+
+
+def test_a_small_rotation_is_found_and_measured(marked) -> None:
+    turned = np.asarray(Image.fromarray(marked["astronaut"][1]).rotate(2.0, resample=Image.BICUBIC))
+    found = spectral.detect(turned)
+    assert found.found and found.payload == PAYLOAD
+    assert abs(found.angle - 2.0) < 0.3 and abs(found.scale - 1) < 0.01
