@@ -179,6 +179,17 @@ def iter_inputs(paths: Iterable[Path | str], recursive: bool = True) -> Iterator
             yield InputEntry(path, relative=Path(path.name))
 
 
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def output_format(name: str) -> tuple[str, str]:
     """Pillow format name and file suffix for ``png``, ``jpeg``/``jpg`` or ``webp``."""
     try:

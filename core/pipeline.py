@@ -87,15 +87,18 @@ def sampler_name(pipe: DiffusionPipeline, scheduler: str | None) -> str:
     return _SAMPLER_BY_CLASS.get(class_name, class_name)
 
 
+def looks_local(model: str) -> bool:
+    """Whether a model reference is shaped like a local path rather than a hub id (``org/name``)."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
+
+
 @hookimpl(trylast=True)
 def sdmark_load_pipeline(model: str, device: str, dtype: Any, options: dict[str, Any]) -> DiffusionPipeline:
     """Built-in loader: ``from_pretrained`` on a hub id or a local folder, or a single-file checkpoint."""
     import diffusers
 
     path = Path(model).expanduser()
-    # A hub id is "org/name"; anything shaped like a path must exist locally.
-    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
-    if looks_local and not path.exists():
+    if looks_local(model) and not path.exists():
         raise ModelLoadError(f"model folder {model!r} does not exist")
     # The safety checker is a stage of ours (never diffusers' silent black images), so the
     # pipeline is loaded without it.

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Callable, Iterable, Literal
 
 from sdmark.core.chain import Chain
 from sdmark.core.errors import ImageReadError
-from sdmark.core.io import InputEntry, iter_inputs, read_image
+from sdmark.core.io import InputEntry, iter_inputs, read_image, sha256_file
 from sdmark.core.output import ItemResult, OutputOptions, Writer, finish_batch
 from sdmark.core.plugins import load_plugins
 from sdmark.core.records import ProvenanceRecord
 from sdmark.core.stages import ImageItem, RunContext, default_warn
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_item(entry: InputEntry, index: int, safety: str) -> ImageItem:
@@ -33,7 +24,7 @@ def load_item(entry: InputEntry, index: int, safety: str) -> ImageItem:
         safety="disabled" if safety == "off" else "not-run",
         source={
             "name": entry.path.name,
-            "sha256": _sha256(entry.path),
+            "sha256": sha256_file(entry.path),
             "format": loaded.format,
             "width": loaded.image.width,
             "height": loaded.image.height,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import secrets
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sdmark.core.errors import SdmarkError
+from sdmark.core.io import sha256_file
 from sdmark.core.stages import ImageItem, RunContext
 from sdmark.plugins.c2pa import settings
 from sdmark.plugins.c2pa.manifest import PARENT_ID, build_manifest, soft_binding
@@ -156,7 +156,7 @@ def _register(item: ImageItem, path: Path, title: str, mime: str, manifest_store
     label = labels[-1] if labels else ""
     open_registry(registry_file).add(Entry(
         payload=binding.payload, scheme=binding.scheme, manifest_label=label, manifest=manifest_store,
-        format=mime, title=title, file_sha256=_sha256(path),
+        format=mime, title=title, file_sha256=sha256_file(path),
     ))
 
 
@@ -190,5 +190,3 @@ def manifest_labels(store: bytes) -> list[str]:
     return []
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

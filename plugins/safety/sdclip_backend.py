@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdmark.core.errors import ChainError, ModelLoadError
+from sdmark.core.pipeline import looks_local
 from sdmark.plugins.safety.backends import SafetyBackend, Verdict
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ class SdClipBackend(SafetyBackend):
     @classmethod
     def validate(cls, options: dict[str, Any], mode: str) -> None:
         model = options["model"]
-        if model and _looks_local(model) and not Path(model).expanduser().exists():
+        if model and looks_local(model) and not Path(model).expanduser().exists():
             raise ChainError(f"option safety:model: folder {model!r} does not exist")
 
     def __init__(self, options: dict[str, Any], context: RunContext) -> None:
@@ -147,5 +148,3 @@ class SdClipBackend(SafetyBackend):
         return Verdict(flagged=bool(reasons), reasons=reasons, scores=scores, why=why, details=details)
 
 
-def _looks_local(model: str) -> bool:
-    return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model

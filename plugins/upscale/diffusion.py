@@ -23,8 +23,9 @@ def check_model_source(model: str) -> None:
 
     A hub id is ``org/name``; anything else with a path shape must be a local folder.
     """
-    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
-    if looks_local and not Path(model).expanduser().exists():
+    from sdmark.core.pipeline import looks_local
+
+    if looks_local(model) and not Path(model).expanduser().exists():
         raise ModelLoadError(f"upscaler model folder {model!r} does not exist")
 
 
