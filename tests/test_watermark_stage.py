@@ -94,6 +94,19 @@ def test_spectral_sdmark_method_marks_and_verify_reads_it(photos, tmp_path):
     assert report["watermarked"] and report["detections"][0]["scheme"] == "sdmark"
 
 
+def test_private_key_comes_from_the_environment_and_stays_out_of_the_record(photos, tmp_path, monkeypatch):
+    path = tmp_path / "cat.png"
+    photos["chelsea"].save(path)
+    monkeypatch.setenv("SDMARK_WATERMARK_KEY", "our deployment secret")
+    [result] = process_images([path], Chain.build("watermark:method=sdmark,id=beef"), None, progress=False)
+    assert result.status == "kept", result.error
+    assert "secret" not in result.record.to_json()
+    assert verify_image(result.item.image)["watermarked"]
+    monkeypatch.delenv("SDMARK_WATERMARK_KEY")
+    public = verify_image(result.item.image)
+    assert not public["watermarked"] and not [d for d in public["detections"] if d["scheme"] == "sdmark"]
+
+
 def test_mark_that_cannot_be_carried_fails_loudly(cli_runner, tmp_path):
     runner, cli = cli_runner
     Image.new("RGB", (512, 512), "white").save(tmp_path / "white.png")

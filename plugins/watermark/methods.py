@@ -115,10 +115,24 @@ register_method(Method(
     _rivagan_embed, scheme="sdmark-rivaGan", carries_id=False, require=_rivagan_require))
 
 
+def spectral_key() -> bytes:
+    """The key of the ``sdmark`` mark: ``SDMARK_WATERMARK_KEY`` (a deployment's secret) or the public one.
+
+    An environment variable, not a stage option, so the secret never lands in a chain file or in
+    the provenance record written into every image.
+    """
+    import os
+
+    from sdmark.plugins.watermark import spectral
+
+    secret = os.environ.get("SDMARK_WATERMARK_KEY")
+    return secret.encode("utf-8") if secret else spectral.PUBLIC_KEY
+
+
 def _spectral_embed(rgb: np.ndarray, ident: bytes) -> np.ndarray:
     from sdmark.plugins.watermark import spectral
 
-    return spectral.embed(rgb, ident)
+    return spectral.embed(rgb, ident, key=spectral_key())
 
 
 register_method(Method(

@@ -248,7 +248,8 @@ class RivaGanPatternScheme:
 
 @dataclass(frozen=True)
 class SpectralScheme:
-    """sdmark's own spread-spectrum mark (:mod:`~sdmark.plugins.watermark.spectral`), public key."""
+    """sdmark's own spread-spectrum mark (:mod:`~sdmark.plugins.watermark.spectral`), with the public
+    key or the deployment's ``SDMARK_WATERMARK_KEY``."""
 
     name: str = "sdmark"
     description: str = "sdmark spread-spectrum mark (64-bit id, keyed check + BCH; survives crops and resizing)"
@@ -257,10 +258,12 @@ class SpectralScheme:
 
     def detect(self, view: ImageView) -> Detection | None:
         from sdmark.plugins.watermark import spectral
+        from sdmark.plugins.watermark.methods import spectral_key
 
         if min(view.height, view.width) < spectral.MIN_DETECT_SIDE:
             return None
-        found = view.memo("spectral", lambda: spectral.detect(view.rgb))
+        key = spectral_key()
+        found = view.memo(("spectral", key), lambda: spectral.detect(view.rgb, key=key))
         if not found.found:
             return Detection(self.name, 1.0, None, details={"decoded": False})
         return Detection(self.name, found.p_value, found.hex,
