@@ -24,9 +24,9 @@ def test_process_chain_marks_and_records_and_verify_reads_it(cli_runner, photo_d
     assert len(lines) == 3 and all(line["status"] == "written" for line in lines)
     entry = lines[0]["record"]["stages"][-1]
     assert entry["stage"] == "watermark"
-    assert entry["result"]["method"] == "dwtDctSvd" and entry["result"]["scheme"] == "sdmark-dwtDctSvd"
+    assert entry["result"]["method"] == "sdmark" and entry["result"]["scheme"] == "sdmark"  # the default
     assert entry["result"]["payload"] == "0000000000c0ffee" and entry["result"]["readback"]["band"] == "very likely"
-    assert entry["result"]["summary"] == "dwtDctSvd id=0000000000c0ffee"
+    assert entry["result"]["summary"] == "sdmark id=0000000000c0ffee"
     for written in out.iterdir():
         report = verify_file(written)
         assert report["watermarked"] and report["detections"][0]["payload"] == "0000000000c0ffee"

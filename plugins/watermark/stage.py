@@ -23,7 +23,7 @@ class WatermarkStage(Stage):
     name = "watermark"
     description = "Invisible watermark with an sdmark id; verified by reading it back (see `sdmark verify`)."
     options = (
-        Option("method", str, "dwtDctSvd", "Embedding method.", choices=method_names),
+        Option("method", str, "sdmark", "Embedding method (sdmark: our own, the most robust; see docs/spectral-watermark.md).", choices=method_names),
         Option("id", str, "auto", "Payload id: 1-16 hex digits, or 'auto' for a random one per image "
                "(stored in the provenance record)."),
     )
