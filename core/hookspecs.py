@@ -165,6 +165,20 @@ def sdmark_finalize_output(path: Path, item: ImageItem, context: RunContext) -> 
     """
 
 
+@hookspec
+def sdmark_after_save(path: Path, item: ImageItem, context: RunContext) -> None:
+    """Runs once the image is in place at its final name (after the atomic move).
+
+    For bookkeeping that must only happen for files that really exist: registries, indexes, logs.
+
+    :param path: the written file.
+    :param item: the image that was written.
+    :param context: the run.
+
+    May change: nothing of the file; raise nothing for ordinary problems (the file is already written).
+    """
+
+
 # -- verification ------------------------------------------------------------------------------
 
 

@@ -98,7 +98,9 @@ class Writer:
         def finalize(tmp: Path) -> None:
             pm.hook.sdmark_finalize_output(path=tmp, item=item, context=self.context)
 
-        return write_atomic(path, encode, overwrite=self.options.overwrite, protected=self.protected, finalize=finalize)
+        written = write_atomic(path, encode, overwrite=self.options.overwrite, protected=self.protected, finalize=finalize)
+        pm.hook.sdmark_after_save(path=written, item=item, context=self.context)
+        return written
 
 
 def finish_batch(

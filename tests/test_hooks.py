@@ -73,6 +73,11 @@ class Recorder:
         assert path.exists() and path.name.startswith(".")
         self.calls.append("finalize_output")
 
+    @hookimpl
+    def sdmark_after_save(self, path, item, context):
+        assert path.exists() and not path.name.startswith(".")
+        self.calls.append("after_save")
+
 
 def test_generation_hooks_run_in_the_documented_order(tiny_pipe, register_plugin, tmp_path):
     recorder = register_plugin(Recorder(), name="recorder")
@@ -82,6 +87,7 @@ def test_generation_hooks_run_in_the_documented_order(tiny_pipe, register_plugin
     assert steps == [f"step{i}" for i in range(len(tiny_pipe.scheduler.timesteps))] and len(steps) >= 3
     assert recorder.calls == [
         "before_denoise", *steps, "after_denoise", "after_decode", "before_save:00000-11.png", "finalize_output",
+        "after_save",
     ]
     from PIL import Image
 

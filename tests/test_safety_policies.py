@@ -270,3 +270,12 @@ def test_stages_listing_shows_plugin_backends(flagger, cli_runner):
     assert options["backend"]["default"] == "nudenet"
     assert set(options["backend"]["choices"]) == {"nudenet", "sd-clip", "test-flag", "test-unloadable"}
     assert options["policy"]["default"] == "blur"
+
+
+def test_only_pixel_changing_policies_after_a_watermark_warn():
+    from sdmark.core.chain import Chain
+
+    assert Chain.build("watermark safety:policy=flag").validate("process") == []
+    assert Chain.build("watermark safety:policy=drop").validate("process") == []
+    [warning] = Chain.build("watermark safety:policy=blur").validate("process")
+    assert "watermark may be lost" in warning

@@ -50,6 +50,13 @@ def sdmark_finalize_output(path: Path, item: Any, context: Any) -> None:
 
 
 @hookimpl
+def sdmark_after_save(path: Path, item: Any, context: Any) -> None:
+    from sdmark.plugins.c2pa.sign import register_written
+
+    register_written(path, item, context)
+
+
+@hookimpl
 def sdmark_inspect_image(path: Path, image: Any, metadata: dict[str, Any], report: dict[str, Any]) -> None:
     report.setdefault("xmp_digital_source_type", metadata.get("digital_source_type"))
     report.setdefault("parameters", metadata.get("parameters"))

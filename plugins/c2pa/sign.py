@@ -81,8 +81,20 @@ def sign_output(path: Path, item: ImageItem, context: RunContext) -> bool:
         raise SigningError(f"{title}: C2PA signing failed: {exc.strerror or exc}") from None
     finally:
         signed.unlink(missing_ok=True)
-    _register(item, path, title, mime, manifest_store, watermarks)
+    # Registered only once the file is in place (sdmark_after_save): a failed move leaves no entry.
+    context.cache.setdefault(PENDING, {})[id(item)] = (title, mime, manifest_store, watermarks)
     return True
+
+
+PENDING = "c2pa.pending-registrations"
+
+
+def register_written(path: Path, item: ImageItem, context: RunContext) -> None:
+    """Store the signed manifest of a file that is now in place, keyed by its watermark payload."""
+    pending = context.cache.get(PENDING, {}).pop(id(item), None)
+    if pending is not None:
+        title, mime, manifest_store, watermarks = pending
+        _register(item, path, title, mime, manifest_store, watermarks)
 
 
 def signing_context() -> Any:
