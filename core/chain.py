@@ -174,7 +174,9 @@ class Chain:
                 )
             stage.check(mode)
         for position, stage in enumerate(self.stages):
-            earlier = [s.name for s in self.stages[:position] if s.changes_pixels and "process" in s.active_phases()]
+            # An invisible watermark does not change what the checker judges; visible changes do.
+            earlier = [s.name for s in self.stages[:position]
+                       if s.changes_pixels and not s.embeds_watermark and "process" in s.active_phases()]
             if stage.checks_safety and earlier:
                 warnings.append(
                     f"{', '.join(map(repr, earlier))} run(s) before {stage.name!r}: the safety check sees their "
