@@ -285,7 +285,8 @@ def builtin_schemes() -> list[Any]:
         FixedMessageScheme(
             "sdxl", "SDXL in diffusers and Stability's generative-models: 48 bits 0xB3EC907BB19E, dwtDct on float "
             "images (also read as uint8, and in the swapped channel order of diffusers releases before the BGR fix)",
-            sdxl_bits, readings=(("bgr", 0.0), ("bgr", dwt.FLOAT_OFFSET), ("rgb", 0.0), ("rgb", dwt.FLOAT_OFFSET)),
+            # No known tool wrote uint8 images in the swapped order, so that fourth reading is not made.
+            sdxl_bits, readings=(("bgr", 0.0), ("bgr", dwt.FLOAT_OFFSET), ("rgb", dwt.FLOAT_OFFSET)),
             text=f"0x{SDXL_MESSAGE:X}"),
         FixedMessageScheme.from_bytes("invokeai", "InvokeAI: 'InvokeAI', dwtDct", b"InvokeAI"),
         SdmarkPayloadScheme("sdmark-dwtDctSvd", "sdmark payload (versioned id, BCH + CRC) in dwtDctSvd", "dwtDctSvd"),
