@@ -38,10 +38,12 @@ import binascii
 import hashlib
 import secrets
 from dataclasses import dataclass
-from functools import lru_cache
 from math import comb
+from typing import Any
 
 import numpy as np
+
+from sdmark.plugins.watermark import bch
 
 VERSION = 1
 ID_BYTES = 8
@@ -68,12 +70,8 @@ def _mask(label: bytes, bits: int) -> np.ndarray:
 WHITENING = _mask(b"sdmark/payload/v1/whitening", LENGTH)
 
 
-@lru_cache(maxsize=1)
-def _bch():
-    # One instance per process: building the Galois-field tables costs more than a decode.
-    import bchlib
-
-    return bchlib.BCH(BCH_T, m=BCH_M)
+def _bch() -> Any:
+    return bch.codec(BCH_T, BCH_M)
 
 
 def false_positive_bound(corrected: int = BCH_T, methods: int = 1) -> float:
@@ -121,15 +119,11 @@ def decode(bits: np.ndarray, method: str, methods_tried: int = 1) -> Decoded | N
     bits = np.asarray(bits, dtype=np.uint8).ravel()
     if bits.size != LENGTH:
         raise ValueError(f"an sdmark payload is {LENGTH} bits, got {bits.size}")
-    raw = np.packbits(bits ^ WHITENING).tobytes()
-    data, parity = bytearray(raw[:DATA_BYTES]), bytearray(raw[DATA_BYTES:])
-    bch = _bch()
-    corrected = bch.decode(data, parity)
-    if corrected < 0:
+    decoded = bch.decode_whitened(bits, WHITENING, DATA_BYTES, _bch())
+    if decoded is None:
         return None
-    if corrected:
-        bch.correct(data, parity)
-    head, check = bytes(data[:-2]), bytes(data[-2:])
+    data, corrected = decoded
+    head, check = data[:-2], data[-2:]
     if head[0] != (VERSION << 4 | METHOD_TAGS[method]):
         return None
     if binascii.crc_hqx(head, 0xFFFF).to_bytes(2, "big") != check:

@@ -36,8 +36,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from itertools import product
 from math import comb
+from typing import Any
 
 import numpy as np
+
+from sdmark.plugins.watermark import bch
 
 PAYLOAD_BYTES = 8
 """User payload: 64 bits."""
@@ -52,12 +55,8 @@ CHASE_BITS = 4
 """The least reliable bits whose 16 flip patterns a soft decode tries."""
 
 
-@lru_cache(maxsize=1)
-def _bch():
-    # Building the Galois-field tables costs more than a decode: one instance per process.
-    import bchlib
-
-    return bchlib.BCH(BCH_T, m=BCH_M)
+def _bch() -> Any:
+    return bch.codec(BCH_T, BCH_M)
 
 
 @lru_cache(maxsize=16)
@@ -106,16 +105,11 @@ class Decoded:
 
 
 def _hard_decode(bits: np.ndarray, key: bytes) -> tuple[bytes, int] | None:
-    raw = np.packbits(bits ^ _whitening(key)).tobytes()
-    nbytes = DATA_BITS // 8
-    data, parity = bytearray(raw[:nbytes]), bytearray(raw[nbytes:])
-    bch = _bch()
-    fixes = bch.decode(data, parity)
-    if fixes < 0:
+    decoded = bch.decode_whitened(bits, _whitening(key), DATA_BITS // 8, _bch())
+    if decoded is None:
         return None
-    if fixes:
-        bch.correct(data, parity)
-    payload, check = bytes(data[:PAYLOAD_BYTES]), bytes(data[PAYLOAD_BYTES:])
+    data, fixes = decoded
+    payload, check = data[:PAYLOAD_BYTES], data[PAYLOAD_BYTES:]
     if not hmac.compare_digest(check, _check(payload, key)):
         return None
     return payload, fixes
