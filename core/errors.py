@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """``TypeName: first line of the message``: enough of a library's error to act on, in one line."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 class SdmarkError(Exception):
     """An error whose message is meant for the user: it says what went wrong and how to fix it."""
 

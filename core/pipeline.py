@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdmark.core.errors import ModelLoadError, SdmarkError
+from sdmark.core.errors import ModelLoadError, SdmarkError, first_line
 from sdmark.core.plugins import hookimpl
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def sdmark_load_pipeline(model: str, device: str, dtype: Any, options: dict[str,
     except Exception as exc:
         where = "folder" if path.exists() else "hub id"
         raise ModelLoadError(
-            f"could not load model {where} {model!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+            f"could not load model {where} {model!r}: {first_line(exc)}. "
             "Without network access, pass a local folder saved with save_pretrained() (it needs model_index.json)."
         ) from exc
     supported = (diffusers.StableDiffusionPipeline, diffusers.StableDiffusionXLPipeline)

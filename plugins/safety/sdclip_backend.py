@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdmark.core.errors import ChainError, ModelLoadError
+from sdmark.core.errors import ChainError, ModelLoadError, first_line
 from sdmark.core.pipeline import looks_local
 from sdmark.plugins.safety.backends import SafetyBackend, Verdict
 
@@ -29,11 +29,6 @@ _HOW_TO = (
     "checker (config.json and weights) and its preprocessor_config.json (e.g. a local copy of "
     f"{DEFAULT_CHECKER}), or a Stable Diffusion model folder with safety_checker/ and feature_extractor/."
 )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 class SdClipBackend(SafetyBackend):
@@ -110,7 +105,7 @@ class SdClipBackend(SafetyBackend):
                 checker = StableDiffusionSafetyChecker.from_pretrained(source, **({"subfolder": checker_sub} if checker_sub else {}))
                 processor = CLIPImageProcessor.from_pretrained(source, **({"subfolder": processor_sub} if processor_sub else {}))
             except Exception as exc:  # offline hub, missing files, wrong format: all mean "try the next"
-                tried.append(f"{label} ({_first_line(exc)})")
+                tried.append(f"{label} ({first_line(exc)})")
                 continue
             return checker, processor
         raise ModelLoadError(f"could not load the Stable Diffusion safety checker (safety:backend=sd-clip); tried: "

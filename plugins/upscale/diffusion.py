@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdmark.core.errors import ModelLoadError, StageError
+from sdmark.core.errors import ModelLoadError, StageError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -50,9 +50,8 @@ def load_upscaler(kind: str, model: str, device: str, dtype: torch.dtype) -> Any
         pipe = cls.from_pretrained(str(path) if path.exists() else model, **kwargs)
     except Exception as exc:
         where = "folder" if path.exists() else "hub id"
-        first = str(exc).splitlines()[0] if str(exc) else ""
         raise ModelLoadError(
-            f"could not load the {cls.__name__} from {where} {model!r}: {type(exc).__name__}: {first}. "
+            f"could not load the {cls.__name__} from {where} {model!r}: {first_line(exc)}. "
             "Without network access, pass a local folder saved with save_pretrained()."
         ) from None
     if not isinstance(pipe, cls):
