@@ -109,6 +109,37 @@ def test_survives_attack(marked, attack: str, name: str) -> None:
         assert abs(found.scale - 0.5) < 0.01
 
 
+def _night_sky() -> np.ndarray:
+    """A near-black image with a few small bright blobs: where a mark clipped at 0 would be halved."""
+    rng = np.random.default_rng(5)
+    sky = Image.new("RGB", (384, 384), (0, 0, 0))
+    draw = ImageDraw.Draw(sky)
+    for x, y, r in zip(*rng.integers(0, 384, (2, 60)), rng.integers(1, 5, 60)):
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(v) for v in rng.integers(150, 256, 3)))
+    return np.asarray(sky)
+
+
+def test_the_mark_survives_where_the_image_clips(marked) -> None:
+    # Brightness x1.3 turns the text poster's off-white paper into flat 255: only the letters can
+    # carry the mark, and their edges are a hundred times louder than it.
+    text = np.clip(np.rint(marked["text"][1] * 1.3), 0, 255).astype(np.uint8)
+    assert spectral.detect(text).payload == PAYLOAD
+    # On black, a mark that could only go up would be half as strong; JPEG 50 would then erase it.
+    sky = _night_sky()
+    marked_sky = spectral.embed(sky, PAYLOAD)
+    assert spectral.detect(_jpeg(marked_sky, 50)).payload == PAYLOAD
+    assert np.abs(marked_sky.astype(int) - sky).max() <= 24
+    assert not spectral.detect(_jpeg(sky, 50)).found
+
+
+def test_a_grainy_image_carries_the_mark() -> None:
+    # Pixel noise far above the mark: an edge-preserving predictor that took the grain for edges
+    # would keep it, mark included, out of the residual.
+    grain = np.random.default_rng(0).integers(60, 200, (301, 283, 3), dtype=np.uint8)
+    found = spectral.detect(_jpeg(spectral.embed(grain, PAYLOAD), 75))
+    assert found.payload == PAYLOAD
+
+
 def _unmarked() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(3)
     return {

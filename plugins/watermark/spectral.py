@@ -4,13 +4,15 @@ What it is
 ----------
 A ``TILE x TILE`` (128 px) keyed pattern, band-limited to 0.05..0.20 cycles/pixel, is added to the
 luminance, repeated over the whole image, and scaled pixel by pixel by a perceptual mask: up to 4 grey
-levels (RMS) in textured regions, which hide it, 1.5 in flat ones. The tile's Fourier bins are dealt
+levels (RMS) in textured regions, which hide it, 1.5 in flat ones; near black, white or a saturated
+channel the change is kept whole rather than clipped (:func:`add_luma`). The tile's Fourier bins are dealt
 by the key to a *sync* carrier and to one carrier per code bit (:mod:`.spectral_pattern`); the 64-bit
 user payload is protected by a 16-bit keyed check and a BCH code that fixes 12 of its 176 bits
 (:mod:`.spectral_code`).
 
-Detection never needs the original (:mod:`.spectral_sync`): the whitened spectrum of the image's
-detail has spikes at the tile's harmonics, and a matched template over a fine grid of resize factors
+Detection never needs the original (:mod:`.spectral_sync`). It reads the image's *detail*: what an
+edge-preserving (bilateral) prediction of the host leaves, so that the flat regions and sharp edges
+of digital art drop out and the mark stays. The whitened spectrum of that detail has spikes at the tile's harmonics, and a matched template over a fine grid of resize factors
 (0.45x to 2.2x) finds the scale; the autocorrelation adds candidates for rotated images. The image
 is resampled onto each candidate lattice and all its tiles are summed into one, where the mark adds
 up and the image averages out; a cyclic correlation with the sync carrier finds the tile's offset (a
@@ -187,12 +189,62 @@ def embed(rgb: np.ndarray, payload: bytes, key: bytes = PUBLIC_KEY, strength: fl
     h, w = rgb.shape[:2]
     reps = (-(-h // pattern.TILE), -(-w // pattern.TILE))
     delta = np.tile(unit, reps)[:h, :w]
-    delta *= mask(luminance(rgb))
+    y = luminance(rgb)
+    amplitude = mask(y)
     if strength != 1.0:
-        delta *= strength
-    if rgb.ndim == 3:
-        delta = delta[..., None] * _DIRECTION
-    return np.clip(np.rint(rgb + delta), 0, 255).astype(np.uint8)
+        amplitude *= strength
+    delta *= amplitude
+    return add_luma(rgb, y, delta, amplitude)
+
+
+HEADROOM = 1.0
+"""Room (in units of the local mark amplitude) made below/above a pixel's luma before marking it."""
+
+
+def add_luma(rgb: np.ndarray, y: np.ndarray, delta: np.ndarray, amplitude: np.ndarray) -> np.ndarray:
+    """``rgb`` with its luma ``y`` changed by ``delta`` (grey levels), as uint8, without losing the
+    change to clipping.
+
+    A mark added to black, white or saturated pixels would be clipped to one sign, i.e. half its
+    amplitude plus a rectified distortion (a near-black night sky kept 0.84 of its bits through
+    JPEG 50 instead of 0.99). So the luma of pixels within ``HEADROOM * amplitude`` of 0 or 255 is
+    first moved inside (at most 1.5 levels on flat black: invisible, and a uniform shift is no
+    pattern), and the part of the change that a saturated channel cannot take is moved to the
+    channels that can, by at most ``3 * amplitude`` per channel.
+    """
+    import cv2
+
+    room = HEADROOM * amplitude
+    shift = cv2.max(room - y, 0) - cv2.max(y - (255 - room), 0)
+    if rgb.ndim == 2:
+        return np.clip(np.rint(rgb + shift + delta), 0, 255).astype(np.uint8)
+    luma_change = delta + shift
+    change = cv2.merge([luma_change * float(weight) for weight in _DIRECTION])  # 5x numpy's broadcast
+    wanted = cv2.add(rgb, change, dtype=cv2.CV_32F)
+    out = np.clip(wanted, 0, 255)
+    lost = cv2.transform(wanted - out, _LUMA)
+    clipped = np.flatnonzero(np.abs(lost) > 0.05)
+    if clipped.size:
+        flat = out.reshape(-1, 3)
+        flat[clipped] = _redistribute(wanted.reshape(-1, 3)[clipped], rgb.reshape(-1, 3)[clipped],
+                                      3 * amplitude.ravel()[clipped])
+    return cv2.convertScaleAbs(out)  # rounds; out is already within 0..255
+
+
+def _redistribute(wanted: np.ndarray, original: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """Pixels ``wanted`` (N x 3, some channels out of 0..255) clipped, with the luma the clipping took
+    moved onto the channels left free (least squares), no channel changing by more than ``cap``."""
+    low = np.maximum(original - cap[:, None], 0)
+    high = np.minimum(original + cap[:, None], 255)
+    out = wanted
+    for _ in range(2):  # a second round when the first pushes another channel to its bound
+        bounded = np.clip(out, low, high)
+        lost = (out - bounded) @ _LUMA[0]
+        free = np.where(lost[:, None] > 0, bounded < high, bounded > low)
+        weights = np.where(free, _LUMA[0], 0).astype(np.float32)
+        norm = (weights * weights).sum(axis=1, keepdims=True)
+        out = bounded + np.divide(lost[:, None] * weights, norm, out=np.zeros_like(weights), where=norm > 0)
+    return np.clip(out, low, high)
 
 
 def _whiten(spectrum: np.ndarray) -> np.ndarray:

@@ -61,13 +61,40 @@ class Lattice:
 def whitened_detail(y: np.ndarray) -> np.ndarray:
     """Local-contrast-normalised detail of a luminance window: the mark's share of it is roughly even.
 
-    Subtracting a wide blur removes illumination and the strong low frequencies; dividing by the
-    local detail level keeps a textured region (where the embedder put a strong mark, and where the
-    image itself is loud) from outweighing a smooth one. Brightness and contrast changes cancel out.
+    The host image is predicted by an edge-preserving (bilateral) filter and subtracted: digital art
+    is mostly flat regions and sharp edges, which the filter keeps, while the mark (a few grey levels)
+    falls inside its range tolerance and is smoothed away, so the residual holds the mark without the
+    edges that would swamp it (text on a clipped background reads at 0.97 of its bits instead of
+    0.57). Subtracting a wide blur then removes what is left of illumination and low frequencies;
+    dividing by the local detail level keeps a textured region (where the embedder put a strong mark,
+    and where the image itself is loud) from outweighing a smooth one. Brightness and contrast
+    changes cancel out.
     """
-    detail = y - smooth(y, 6.0)
+    tolerance = max(HOST_RANGE, 2 * noise_level(y))
+    detail = y - cv2.bilateralFilter(y, HOST_DIAMETER, tolerance, HOST_SPACE)
+    detail -= smooth(detail, 6.0)
     level = np.sqrt(np.maximum(smooth(detail * detail, 8.0), 0))
     return detail / (level + 0.7)
+
+
+HOST_DIAMETER, HOST_RANGE, HOST_SPACE = 5, 10.0, 3.0
+"""Bilateral host predictor: 5x5 neighbourhood, tolerance at least 10 grey levels (several times the
+mark's amplitude, a fraction of an edge's), spatial sigma 3 px."""
+
+_NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32) / 6
+"""A second difference with unit gain on white noise: flat and linear regions give 0."""
+
+
+def noise_level(y: np.ndarray) -> float:
+    """Robust estimate of the image's pixel noise (grey levels, standard deviation).
+
+    The bilateral host predictor must tolerate the image's own grain: with a tolerance below it,
+    every neighbour looks like an edge, the predictor returns the pixel itself and the residual (mark
+    included) vanishes (a grainy image then reads nothing). The median absolute second difference
+    over a sample of pixels ignores the edges and texture that a mean would count.
+    """
+    response = cv2.filter2D(y, -1, _NOISE_KERNEL)[1:-1:3, 1:-1:3]
+    return float(np.median(np.abs(response))) / 0.6745
 
 
 def smooth(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -152,17 +179,21 @@ def _harmonics(key: bytes) -> tuple[np.ndarray, np.ndarray]:
     return np.where(c.rows < TILE // 2, c.rows, c.rows - TILE) / TILE, c.cols / TILE
 
 
-def _indices(h: int, w: int, key: bytes, scales: np.ndarray, angle: float = 0.0) -> np.ndarray:
-    """Flat indices into a ``whitened_power`` of an ``h x w`` window of the tile's harmonics, per scale."""
+def _indices(h: int, w: int, key: bytes, scales: np.ndarray, angles: np.ndarray | float = 0.0) -> np.ndarray:
+    """Flat indices into a ``whitened_power`` of an ``h x w`` window of the tile's harmonics, one row
+    per scale (``angles``, in degrees, is one angle or one per scale)."""
     fy, fx = _harmonics(key)
-    if angle:
+    scales = np.asarray(scales, dtype=np.float64)
+    angles = np.broadcast_to(np.asarray(angles, dtype=np.float64), scales.shape)
+    fx, fy = np.broadcast_to(fx, (scales.size, fx.size)), np.broadcast_to(fy, (scales.size, fy.size))
+    if angles.any():
         # The image turned by ``angle`` (counter-clockwise on screen, y down): its spectrum turns alike.
-        ca, sa = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+        ca, sa = np.cos(np.radians(angles))[:, None], np.sin(np.radians(angles))[:, None]
         fx, fy = fx * ca + fy * sa, -fx * sa + fy * ca
         flip = fx < 0  # rfft2 holds half the plane: use the mirror point
         fx, fy = np.where(flip, -fx, fx), np.where(flip, -fy, fy)
-    row = np.rint(fy[None, :] / scales[:, None] * h).astype(np.int64) % h
-    col = np.rint(fx[None, :] / scales[:, None] * w).astype(np.int64)
+    row = np.rint(fy / scales[:, None] * h).astype(np.int64) % h
+    col = np.rint(fx / scales[:, None] * w).astype(np.int64)
     half = w // 2
     index = (row * (half + 1) + np.minimum(col, half)).astype(np.int32)
     index[col > half] = 0  # beyond Nyquist: reads the (zeroed) DC bin
@@ -188,8 +219,10 @@ def _turned(power: np.ndarray, shape: tuple[int, int], key: bytes, centre: float
     """Candidates for a rotated image: autocorrelation peaks near the x axis, scored by the template.
 
     The whitened power's inverse transform is the autocorrelation of the window's detail; the tile
-    shows as a peak at ``TILE * scale`` pixels in the direction of the rotation. Each peak found is
-    checked (and refined on a small grid) with the harmonic template turned by its angle.
+    shows as a peak at ``TILE * scale`` pixels in the direction of the rotation. In a textured photo
+    the image's own correlations make many such peaks, so ``SCREENED_PEAKS`` of them are screened
+    with the harmonic template turned by their angle (on a grid one frequency bin apart, all at once),
+    and the ``PEAKS_PER_AXIS`` that match best are refined on a half-bin grid.
     """
     from sdmark.plugins.watermark.spectral_pattern import F_HI
 
@@ -207,27 +240,47 @@ def _turned(power: np.ndarray, shape: tuple[int, int], key: bytes, centre: float
     dy, dx = rows[r].astype(float), cols[c].astype(float)
     angle = np.degrees(np.arctan2(dy, dx))
     keep = (np.abs(angle) <= ANGLE_MAX) & (np.abs(angle) >= 0.4) & (np.hypot(dx, dy) <= lmax)
-    order = np.argsort(strip[r, c][keep])[::-1][:PEAKS_PER_AXIS]
-    out = []
+    order = np.argsort(strip[r, c][keep])[::-1][:SCREENED_PEAKS]
+    peaks = []
     for i in np.flatnonzero(keep)[order]:
         rr, cc = _refine(strip, int(r[i]), int(c[i]))
         x, y = cols[0] + cc, rows[0] + rr
         # y points down: a peak at (x, -y') is a counter-clockwise turn on screen.
-        length, theta = float(np.hypot(x, y)), -float(np.degrees(np.arctan2(y, x)))
-        # Local grid: half-bin steps in scale and angle around the peak.
-        step = 1 / (2 * max(h, w) * F_HI)
-        best = (-np.inf, 0.0, 0.0)
-        for dtheta in np.degrees(step) * np.arange(-2, 3):
-            scales = length / TILE * (1 + step * np.arange(-3, 4))
-            scores = power.ravel()[_indices(h, w, key, scales, theta + dtheta)].sum(axis=1)
-            k = int(np.argmax(scores))
-            if scores[k] > best[0]:
-                best = (float(scores[k]), float(scales[k]), theta + dtheta)
-        score, scale, theta = best
-        v = TILE * scale
-        ca, sa = np.cos(np.radians(theta)), np.sin(np.radians(theta))
-        out.append(Lattice((v * ca, -v * sa), (v * sa, v * ca), (score - centre) / spread))
+        peaks.append((float(np.hypot(x, y)) / TILE, -float(np.degrees(np.arctan2(y, x)))))
+    if not peaks:
+        return []
+    step = 1 / (2 * max(h, w) * F_HI)  # half a frequency bin at the outermost harmonic
+    chosen = np.array(_screen(power, shape, key, np.array(peaks), step)[:PEAKS_PER_AXIS])
+    # Refine all of them at once on a half-bin grid: 5 angles x 7 scales around each.
+    grid = np.array([(a, b) for a in range(-3, 4) for b in range(-2, 3)], dtype=np.float64)
+    scales = (chosen[:, None, 0] * (1 + step * grid[None, :, 0])).reshape(len(chosen), -1)
+    angles = (chosen[:, None, 1] + np.degrees(step) * grid[None, :, 1]).reshape(len(chosen), -1)
+    scores = power.ravel()[_indices(h, w, key, scales.ravel(), angles.ravel())].sum(axis=1)
+    scores = scores.reshape(len(chosen), -1)
+    out = []
+    for i, k in enumerate(scores.argmax(axis=1)):
+        v = TILE * scales[i, k]
+        ca, sa = np.cos(np.radians(angles[i, k])), np.sin(np.radians(angles[i, k]))
+        out.append(Lattice((v * ca, -v * sa), (v * sa, v * ca), float(scores[i, k] - centre) / spread))
     return out
+
+
+SCREENED_PEAKS = 16
+"""Autocorrelation peaks near the axis checked with the turned template (more find rotated textured
+photos: 3 found 44 of 48 rotated photos, 16 find 47)."""
+
+
+def _screen(power: np.ndarray, shape: tuple[int, int], key: bytes, peaks: np.ndarray,
+            step: float) -> list[tuple[float, float]]:
+    """``peaks`` (scale, angle) ordered by the best template score within one frequency bin of each."""
+    grid = np.array([(a, b) for a in (-2, 0, 2) for b in (-2, 0, 2)], dtype=np.float64)
+    scales = (peaks[:, None, 0] * (1 + step * grid[None, :, 0])).ravel()
+    angles = (peaks[:, None, 1] + np.degrees(step) * grid[None, :, 1]).ravel()
+    scores = power.ravel()[_indices(*shape, key, scales, angles)].sum(axis=1).reshape(len(peaks), -1)
+    best = scores.argmax(axis=1)
+    order = np.argsort(scores.max(axis=1))[::-1]
+    return [(float(scales.reshape(len(peaks), -1)[i, best[i]]), float(angles.reshape(len(peaks), -1)[i, best[i]]))
+            for i in order]
 
 
 def lattice_candidates(detail: np.ndarray, key: bytes, count: int = 4) -> list[Lattice]:
