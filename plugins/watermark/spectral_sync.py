@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -172,32 +173,38 @@ def _taper(h: int, w: int) -> np.ndarray:
     return _tukey(h)[:, None] * _tukey(w)[None, :]
 
 
+@lru_cache(maxsize=16)
 def _harmonics(key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The tile's carrier frequencies (fy, fx) in cycles per pixel, float32."""
     from sdmark.plugins.watermark.spectral_pattern import TILE, carriers
 
     c = carriers(key)
-    return np.where(c.rows < TILE // 2, c.rows, c.rows - TILE) / TILE, c.cols / TILE
+    fy = np.where(c.rows < TILE // 2, c.rows, c.rows - TILE) / TILE
+    return fy.astype(np.float32), (c.cols / TILE).astype(np.float32)
 
 
 def _indices(h: int, w: int, key: bytes, scales: np.ndarray, angles: np.ndarray | float = 0.0) -> np.ndarray:
     """Flat indices into a ``whitened_power`` of an ``h x w`` window of the tile's harmonics, one row
     per scale (``angles``, in degrees, is one angle or one per scale)."""
     fy, fx = _harmonics(key)
-    scales = np.asarray(scales, dtype=np.float64)
-    angles = np.broadcast_to(np.asarray(angles, dtype=np.float64), scales.shape)
-    fx, fy = np.broadcast_to(fx, (scales.size, fx.size)), np.broadcast_to(fy, (scales.size, fy.size))
+    scales = np.asarray(scales, dtype=np.float32).reshape(-1, 1)
+    angles = np.broadcast_to(np.asarray(angles, dtype=np.float32), (scales.size,)).reshape(-1, 1)
     if angles.any():
         # The image turned by ``angle`` (counter-clockwise on screen, y down): its spectrum turns alike.
-        ca, sa = np.cos(np.radians(angles))[:, None], np.sin(np.radians(angles))[:, None]
-        fx, fy = fx * ca + fy * sa, -fx * sa + fy * ca
-        flip = fx < 0  # rfft2 holds half the plane: use the mirror point
-        fx, fy = np.where(flip, -fx, fx), np.where(flip, -fy, fy)
-    row = np.rint(fy / scales[:, None] * h).astype(np.int64) % h
-    col = np.rint(fx / scales[:, None] * w).astype(np.int64)
+        ca, sa = np.cos(np.radians(angles)), np.sin(np.radians(angles))
+        x, y = fx * ca + fy * sa, fy * ca - fx * sa
+        mirror = np.where(x < 0, np.float32(-1), np.float32(1))  # rfft2 holds half the plane
+        x *= mirror
+        y *= mirror
+    else:
+        x, y = np.broadcast_to(fx, (scales.size, fx.size)), np.broadcast_to(fy, (scales.size, fy.size))
     half = w // 2
-    index = (row * (half + 1) + np.minimum(col, half)).astype(np.int32)
+    col = np.rint(x * (w / scales))
+    row = np.rint(y * (h / scales))
+    row[row < 0] += h
+    index = row * (half + 1) + np.minimum(col, half)  # exact in float32: below 2^24
     index[col > half] = 0  # beyond Nyquist: reads the (zeroed) DC bin
-    return index
+    return index.astype(np.int32)
 
 
 @lru_cache(maxsize=32)
@@ -283,12 +290,15 @@ def _screen(power: np.ndarray, shape: tuple[int, int], key: bytes, peaks: np.nda
             for i in order]
 
 
-def lattice_candidates(detail: np.ndarray, key: bytes, count: int = 4) -> list[Lattice]:
-    """Up to ``count`` resize factors suggested by the spectrum of ``detail``, best first, as lattices.
+def lattice_candidates(detail: np.ndarray, key: bytes, count: int = 4) -> Iterator[Lattice]:
+    """Up to ``count`` lattices suggested by the spectrum of ``detail``, as the caller asks for them.
 
     Each scale of a fine grid is scored by the whitened power summed at the harmonics the tile would
     have at that scale (a matched filter for the mark's known spectral support); the strongest local
-    maxima, refined by a parabola, are the candidates, scored in robust standard deviations.
+    maxima, refined by a parabola, are the candidates, scored in robust standard deviations. The best
+    of them comes first, before the rotated candidates are even looked for: most images are not
+    rotated, and a marked one then costs a third less. The rest, unrotated and rotated, follow best
+    first.
     """
     region = detail[_centre(detail.shape, SEARCH_WINDOW)]
     power = whitened_power(region)
@@ -299,7 +309,7 @@ def lattice_candidates(detail: np.ndarray, key: bytes, count: int = 4) -> list[L
     z = (scores - centre) / spread
     peaks = np.flatnonzero((z[1:-1] >= z[:-2]) & (z[1:-1] > z[2:])) + 1
     peaks = peaks[np.argsort(z[peaks])[::-1][:count]]  # rotated candidates may displace some below
-    out = []
+    scaled = []
     inverse = 1 / scales
     for i in peaks:
         a, b, d = z[i - 1], z[i], z[i + 1]
@@ -308,11 +318,14 @@ def lattice_candidates(detail: np.ndarray, key: bytes, count: int = 4) -> list[L
         step = inverse[1] - inverse[0]
         scale = 1 / (inverse[i] + offset * step)
         length = TILE * scale
-        out.append(Lattice((length, 0.0), (0.0, length), float(b)))
+        scaled.append(Lattice((length, 0.0), (0.0, length), float(b)))
+    if count < 1:
+        return
+    yield from scaled[:1]
     lmin, lmax = TILE * SCALE_MIN, TILE * SCALE_MAX
-    out += _turned(power, region.shape, key, centre, spread, lmin, lmax)
-    out.sort(key=lambda lattice: -lattice.score)
-    return out[:count]
+    rest = scaled[1:] + _turned(power, region.shape, key, centre, spread, lmin, lmax)
+    rest.sort(key=lambda lattice: -lattice.score)
+    yield from rest[:count - len(scaled[:1])]
 
 
 @lru_cache(maxsize=32)
