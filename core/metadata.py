@@ -21,7 +21,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from PIL import Image, PngImagePlugin
 
-from sdmark.core.records import ProvenanceRecord
+from sdmark.core.records import ProvenanceRecord, StageRecord
 
 DIGITAL_SOURCE_TYPE_BASE = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 TRAINED_ALGORITHMIC_MEDIA = DIGITAL_SOURCE_TYPE_BASE + "trainedAlgorithmicMedia"
@@ -41,8 +41,14 @@ PNG_XMP_KEY = "XML:com.adobe.xmp"
 PNG_RECORD_KEY = "sdmark"
 
 
-def a1111_parameters(generation: dict[str, Any], software: str) -> str:
-    """The ``parameters`` text that AUTOMATIC1111, ComfyUI readers and civitai parse."""
+def a1111_parameters(generation: dict[str, Any], software: str, stages: list[StageRecord] = ()) -> str:
+    """The ``parameters`` text that AUTOMATIC1111, ComfyUI readers and civitai parse.
+
+    ``Size`` is the generation size, as A1111 writes it; an ``upscale`` that ran later is described
+    with A1111's own keys (``stages``: the image's provenance entries): ``Hires upscale``/``Hires
+    upscaler`` for one in latent space, ``Postprocess upscale to``/``Postprocess upscaler`` (its
+    Extras tab) for one on the decoded image.
+    """
     lines = [generation.get("prompt", "")]
     if generation.get("negative_prompt"):
         lines.append(f"Negative prompt: {generation['negative_prompt']}")
@@ -53,10 +59,27 @@ def a1111_parameters(generation: dict[str, Any], software: str) -> str:
         "Seed": generation.get("seed"),
         "Size": f"{generation.get('width')}x{generation.get('height')}",
         "Model": generation.get("model"),
+        **_upscale_fields(stages),
         "Version": software,
     }
     lines.append(", ".join(f"{key}: {_a1111_value(value)}" for key, value in fields.items() if value is not None))
     return "\n".join(lines)
+
+
+def _upscale_fields(stages: list[StageRecord]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for entry in stages:
+        result = entry.result
+        if entry.stage != "upscale" or "output_size" not in result:
+            continue
+        if entry.phase == "after_denoise":
+            before, after = result.get("input_size") or [0, 0], result["output_size"]
+            fields["Hires upscale"] = after[0] / before[0] if before[0] else None
+            fields["Hires upscaler"] = result.get("backend")
+        else:
+            fields["Postprocess upscale to"] = "x".join(str(v) for v in result["output_size"])
+            fields["Postprocess upscaler"] = result.get("backend")
+    return fields
 
 
 def _a1111_value(value: Any) -> str:

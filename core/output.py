@@ -80,7 +80,7 @@ class Writer:
     def write(self, item: ImageItem) -> Path:
         record = item.record
         if record.kind == "generated" and record.generation:
-            item.text["parameters"] = a1111_parameters(record.generation, record.software)
+            item.text["parameters"] = a1111_parameters(record.generation, record.software, record.stages)
         path = self.target(item.name)
         pm.hook.sdmark_before_save(item=item, path=path, context=self.context)
         # A processed image keeps the source type its input declared; we never claim we generated it.

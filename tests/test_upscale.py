@@ -306,4 +306,9 @@ def test_generate_cli_with_upscale(cli_runner, tiny_model_dir, tmp_path):
                                  "--chain", "upscale:backend=opencv,interpolation=lanczos4", "--no-safety", "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "upscale: opencv 128x128 -> 256x256" in result.stdout
-    assert read_image(tmp_path / "00000-1.png").image.size == (256, 256)
+    written = read_image(tmp_path / "00000-1.png")
+    assert written.image.size == (256, 256)
+    # A1111 keeps the generation size in "Size" and describes a later upscale with its Extras keys.
+    parameters = written.metadata["parameters"]
+    assert "Size: 128x128," in parameters
+    assert "Postprocess upscale to: 256x256, Postprocess upscaler: opencv," in parameters

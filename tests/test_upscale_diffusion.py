@@ -135,7 +135,11 @@ def test_sd_latent_x2_cli_generate_and_process_refusal(cli_runner, tiny_model_di
                                  "--chain", chain, "--no-safety", "-o", str(tmp_path / "gen"), "--json"])
     assert result.exit_code == 0, result.output
     line = json.loads(result.stdout)
-    assert read_image(line["path"]).image.size == (128, 128)
+    written = read_image(line["path"])
+    assert written.image.size == (128, 128)
+    # A1111's words for an upscale in latent space during generation (its hires fix).
+    assert "Size: 64x64," in written.metadata["parameters"]
+    assert "Hires upscale: 2, Hires upscaler: sd-latent-x2," in written.metadata["parameters"]
     refused = runner.invoke(cli, ["process", str(photo_dir), "--chain", chain, "--no-safety", "-o", str(tmp_path / "p")])
     assert refused.exit_code == 2
     assert "only runs during generation" in refused.stderr and "cannot process existing images" in refused.stderr
