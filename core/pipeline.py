@@ -145,6 +145,7 @@ def load_pipeline(
     options = {"scheduler": scheduler, "cpu_offload": cpu_offload, "vae_slicing": vae_slicing,
                "vae_tiling": vae_tiling, "attention_slicing": attention_slicing}
     pipe = pm.hook.sdmark_load_pipeline(model=model, device=device, dtype=torch_dtype, options=options)
+    drop_builtin_watermarker(pipe)
     if scheduler:
         set_scheduler(pipe, scheduler)
     if cpu_offload:
@@ -161,6 +162,25 @@ def load_pipeline(
         pipe.enable_attention_slicing()
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def drop_builtin_watermarker(pipe: DiffusionPipeline) -> None:
+    """Take diffusers' own SDXL invisible watermarker off ``pipe``: sdmark never applies it.
+
+    diffusers gives every SDXL pipeline a fixed 48-bit dwtDct mark whenever invisible-watermark is
+    installed (sdmark depends on it) and embeds it inside ``__call__``. sdmark decodes the latents
+    itself (:func:`decode`) and leaves that mark out on purpose: marks are stages the user composes
+    and the provenance record lists (the default chain ends in ``watermark``). An unlisted one would
+    change pixels behind the chain's back (an empty chain would not give clean images), sit under
+    the ``watermark`` stage's own mark, and be lost unrecorded to a later safety blur, upscale or
+    JPEG encoding, which dwtDct does not survive. Clearing it here makes the loaded pipeline say
+    what sdmark does, also to plugins that call it. ``sdmark verify`` still recognises SDXL's mark
+    on images made elsewhere.
+    """
+    from diffusers import StableDiffusionXLPipeline
+
+    if isinstance(pipe, StableDiffusionXLPipeline):
+        pipe.watermark = None
 
 
 def quiet_loading() -> None:
@@ -205,7 +225,11 @@ def initial_latents(pipe: DiffusionPipeline, seeds: list[int], height: int, widt
 
 
 def decode(pipe: DiffusionPipeline, latents: torch.Tensor) -> list[Image.Image]:
-    """Decode final latents to PIL images exactly as the pipeline's own ``__call__`` does."""
+    """Decode final latents to PIL images exactly as the pipeline's own ``__call__`` does.
+
+    For SDXL that is the call with its built-in watermarker off (``add_watermarker=False``): see
+    :func:`drop_builtin_watermarker`. It is never applied here, whoever loaded ``pipe``.
+    """
     import torch
     from diffusers import StableDiffusionXLPipeline
 
@@ -214,8 +238,9 @@ def decode(pipe: DiffusionPipeline, latents: torch.Tensor) -> list[Image.Image]:
         if isinstance(pipe, StableDiffusionXLPipeline):
             needs_upcasting = vae.dtype == torch.float16 and vae.config.force_upcast
             if needs_upcasting:
-                pipe.upcast_vae()
-                latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype)
+                # What diffusers' deprecated ``upcast_vae`` does, without its FutureWarning.
+                vae.to(dtype=torch.float32)
+                latents = latents.to(torch.float32)
             elif latents.dtype != vae.dtype:
                 latents = latents.to(vae.dtype)
             mean = getattr(vae.config, "latents_mean", None)
