@@ -91,6 +91,15 @@ def test_embed_leaves_its_input_alone(photo_arrays) -> None:
     assert np.array_equal(image, before)
 
 
+def test_marking_in_strips_changes_no_pixel(photo_arrays, monkeypatch) -> None:
+    """embed works a few rows at a time (for speed); the blurs of the mask must not see the seams."""
+    image = np.concatenate([photo_arrays["coffee"], photo_arrays["coffee"][:203]])  # an odd height
+    monkeypatch.setattr(spectral, "STRIP_ROWS", len(image))
+    whole = spectral.embed(image, PAYLOAD)
+    monkeypatch.setattr(spectral, "STRIP_ROWS", 40)
+    assert np.array_equal(spectral.embed(image, PAYLOAD), whole)
+
+
 ATTACKS = {
     "jpeg50": lambda x: _jpeg(x, 50),
     "crop75-odd-offset": lambda x: x[37:37 + int(x.shape[0] * 0.866), 61:61 + int(x.shape[1] * 0.866)],
