@@ -19,8 +19,8 @@ up and the image averages out; a cyclic correlation with the sync carrier finds 
 crop at any position); the drift of that offset across the quarters of the image corrects the
 lattice (residual scale and rotation). Each code bit is then the sign of its carrier's correlation,
 weighted per frequency ring by the mark strength measured on the sync carrier, and a Chase/BCH
-decode with the keyed check gives the payload. Cost on one core at 512x512: embed ~15-20 ms, detect
-~25 ms for a marked image and ~60 ms for an unmarked one (every candidate is tried).
+decode with the keyed check gives the payload. Cost on one core at 512x512 (medians): embed ~13 ms,
+detect ~20 ms for a marked image and ~50 ms for an unmarked one (every candidate is tried).
 
 False positives, on paper
 -------------------------
