@@ -447,7 +447,7 @@ def test_watermark_recovers_stripped_credentials_end_to_end(cli_runner, identity
 def test_generated_watermarked_image_recovers_after_stripping(cli_runner, identity, tiny_model_dir, tmp_path):
     runner, cli = cli_runner
     result = runner.invoke(cli, ["generate", "a red kite", "--seed", "11", "--steps", "1", "-m", str(tiny_model_dir),
-                                 "--chain", "watermark", "--no-safety", "-o", str(tmp_path / "gen"), "--json"])
+                                 "--chain", "watermark:id=71e", "--no-safety", "-o", str(tmp_path / "gen"), "--json"])
     assert result.exit_code == 0, result.output
     signed = Path(json.loads(result.stdout.splitlines()[0])["path"])
     set_trust_anchors([identity / "ca.pem"])

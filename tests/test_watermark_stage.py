@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ from PIL import Image
 from sdmark.core.chain import Chain
 from sdmark.core.errors import ChainError
 from sdmark.core.process import process_images
+from sdmark.plugins.watermark.methods import get_method
 from sdmark.plugins.watermark.verify import verify_file, verify_image
 
 
@@ -27,6 +29,7 @@ def test_process_chain_marks_and_records_and_verify_reads_it(cli_runner, photo_d
     assert entry["result"]["method"] == "sdmark" and entry["result"]["scheme"] == "sdmark"  # the default
     assert entry["result"]["payload"] == "0000000000c0ffee" and entry["result"]["readback"]["band"] == "very likely"
     assert entry["result"]["summary"] == "sdmark id=0000000000c0ffee"
+    assert all(line["record"]["stages"][-1]["result"]["strength"] == 1.0 for line in lines)  # photos: no boost
     for written in out.iterdir():
         report = verify_file(written)
         assert report["watermarked"] and report["detections"][0]["payload"] == "0000000000c0ffee"
@@ -92,6 +95,26 @@ def test_spectral_sdmark_method_marks_and_verify_reads_it(photos, tmp_path):
     assert (entry["method"], entry["scheme"], entry["payload"]) == ("sdmark", "sdmark", "000000000000feed")
     report = verify_image(result.item.image)
     assert report["watermarked"] and report["detections"][0]["scheme"] == "sdmark"
+
+
+def test_dense_texture_gets_a_stronger_mark_that_still_survives_jpeg(tmp_path):
+    """A small image of dense texture hides the mark at the usual strength (it reads back with almost
+    no bits to spare); the stage raises the strength until it has margin, and records it."""
+    import cv2
+
+    noise = np.random.default_rng(1).normal(0, 1, (256, 256, 3)).astype(np.float32)
+    texture = cv2.GaussianBlur(noise, (0, 0), 1.0)
+    path = tmp_path / "texture.png"
+    Image.fromarray(np.clip(128 + texture / texture.std() * 40, 0, 255).astype(np.uint8)).save(path)
+    [result] = process_images([path], Chain.build("watermark:id=5eed"), None, progress=False, warn=lambda m: None)
+    assert result.status == "kept", result.error
+    entry = result.record.find("watermark")[0].result
+    assert entry["strength"] > 1.0 and entry["summary"].endswith(f"strength {entry['strength']:g}")
+    assert entry["readback"]["p_value"] <= get_method("sdmark").margin_p()
+    buffer = io.BytesIO()
+    result.item.image.save(buffer, "JPEG", quality=75)
+    report = verify_image(Image.open(buffer).convert("RGB"))
+    assert report["watermarked"] and report["detections"][0]["payload"] == "0000000000005eed"
 
 
 def test_private_key_comes_from_the_environment_and_stays_out_of_the_record(photos, tmp_path, monkeypatch):

@@ -22,21 +22,27 @@ MIN_PIXELS = 256 * 256
 class Method:
     """One way to embed a mark.
 
-    ``embed(rgb, ident)`` returns a marked copy of an ``(H, W, 3)`` uint8 array; ``ident`` is the
-    8-byte id (ignored when ``carries_id`` is false). ``scheme`` is the name of the registered
-    scheme that detects this method's marks. ``min_carriers`` is the least number of 4x4 DWT
-    blocks the method needs (0 when it does not use them). ``require()`` raises
+    ``embed(rgb, ident, strength=1.0)`` returns a marked copy of an ``(H, W, 3)`` uint8 array;
+    ``ident`` is the 8-byte id (ignored when ``carries_id`` is false). ``scheme`` is the name of the
+    registered scheme that detects this method's marks. ``min_carriers`` is the least number of 4x4
+    DWT blocks the method needs (0 when it does not use them). ``require()`` raises
     :class:`RuntimeError` with an install hint when a dependency is missing.
+
+    ``strengths`` are the strengths the stage tries in turn, weakest first, until the mark reads back
+    with a p-value at or under ``margin_p()``: a mark that barely reads back on the clean image would
+    not survive what happens to the image next. A method without a strength knob has ``(1.0,)``.
     """
 
     name: str
     description: str
-    embed: Callable[[np.ndarray, bytes], np.ndarray]
+    embed: Callable[..., np.ndarray]
     scheme: str
     carries_id: bool = True
     min_carriers: int = 0
     require: Callable[[], None] = lambda: None
     min_side: int = 0
+    strengths: tuple[float, ...] = (1.0,)
+    margin_p: Callable[[], float] = lambda: 1e-6  # a function: computing it may import the method's code
 
     def unfit(self, width: int, height: int) -> str | None:
         """Why an image of this size cannot carry the mark, or ``None`` when it can."""
@@ -78,18 +84,25 @@ def method_names() -> tuple[str, ...]:
 # -- built-in methods ---------------------------------------------------------------------------
 
 
-def _dwt_embedder(method: str) -> Callable[[np.ndarray, bytes], np.ndarray]:
-    def embed(rgb: np.ndarray, ident: bytes) -> np.ndarray:
+def _fixed_strength(method: str, strength: float) -> None:
+    if strength != 1.0:
+        raise ValueError(f"{method} has no strength setting (asked for {strength})")
+
+
+def _dwt_embedder(method: str) -> Callable[..., np.ndarray]:
+    def embed(rgb: np.ndarray, ident: bytes, strength: float = 1.0) -> np.ndarray:
         from sdmark.plugins.watermark import dwt, payload
 
+        _fixed_strength(method, strength)
         return dwt.embed(rgb, payload.encode(ident, method), method)
 
     return embed
 
 
-def _rivagan_embed(rgb: np.ndarray, ident: bytes) -> np.ndarray:
+def _rivagan_embed(rgb: np.ndarray, ident: bytes, strength: float = 1.0) -> np.ndarray:
     from sdmark.plugins.watermark import payload, rivagan
 
+    _fixed_strength("rivaGan", strength)
     return rivagan.encode(rgb, payload.RIVAGAN_PATTERN)
 
 
@@ -129,12 +142,20 @@ def spectral_key() -> bytes:
     return secret.encode("utf-8") if secret else spectral.PUBLIC_KEY
 
 
-def _spectral_embed(rgb: np.ndarray, ident: bytes) -> np.ndarray:
+def _spectral_embed(rgb: np.ndarray, ident: bytes, strength: float = 1.0) -> np.ndarray:
     from sdmark.plugins.watermark import spectral
 
-    return spectral.embed(rgb, ident, key=spectral_key())
+    return spectral.embed(rgb, ident, key=spectral_key(), strength=strength)
+
+
+def _spectral_margin() -> float:
+    from sdmark.plugins.watermark import spectral, spectral_code
+
+    # Half of what BCH can correct is left for the image's later life (JPEG, resizing, ...).
+    return spectral_code.false_positive_bound(spectral.ALIGNMENTS, spectral_code.BCH_T // 2)
 
 
 register_method(Method(
     "sdmark", "sdmark's own spread-spectrum mark with self-synchronisation (survives crops, resizing, "
-    "JPEG and tone changes); 64-bit id", _spectral_embed, scheme="sdmark", min_side=128))
+    "JPEG and tone changes); 64-bit id", _spectral_embed, scheme="sdmark", min_side=128,
+    strengths=(1.0, 1.5, 2.0, 3.0), margin_p=_spectral_margin))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sdmark.core.errors import ChainError, StageError
 from sdmark.core.stages import ImageItem, Option, RunContext, Stage
-from sdmark.plugins.watermark.methods import get_method, method_names
+from sdmark.plugins.watermark.methods import Method, get_method, method_names
+
+if TYPE_CHECKING:
+    from sdmark.plugins.watermark.schemes import Detection
 
 
 class WatermarkStage(Stage):
@@ -17,7 +20,8 @@ class WatermarkStage(Stage):
     Colour images only change in their RGB channels (alpha is kept as it is); pixels beyond the
     largest multiple-of-4 area are untouched. An image too small to carry the mark (under 256x256
     pixels, the limit invisible-watermark sets) fails with a clear error and is not written:
-    nothing leaves this stage unmarked.
+    nothing leaves this stage unmarked. A method with a strength knob (``sdmark``) is made only as
+    strong as it must be for its mark to read back with margin; the strength used is recorded.
     """
 
     name = "watermark"
@@ -59,7 +63,6 @@ class WatermarkStage(Stage):
         from PIL import Image
 
         from sdmark.plugins.watermark import payload
-        from sdmark.plugins.watermark.schemes import ImageView
 
         method = get_method(self.options["method"])
         image = item.image
@@ -69,13 +72,8 @@ class WatermarkStage(Stage):
         alpha = image.getchannel("A") if image.mode in ("RGBA", "LA", "PA") else None
         rgb = np.asarray(image.convert("RGB"))
         ident = payload.parse_id(self.options["id"]) if method.carries_id else b""
-        marked = method.embed(rgb, ident)
-        detection = self._scheme.detect(ImageView(marked))
         expected = ident.hex() if method.carries_id else None
-        if detection is None or not detection.watermarked or detection.payload != expected:
-            got = "nothing" if detection is None else f"{detection.band} (p={detection.p_value:.2g})"
-            raise StageError(f"{method.name} mark did not read back ({got}); the image content cannot carry it "
-                             "(large flat or saturated areas?); not written")
+        marked, detection, strength = self._mark(method, rgb, ident, expected)
         out = Image.fromarray(marked, "RGB")
         if alpha is not None:
             out.putalpha(alpha)
@@ -86,10 +84,38 @@ class WatermarkStage(Stage):
             "payload": expected,
             "id": expected,
             "readback": {"band": detection.band, "p_value": detection.p_value},
+            "strength": strength,
             "psnr_db": _psnr(rgb, marked),
         }
         result["summary"] = f"{method.name} id={expected}" if expected else f"{method.name} (keyed pattern)"
+        if strength != 1.0:
+            result["summary"] += f", strength {strength:g}"
         return result
+
+    def _mark(self, method: Method, rgb: np.ndarray, ident: bytes,
+              expected: str | None) -> tuple[np.ndarray, Detection, float]:
+        """The weakest of ``method.strengths`` whose mark reads back with margin (else the cleanest
+        read-back of any), with its detection and strength; :class:`StageError` if none reads back."""
+        from sdmark.plugins.watermark.schemes import ImageView
+
+        best: tuple[np.ndarray, Detection, float] | None = None
+        detection = None
+        for strength in method.strengths:
+            marked = method.embed(rgb, ident, strength)
+            detection = self._scheme.detect(ImageView(marked))
+            if detection is None or not detection.watermarked or detection.payload != expected:
+                continue
+            if detection.p_value <= method.margin_p():
+                return marked, detection, strength
+            if best is None or detection.p_value < best[1].p_value:
+                best = (marked, detection, strength)
+        if best is not None:
+            return best
+        got = "nothing" if detection is None else f"{detection.band} (p={detection.p_value:.2g})"
+        tried = ", ".join(f"{s:g}" for s in method.strengths)
+        raise StageError(f"{method.name} mark did not read back at strength {tried} ({got}); the image content "
+                         "cannot carry it (large flat or saturated areas, or a small image of dense texture?); "
+                         "not written")
 
 
 def check_written_mark(path: Any, item: ImageItem) -> None:
