@@ -14,6 +14,7 @@ WebP      EXIF UserComment (UNICODE)     in XMP (``sdmark:record``)   XMP chunk
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -41,13 +42,14 @@ PNG_XMP_KEY = "XML:com.adobe.xmp"
 PNG_RECORD_KEY = "sdmark"
 
 
-def a1111_parameters(generation: dict[str, Any], software: str, stages: list[StageRecord] = ()) -> str:
+def a1111_parameters(generation: dict[str, Any], software: str, stages: Sequence[StageRecord] = ()) -> str:
     """The ``parameters`` text that AUTOMATIC1111, ComfyUI readers and civitai parse.
 
     ``Size`` is the generation size, as A1111 writes it; an ``upscale`` that ran later is described
     with A1111's own keys (``stages``: the image's provenance entries): ``Hires upscale``/``Hires
     upscaler`` for one in latent space, ``Postprocess upscale to``/``Postprocess upscaler`` (its
-    Extras tab) for one on the decoded image.
+    Extras tab) for one on the decoded image. Several upscales of one kind become one entry: their
+    factors multiplied (hires) or the last size (postprocess), with their upscalers joined by " + ".
     """
     lines = [generation.get("prompt", "")]
     if generation.get("negative_prompt"):
@@ -66,19 +68,29 @@ def a1111_parameters(generation: dict[str, Any], software: str, stages: list[Sta
     return "\n".join(lines)
 
 
-def _upscale_fields(stages: list[StageRecord]) -> dict[str, Any]:
-    fields: dict[str, Any] = {}
+def _upscale_fields(stages: Sequence[StageRecord]) -> dict[str, Any]:
+    hires_factor: float | None = 1.0
+    hires_by: list[str] = []
+    post_by: list[str] = []
+    post_size = None
     for entry in stages:
         result = entry.result
         if entry.stage != "upscale" or "output_size" not in result:
             continue
         if entry.phase == "after_denoise":
             before, after = result.get("input_size") or [0, 0], result["output_size"]
-            fields["Hires upscale"] = after[0] / before[0] if before[0] else None
-            fields["Hires upscaler"] = result.get("backend")
+            hires_factor = hires_factor * after[0] / before[0] if before[0] and hires_factor else None
+            hires_by.append(str(result.get("backend")))
         else:
-            fields["Postprocess upscale to"] = "x".join(str(v) for v in result["output_size"])
-            fields["Postprocess upscaler"] = result.get("backend")
+            post_size = "x".join(str(v) for v in result["output_size"])
+            post_by.append(str(result.get("backend")))
+    fields: dict[str, Any] = {}
+    if hires_by:
+        fields["Hires upscale"] = hires_factor
+        fields["Hires upscaler"] = " + ".join(hires_by)
+    if post_by:
+        fields["Postprocess upscale to"] = post_size
+        fields["Postprocess upscaler"] = " + ".join(post_by)
     return fields
 
 

@@ -224,6 +224,24 @@ def initial_latents(pipe: DiffusionPipeline, seeds: list[int], height: int, widt
     return latents, generators
 
 
+def _upcast_vae(pipe: DiffusionPipeline) -> None:
+    """Upcast an fp16 SDXL VAE as the pipeline's own ``__call__`` does in the installed diffusers.
+
+    Before diffusers 0.36 ``upcast_vae`` kept some attention layers in fp16; later it is a plain
+    ``vae.to(float32)`` that warns of its own removal. Calling it keeps pixel parity with either.
+    """
+    import warnings
+
+    import torch
+
+    if not hasattr(pipe, "upcast_vae"):
+        pipe.vae.to(dtype=torch.float32)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        pipe.upcast_vae()
+
+
 def decode(pipe: DiffusionPipeline, latents: torch.Tensor) -> list[Image.Image]:
     """Decode final latents to PIL images exactly as the pipeline's own ``__call__`` does.
 
@@ -238,8 +256,7 @@ def decode(pipe: DiffusionPipeline, latents: torch.Tensor) -> list[Image.Image]:
         if isinstance(pipe, StableDiffusionXLPipeline):
             needs_upcasting = vae.dtype == torch.float16 and vae.config.force_upcast
             if needs_upcasting:
-                # What diffusers' deprecated ``upcast_vae`` does, without its FutureWarning.
-                vae.to(dtype=torch.float32)
+                _upcast_vae(pipe)
                 latents = latents.to(torch.float32)
             elif latents.dtype != vae.dtype:
                 latents = latents.to(vae.dtype)

@@ -298,6 +298,11 @@ def test_generate_then_upscale(tiny_pipe, sr_files):
     entries = results[0].record.find("upscale")
     assert [e.result["output_size"] for e in entries] == [[192, 192], [384, 384]]
     assert [e.phase for e in entries] == ["process", "process"]
+    # The A1111 text names both upscalers and the final size, not only the last upscale.
+    from sdmark.core.metadata import a1111_parameters
+
+    parameters = a1111_parameters(results[0].record.generation, "sdmark", results[0].record.stages)
+    assert "Postprocess upscale to: 384x384, Postprocess upscaler: lanczos + model," in parameters
 
 
 def test_generate_cli_with_upscale(cli_runner, tiny_model_dir, tmp_path):

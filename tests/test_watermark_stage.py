@@ -11,6 +11,7 @@ from PIL import Image
 
 from sdmark.core.chain import Chain
 from sdmark.core.errors import ChainError
+from sdmark.core.output import OutputOptions
 from sdmark.core.process import process_images
 from sdmark.plugins.watermark.methods import get_method
 from sdmark.plugins.watermark.verify import verify_file, verify_image
@@ -153,3 +154,45 @@ def test_mark_lost_in_encoding_is_caught_in_the_written_file(cli_runner, photo_d
     assert kept.exit_code == 0, kept.output
     entry = json.loads(kept.stdout)["record"]["stages"][0]["result"]
     assert entry["file_readback"]["band"] in ("likely", "very likely")
+
+
+def test_a_plugin_method_without_a_strength_setting_marks_through_the_stage(photos, tmp_path, monkeypatch):
+    """A third-party method registers ``embed(rgb, ident)``; the stage must not hand it a strength."""
+    from sdmark.plugins.watermark import methods
+
+    dwt = get_method("dwtDctSvd")
+    calls = []
+
+    def embed(rgb, ident):
+        calls.append(ident)
+        return dwt.embed(rgb, ident)
+
+    plain = methods.Method("plainplugin", "a plugin's method", embed, scheme=dwt.scheme, min_carriers=dwt.min_carriers)
+    monkeypatch.setitem(methods._methods, plain.name, plain)
+    path = tmp_path / "cat.png"
+    photos["chelsea"].save(path)
+    [result] = process_images([path], Chain.build("watermark:method=plainplugin,id=ab"), None, progress=False)
+    assert result.status == "kept", result.error
+    assert calls == [bytes.fromhex("00000000000000ab")]
+    assert result.record.stages[-1].result["strength"] == 1.0
+    with pytest.raises(ValueError, match="has no strength 2"):
+        plain.mark(np.asarray(photos["chelsea"]), b"\0" * 8, 2.0)
+
+
+def test_a_mark_that_never_reads_back_reports_every_strength_tried(tmp_path, monkeypatch):
+    """The error names what each strength read back, not only the last; nothing is written."""
+    from sdmark.plugins.watermark import methods
+
+    def embed(rgb, ident, strength=1.0):  # a method whose mark the image swallows whole
+        return rgb.copy()
+
+    lost = methods.Method("lostplugin", "never reads back", embed, scheme="sdmark", strengths=(1.0, 2.0))
+    monkeypatch.setitem(methods._methods, lost.name, lost)
+    path = tmp_path / "white.png"
+    Image.new("RGB", (512, 512), "white").save(path)
+    [result] = process_images([path], Chain.build("watermark:method=lostplugin,id=ab"), OutputOptions(tmp_path / "out"),
+                              progress=False)
+    assert result.status == "failed"
+    assert "strength 1: none" in result.error, result.error
+    assert "strength 2:" in result.error
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

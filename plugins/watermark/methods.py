@@ -22,7 +22,7 @@ MIN_PIXELS = 256 * 256
 class Method:
     """One way to embed a mark.
 
-    ``embed(rgb, ident, strength=1.0)`` returns a marked copy of an ``(H, W, 3)`` uint8 array;
+    ``embed(rgb, ident)`` returns a marked copy of an ``(H, W, 3)`` uint8 array;
     ``ident`` is the 8-byte id (ignored when ``carries_id`` is false). ``scheme`` is the name of the
     registered scheme that detects this method's marks. ``min_carriers`` is the least number of 4x4
     DWT blocks the method needs (0 when it does not use them). ``require()`` raises
@@ -30,7 +30,9 @@ class Method:
 
     ``strengths`` are the strengths the stage tries in turn, weakest first, until the mark reads back
     with a p-value at or under ``margin_p()``: a mark that barely reads back on the clean image would
-    not survive what happens to the image next. A method without a strength knob has ``(1.0,)``.
+    not survive what happens to the image next. A method without a strength knob keeps ``(1.0,)``
+    and its ``embed`` needs no ``strength`` argument; one with other strengths must accept
+    ``embed(rgb, ident, strength=s)``. Call :meth:`mark`, which passes the strength only when it is not 1.
     """
 
     name: str
@@ -43,6 +45,14 @@ class Method:
     min_side: int = 0
     strengths: tuple[float, ...] = (1.0,)
     margin_p: Callable[[], float] = lambda: 1e-6  # a function: computing it may import the method's code
+
+    def mark(self, rgb: np.ndarray, ident: bytes, strength: float = 1.0) -> np.ndarray:
+        """A marked copy of ``rgb`` at ``strength`` (one of :attr:`strengths`); ``rgb`` is not changed."""
+        if strength not in self.strengths:
+            raise ValueError(f"{self.name} has no strength {strength:g} (it has {', '.join(f'{s:g}' for s in self.strengths)})")
+        if strength == 1.0:
+            return self.embed(rgb, ident)
+        return self.embed(rgb, ident, strength=strength)
 
     def unfit(self, width: int, height: int) -> str | None:
         """Why an image of this size cannot carry the mark, or ``None`` when it can."""
@@ -84,25 +94,18 @@ def method_names() -> tuple[str, ...]:
 # -- built-in methods ---------------------------------------------------------------------------
 
 
-def _fixed_strength(method: str, strength: float) -> None:
-    if strength != 1.0:
-        raise ValueError(f"{method} has no strength setting (asked for {strength})")
-
-
 def _dwt_embedder(method: str) -> Callable[..., np.ndarray]:
-    def embed(rgb: np.ndarray, ident: bytes, strength: float = 1.0) -> np.ndarray:
+    def embed(rgb: np.ndarray, ident: bytes) -> np.ndarray:
         from sdmark.plugins.watermark import dwt, payload
 
-        _fixed_strength(method, strength)
         return dwt.embed(rgb, payload.encode(ident, method), method)
 
     return embed
 
 
-def _rivagan_embed(rgb: np.ndarray, ident: bytes, strength: float = 1.0) -> np.ndarray:
+def _rivagan_embed(rgb: np.ndarray, ident: bytes) -> np.ndarray:
     from sdmark.plugins.watermark import payload, rivagan
 
-    _fixed_strength("rivaGan", strength)
     return rivagan.encode(rgb, payload.RIVAGAN_PATTERN)
 
 

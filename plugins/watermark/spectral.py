@@ -221,9 +221,11 @@ def add_luma(rgb: np.ndarray, y: np.ndarray, delta: np.ndarray, amplitude: np.nd
     A mark added to black, white or saturated pixels would be clipped to one sign, i.e. half its
     amplitude plus a rectified distortion (a near-black night sky kept 0.84 of its bits through
     JPEG 50 instead of 0.99). So the luma of pixels within ``HEADROOM * amplitude`` of 0 or 255 is
-    first moved inside (at most 1.5 levels on flat black: invisible, and a uniform shift is no
-    pattern), and the part of the change that a saturated channel cannot take is moved to the
-    channels that can, by at most ``3 * amplitude`` per channel.
+    first moved inside by up to that much. The shift follows the amplitude: ``MASK_FLOOR`` (1.5
+    levels at strength 1) on flat black or white, where it is uniform and so no pattern, up to
+    ``MASK_CAP`` (4 levels, times the strength) on dark pixels beside detail, where the detail
+    hides it. Then the part of the change that a saturated channel cannot take is moved to the
+    channels that can; those redistributed pixels change by at most ``3 * amplitude`` per channel.
     """
     import cv2
 

@@ -99,11 +99,12 @@ class WatermarkStage(Stage):
         from sdmark.plugins.watermark.schemes import ImageView
 
         best: tuple[np.ndarray, Detection, float] | None = None
-        detection = None
+        attempts = []
         for strength in method.strengths:
-            marked = method.embed(rgb, ident, strength)
+            marked = method.mark(rgb, ident, strength)
             detection = self._scheme.detect(ImageView(marked))
             if detection is None or not detection.watermarked or detection.payload != expected:
+                attempts.append(f"strength {strength:g}: {_misread(detection, expected)}")
                 continue
             if detection.p_value <= method.margin_p():
                 return marked, detection, strength
@@ -111,11 +112,17 @@ class WatermarkStage(Stage):
                 best = (marked, detection, strength)
         if best is not None:
             return best
-        got = "nothing" if detection is None else f"{detection.band} (p={detection.p_value:.2g})"
-        tried = ", ".join(f"{s:g}" for s in method.strengths)
-        raise StageError(f"{method.name} mark did not read back at strength {tried} ({got}); the image content "
+        raise StageError(f"{method.name} mark did not read back ({'; '.join(attempts)}); the image content "
                          "cannot carry it (large flat or saturated areas, or a small image of dense texture?); "
                          "not written")
+
+
+def _misread(detection: Detection | None, expected: str | None) -> str:
+    if detection is None:
+        return "no mark found"
+    if detection.watermarked:
+        return f"read id {detection.payload}, not {expected}"
+    return f"{detection.band}, p={detection.p_value:.2g}"
 
 
 def check_written_mark(path: Any, item: ImageItem) -> None:
