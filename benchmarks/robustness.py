@@ -67,10 +67,16 @@ def _photo_sources() -> dict[str, np.ndarray]:
     return {name: rgb(image) for name, image in sources.items()}
 
 
-def _fit(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A ``size`` x ``size`` view of ``image``: rescaled so its short side is at least ``size``, then cropped."""
+def _fit(image: np.ndarray, size: int, rng: np.random.Generator, view: int = 0) -> np.ndarray:
+    """A ``size`` x ``size`` view of ``image``: rescaled so its short side is at least ``size``, then cropped.
+
+    A source too small to shrink gives the same view every time at its own scale, so its later views
+    (``view`` > 0) are crops of it enlarged 1.1x to 1.5x: each view in a benchmark is a distinct image.
+    """
     h, w = image.shape[:2]
     scale = max(size / min(h, w), rng.uniform(0.6, 1.0) if min(h, w) * 0.6 >= size else size / min(h, w))
+    if view and min(h, w) * 0.6 < size:
+        scale *= rng.uniform(1.1, 1.5)
     if abs(scale - 1) > 1e-3:
         image = np.asarray(Image.fromarray(image).resize((max(size, round(w * scale)), max(size, round(h * scale))),
                                                          Image.LANCZOS))
@@ -83,7 +89,8 @@ def photos(count: int, seed: int = 0, size: int = SIZE) -> list[tuple[str, np.nd
     """``count`` real photos: scikit-image's, each cropped/rescaled to ``size`` squares (cycled with new crops)."""
     rng = np.random.default_rng(seed)
     sources = list(_photo_sources().items())
-    return [(f"{sources[i % len(sources)][0]}#{i // len(sources)}", _fit(sources[i % len(sources)][1], size, rng))
+    return [(f"{sources[i % len(sources)][0]}#{i // len(sources)}",
+             _fit(sources[i % len(sources)][1], size, rng, view=i // len(sources)))
             for i in range(count)]
 
 
