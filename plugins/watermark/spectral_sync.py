@@ -4,8 +4,9 @@ The mark repeats with period ``TILE`` pixels, so the spectrum of the image's (wh
 spikes at the tile's harmonics: at the carriers' frequencies divided by the resize factor ``s``, and
 turned with the image if it was rotated. :func:`lattice_candidates` scores every ``s`` of a fine grid
 (0.45x to 2.2x) by the whitened power summed at those harmonics (a matched filter for the mark's known
-spectral support) and, for rotated images, checks the autocorrelation's peaks near the x axis with
-the same template turned; the best few lattices are returned without being told the original size.
+spectral support) and, for rotated images, matches the same template at every turn and scale at once
+by correlating the spectrum's log-polar image with it; the best few lattices are returned without
+being told the original size.
 :func:`fold` resamples the image onto a candidate lattice and sums all its tiles into one ``TILE x
 TILE`` tile, in which the mark adds up coherently and the image does not; the tile's unknown offset
 (a crop at any position) is then found by cyclic correlation with the sync carrier (see
@@ -37,7 +38,7 @@ SCALE_MIN, SCALE_MAX = 0.45, 2.2
 ANGLE_MAX = 8.0
 """Largest rotation, in degrees, the lattice search covers."""
 PEAKS_PER_AXIS = 3
-"""Autocorrelation peaks kept near each axis; candidate lattices are their pairs."""
+"""Rotated candidates refined and offered after the screening."""
 
 
 @dataclass(frozen=True)
@@ -221,60 +222,110 @@ def _template(h: int, w: int, key: bytes) -> tuple[np.ndarray, np.ndarray]:
     return scales, _indices(h, w, key, scales)
 
 
-def _turned(power: np.ndarray, shape: tuple[int, int], key: bytes, centre: float, spread: float,
-            lmin: float, lmax: float) -> list[Lattice]:
-    """Candidates for a rotated image: autocorrelation peaks near the x axis, scored by the template.
+def _turned(power: np.ndarray, shape: tuple[int, int], key: bytes, centre: float, spread: float) -> list[Lattice]:
+    """Candidates for a rotated image: the tile's harmonic template matched at every turn and scale.
 
-    The whitened power's inverse transform is the autocorrelation of the window's detail; the tile
-    shows as a peak at ``TILE * scale`` pixels in the direction of the rotation. In a textured photo
-    the image's own correlations make many such peaks, so ``SCREENED_PEAKS`` of them are screened
-    with the harmonic template turned by their angle (on a grid one frequency bin apart, all at once),
-    and the ``PEAKS_PER_AXIS`` that match best are refined on a half-bin grid.
+    In log-polar coordinates of the spectrum a rotation is a shift in angle and a resize a shift in
+    log-radius, so one FFT correlation of the log-polar power with the log-polar template scores every
+    (angle, scale) pair at once, all harmonics counted (a Fourier-Mellin matched filter). The
+    ``SCREENED_PEAKS`` best local maxima, on a grid too coarse for a final answer, are screened with
+    the exact template within a frequency bin, and the ``PEAKS_PER_AXIS`` that match best are refined
+    on a half-bin grid.
     """
     from sdmark.plugins.watermark.spectral_pattern import F_HI
 
     h, w = shape
-    acf = sfft.irfft2(power, s=shape, workers=1)
-    half = int(np.ceil(lmax * np.tan(np.radians(ANGLE_MAX)))) + 2
-    cols = np.arange(int(lmin), min(int(np.ceil(lmax)) + 1, w // 2))
-    rows = np.arange(-half, half + 1)
-    if cols.size < 3:
-        return []
-    strip = acf[np.ix_(rows % h, cols)]
-    maxima = (strip == ndimage.maximum_filter(strip, size=5, mode="nearest"))
-    maxima[[0, -1], :] = maxima[:, [0, -1]] = False
+    polar = _log_polar(h, w, key)
+    image = cv2.remap(np.roll(power, h // 2, axis=0), polar.map_x, polar.map_y, cv2.INTER_LINEAR)
+    image -= image.mean()
+    scores = sfft.irfft2(sfft.rfft2(image, workers=1) * polar.template, s=image.shape, workers=1)
+    scores = scores[np.ix_(polar.turns, polar.shifts)]
+    maxima = scores == ndimage.maximum_filter(scores, size=3, mode="wrap")
+    maxima[polar.angles == 0] = False  # unturned: the scale search's own
     r, c = np.nonzero(maxima)
-    dy, dx = rows[r].astype(float), cols[c].astype(float)
-    angle = np.degrees(np.arctan2(dy, dx))
-    keep = (np.abs(angle) <= ANGLE_MAX) & (np.abs(angle) >= 0.4) & (np.hypot(dx, dy) <= lmax)
-    order = np.argsort(strip[r, c][keep])[::-1][:SCREENED_PEAKS]
-    peaks = []
-    for i in np.flatnonzero(keep)[order]:
-        rr, cc = _refine(strip, int(r[i]), int(c[i]))
-        x, y = cols[0] + cc, rows[0] + rr
-        # y points down: a peak at (x, -y') is a counter-clockwise turn on screen.
-        peaks.append((float(np.hypot(x, y)) / TILE, -float(np.degrees(np.arctan2(y, x)))))
-    if not peaks:
+    order = np.argsort(scores[r, c])[::-1][:SCREENED_PEAKS]
+    peaks = np.column_stack([polar.scales[c[order]], polar.angles[r[order]]])
+    if not len(peaks):
         return []
     step = 1 / (2 * max(h, w) * F_HI)  # half a frequency bin at the outermost harmonic
-    chosen = np.array(_screen(power, shape, key, np.array(peaks), step)[:PEAKS_PER_AXIS])
+    chosen = np.array(_screen(power, shape, key, peaks, step)[:PEAKS_PER_AXIS])
     # Refine all of them at once on a half-bin grid: 5 angles x 7 scales around each.
     grid = np.array([(a, b) for a in range(-3, 4) for b in range(-2, 3)], dtype=np.float64)
     scales = (chosen[:, None, 0] * (1 + step * grid[None, :, 0])).reshape(len(chosen), -1)
     angles = (chosen[:, None, 1] + np.degrees(step) * grid[None, :, 1]).reshape(len(chosen), -1)
-    scores = power.ravel()[_indices(h, w, key, scales.ravel(), angles.ravel())].sum(axis=1)
-    scores = scores.reshape(len(chosen), -1)
+    template = power.ravel()[_indices(h, w, key, scales.ravel(), angles.ravel())].sum(axis=1)
+    template = template.reshape(len(chosen), -1)
     out = []
-    for i, k in enumerate(scores.argmax(axis=1)):
+    for i, k in enumerate(template.argmax(axis=1)):
         v = TILE * scales[i, k]
         ca, sa = np.cos(np.radians(angles[i, k])), np.sin(np.radians(angles[i, k]))
-        out.append(Lattice((v * ca, -v * sa), (v * sa, v * ca), float(scores[i, k] - centre) / spread))
+        out.append(Lattice((v * ca, -v * sa), (v * sa, v * ca), float(template[i, k] - centre) / spread))
     return out
 
 
 SCREENED_PEAKS = 16
-"""Autocorrelation peaks near the axis checked with the turned template (more find rotated textured
-photos: 3 found 44 of 48 rotated photos, 16 find 47)."""
+"""Log-polar correlation peaks screened with the exact template."""
+POLAR_ANGLES = 300
+"""Samples of the log-polar spectrum over its half turn (0.6 degrees apart)."""
+POLAR_STEP = 0.0075
+"""Step of the log-polar spectrum in log-radius (0.75% in scale)."""
+
+
+@dataclass(frozen=True)
+class _LogPolar:
+    """How to resample a ``whitened_power`` into log-polar coordinates, and the template to match there.
+
+    ``map_x``/``map_y`` give, for each (angle, log-radius) sample, its place in the power spectrum
+    with its rows rolled so that frequency 0 is in the middle; ``template`` is the conjugate spectrum
+    of the tile's harmonics drawn in the same coordinates. ``turns``/``shifts`` index the correlation
+    shifts within the search range, ``angles`` (degrees, counter-clockwise on screen) and ``scales``
+    are what they mean.
+    """
+
+    map_x: np.ndarray
+    map_y: np.ndarray
+    template: np.ndarray
+    turns: np.ndarray
+    shifts: np.ndarray
+    angles: np.ndarray
+    scales: np.ndarray
+
+
+@lru_cache(maxsize=8)
+def _log_polar(h: int, w: int, key: bytes) -> _LogPolar:
+    from sdmark.plugins.watermark.spectral_pattern import F_HI, F_LO
+
+    n = max(h, w)  # radii in bins of an n-point transform; rows and columns are scaled to theirs
+    low, high = np.log(F_LO * n / SCALE_MAX) - 0.02, np.log(F_HI * n / SCALE_MIN) + 0.02
+    phi = -np.pi / 2 + np.arange(POLAR_ANGLES) * (np.pi / POLAR_ANGLES)
+    rho = np.arange(low, high, POLAR_STEP)
+    radius = np.exp(rho)[None, :]
+    map_x = (radius * np.cos(phi)[:, None] * (w / n)).astype(np.float32)
+    map_y = (radius * np.sin(phi)[:, None] * (h / n) + h // 2).astype(np.float32)
+
+    fy, fx = _harmonics(key)
+    mirror = np.where(fx < 0, -1, 1)  # the half plane the rfft holds
+    fx, fy = fx * mirror, fy * mirror
+    at_phi = (np.arctan2(fy, fx) + np.pi / 2) / (np.pi / POLAR_ANGLES)
+    at_rho = (np.log(np.hypot(fx, fy) * n) - low) / POLAR_STEP
+    template = np.zeros((POLAR_ANGLES, rho.size), np.float32)
+    i, j = np.floor(at_phi).astype(int), np.floor(at_rho).astype(int)
+    a, b = at_phi - i, at_rho - j
+    for di, wi in ((0, 1 - a), (1, a)):  # bilinear splats, as the image is sampled
+        for dj, wj in ((0, 1 - b), (1, b)):
+            np.add.at(template, ((i + di) % POLAR_ANGLES, j + dj), (wi * wj).astype(np.float32))
+
+    turn = np.arange(POLAR_ANGLES)
+    turn = np.where(turn < POLAR_ANGLES // 2, turn, turn - POLAR_ANGLES)
+    shift = np.arange(rho.size)
+    shift = np.where(shift < rho.size // 2, shift, shift - rho.size) * POLAR_STEP
+    # A spectrum shifted by +d in angle is an image turned by d clockwise on screen (y points down).
+    angles = -np.degrees(turn * (np.pi / POLAR_ANGLES))
+    scales = np.exp(-shift)
+    turns = np.flatnonzero(np.abs(angles) <= ANGLE_MAX)
+    shifts = np.flatnonzero((scales >= SCALE_MIN) & (scales <= SCALE_MAX))
+    return _LogPolar(map_x, map_y, np.conj(sfft.rfft2(template, workers=1)), turns, shifts,
+                     angles[turns], scales[shifts])
 
 
 def _screen(power: np.ndarray, shape: tuple[int, int], key: bytes, peaks: np.ndarray,
@@ -322,8 +373,7 @@ def lattice_candidates(detail: np.ndarray, key: bytes, count: int = 4) -> Iterat
     if count < 1:
         return
     yield from scaled[:1]
-    lmin, lmax = TILE * SCALE_MIN, TILE * SCALE_MAX
-    rest = scaled[1:] + _turned(power, region.shape, key, centre, spread, lmin, lmax)
+    rest = scaled[1:] + _turned(power, region.shape, key, centre, spread)
     rest.sort(key=lambda lattice: -lattice.score)
     yield from rest[:count - len(scaled[:1])]
 
