@@ -234,3 +234,16 @@ def test_a_rotated_dense_texture_is_found_by_the_matched_rotation_search() -> No
         found = spectral.detect(np.asarray(turned.resize((side, side), Image.BICUBIC)))
         assert found.found and found.payload == PAYLOAD, (degrees, side)
         assert abs(found.angle - degrees) < 0.3 and abs(found.scale - side / 512) < 0.01
+
+
+def test_a_faint_unrotated_mark_is_not_crowded_out_by_the_rotation_search() -> None:
+    """Grass enlarged 2x keeps only a faint lattice; the turn-and-scale search tries ~70x as many
+    lattices and so finds stronger chance peaks, which must not take every slot the detector tries."""
+    from skimage import data
+
+    grass = np.repeat(data.grass()[..., None], 3, axis=2)
+    marked = spectral.embed(grass, bytes.fromhex("5d3a9c0e71b2f486"))
+    enlarged = np.asarray(Image.fromarray(marked).resize((1024, 1024), Image.BICUBIC))
+    found = spectral.detect(enlarged)
+    assert found.found and found.payload == bytes.fromhex("5d3a9c0e71b2f486")
+    assert abs(found.scale - 2) < 0.02 and abs(found.angle) < 0.3

@@ -12,15 +12,17 @@ user payload is protected by a 16-bit keyed check and a BCH code that fixes 12 o
 
 Detection never needs the original (:mod:`.spectral_sync`). It reads the image's *detail*: what an
 edge-preserving (bilateral) prediction of the host leaves, so that the flat regions and sharp edges
-of digital art drop out and the mark stays. The whitened spectrum of that detail has spikes at the tile's harmonics, and a matched template over a fine grid of resize factors
-(0.45x to 2.2x) finds the scale; the autocorrelation adds candidates for rotated images. The image
-is resampled onto each candidate lattice and all its tiles are summed into one, where the mark adds
-up and the image averages out; a cyclic correlation with the sync carrier finds the tile's offset (a
-crop at any position); the drift of that offset across the quarters of the image corrects the
-lattice (residual scale and rotation). Each code bit is then the sign of its carrier's correlation,
-weighted per frequency ring by the mark strength measured on the sync carrier, and a Chase/BCH
-decode with the keyed check gives the payload. Cost on one core at 512x512 (medians): embed ~13 ms,
-detect ~20 ms for a marked image and ~50 ms for an unmarked one (every candidate is tried).
+of digital art drop out and the mark stays. The whitened spectrum of that detail has spikes at the
+tile's harmonics, and a matched template over a fine grid of resize factors (0.45x to 2.2x) finds
+the scale; the same template matched in log-polar coordinates of the spectrum adds candidates for
+rotated images. The image is resampled onto each candidate lattice and all its tiles are summed into
+one, where the mark adds up and the image averages out; a cyclic correlation with the sync carrier
+finds the tile's offset (a crop at any position); the drift of that offset across the quarters of
+the image corrects the lattice (residual scale and rotation). Each code bit is then the sign of its
+carrier's correlation, weighted per frequency ring by the mark strength measured on the sync
+carrier, and a Chase/BCH decode with the keyed check gives the payload. Cost on one core at 512x512
+(medians): embed ~13 ms, detect ~20 ms for a marked image and ~50 ms for an unmarked one (every
+candidate is tried).
 
 False positives, on paper
 -------------------------

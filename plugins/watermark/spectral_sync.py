@@ -37,7 +37,7 @@ SCALE_MIN, SCALE_MAX = 0.45, 2.2
 """Resize factors (relative to the marked image) the lattice search covers."""
 ANGLE_MAX = 8.0
 """Largest rotation, in degrees, the lattice search covers."""
-PEAKS_PER_AXIS = 3
+ROTATED_CANDIDATES = 3
 """Rotated candidates refined and offered after the screening."""
 
 
@@ -229,7 +229,7 @@ def _turned(power: np.ndarray, shape: tuple[int, int], key: bytes, centre: float
     log-radius, so one FFT correlation of the log-polar power with the log-polar template scores every
     (angle, scale) pair at once, all harmonics counted (a Fourier-Mellin matched filter). The
     ``SCREENED_PEAKS`` best local maxima, on a grid too coarse for a final answer, are screened with
-    the exact template within a frequency bin, and the ``PEAKS_PER_AXIS`` that match best are refined
+    the exact template within a frequency bin, and the ``ROTATED_CANDIDATES`` that match best are refined
     on a half-bin grid.
     """
     from sdmark.plugins.watermark.spectral_pattern import F_HI
@@ -248,7 +248,7 @@ def _turned(power: np.ndarray, shape: tuple[int, int], key: bytes, centre: float
     if not len(peaks):
         return []
     step = 1 / (2 * max(h, w) * F_HI)  # half a frequency bin at the outermost harmonic
-    chosen = np.array(_screen(power, shape, key, peaks, step)[:PEAKS_PER_AXIS])
+    chosen = np.array(_screen(power, shape, key, peaks, step)[:ROTATED_CANDIDATES])
     # Refine all of them at once on a half-bin grid: 5 angles x 7 scales around each.
     grid = np.array([(a, b) for a in range(-3, 4) for b in range(-2, 3)], dtype=np.float64)
     scales = (chosen[:, None, 0] * (1 + step * grid[None, :, 0])).reshape(len(chosen), -1)
@@ -263,6 +263,10 @@ def _turned(power: np.ndarray, shape: tuple[int, int], key: bytes, centre: float
     return out
 
 
+ROTATED_PENALTY = 1.0
+"""What a rotated candidate's score gives up when ranked against unrotated ones, in robust standard
+deviations. The turn-and-scale search tries about 70 times as many lattices as the scale search, so
+its best chance peak is higher: unpenalised, they crowded a faint but true unrotated lattice out."""
 SCREENED_PEAKS = 16
 """Log-polar correlation peaks screened with the exact template."""
 POLAR_ANGLES = 300
@@ -349,7 +353,7 @@ def lattice_candidates(detail: np.ndarray, key: bytes, count: int = 4) -> Iterat
     maxima, refined by a parabola, are the candidates, scored in robust standard deviations. The best
     of them comes first, before the rotated candidates are even looked for: most images are not
     rotated, and a marked one then costs a third less. The rest, unrotated and rotated, follow best
-    first.
+    first, rotated ones ranked ``ROTATED_PENALTY`` lower for their larger search.
     """
     region = detail[_centre(detail.shape, SEARCH_WINDOW)]
     power = whitened_power(region)
@@ -374,7 +378,7 @@ def lattice_candidates(detail: np.ndarray, key: bytes, count: int = 4) -> Iterat
         return
     yield from scaled[:1]
     rest = scaled[1:] + _turned(power, region.shape, key, centre, spread)
-    rest.sort(key=lambda lattice: -lattice.score)
+    rest.sort(key=lambda lattice: -(lattice.score - (ROTATED_PENALTY if lattice.angle else 0.0)))
     yield from rest[:count - len(scaled[:1])]
 
 
