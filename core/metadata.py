@@ -69,6 +69,7 @@ def a1111_parameters(generation: dict[str, Any], software: str, stages: Sequence
 
 
 def _upscale_fields(stages: Sequence[StageRecord]) -> dict[str, Any]:
+    hires = False
     hires_factor: float | None = 1.0
     hires_by: list[str] = []
     post_by: list[str] = []
@@ -79,18 +80,19 @@ def _upscale_fields(stages: Sequence[StageRecord]) -> dict[str, Any]:
             continue
         if entry.phase == "after_denoise":
             before, after = result.get("input_size") or [0, 0], result["output_size"]
+            hires = True
             hires_factor = hires_factor * after[0] / before[0] if before[0] and hires_factor else None
-            hires_by.append(str(result.get("backend")))
+            hires_by += [str(result["backend"])] if result.get("backend") else []
         else:
             post_size = "x".join(str(v) for v in result["output_size"])
-            post_by.append(str(result.get("backend")))
+            post_by += [str(result["backend"])] if result.get("backend") else []
     fields: dict[str, Any] = {}
-    if hires_by:
+    if hires:
         fields["Hires upscale"] = hires_factor
-        fields["Hires upscaler"] = " + ".join(hires_by)
-    if post_by:
+        fields["Hires upscaler"] = " + ".join(hires_by) or None
+    if post_size:
         fields["Postprocess upscale to"] = post_size
-        fields["Postprocess upscaler"] = " + ".join(post_by)
+        fields["Postprocess upscaler"] = " + ".join(post_by) or None
     return fields
 
 

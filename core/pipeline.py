@@ -257,7 +257,8 @@ def decode(pipe: DiffusionPipeline, latents: torch.Tensor) -> list[Image.Image]:
             needs_upcasting = vae.dtype == torch.float16 and vae.config.force_upcast
             if needs_upcasting:
                 _upcast_vae(pipe)
-                latents = latents.to(torch.float32)
+                # Older diffusers keep the decoder's first layers in fp16; the pipeline casts to them.
+                latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype)
             elif latents.dtype != vae.dtype:
                 latents = latents.to(vae.dtype)
             mean = getattr(vae.config, "latents_mean", None)

@@ -177,6 +177,8 @@ def test_a_plugin_method_without_a_strength_setting_marks_through_the_stage(phot
     assert result.record.stages[-1].result["strength"] == 1.0
     with pytest.raises(ValueError, match="has no strength 2"):
         plain.mark(np.asarray(photos["chelsea"]), b"\0" * 8, 2.0)
+    with pytest.raises(ValueError, match="weakest first"):
+        methods.Method("backwards", "strongest first", embed, scheme=dwt.scheme, strengths=(2.0, 1.0))
 
 
 def test_a_mark_that_never_reads_back_reports_every_strength_tried(tmp_path, monkeypatch):

@@ -32,7 +32,8 @@ class Method:
     with a p-value at or under ``margin_p()``: a mark that barely reads back on the clean image would
     not survive what happens to the image next. A method without a strength knob keeps ``(1.0,)``
     and its ``embed`` needs no ``strength`` argument; one with other strengths must accept
-    ``embed(rgb, ident, strength=s)``. Call :meth:`mark`, which passes the strength only when it is not 1.
+    ``embed(rgb, ident, strength=s)`` with 1.0 as its default. Call :meth:`mark`, which passes the
+    strength only when it is not 1.
     """
 
     name: str
@@ -45,6 +46,11 @@ class Method:
     min_side: int = 0
     strengths: tuple[float, ...] = (1.0,)
     margin_p: Callable[[], float] = lambda: 1e-6  # a function: computing it may import the method's code
+
+    def __post_init__(self) -> None:
+        if not self.strengths or list(self.strengths) != sorted(set(self.strengths)) or self.strengths[0] <= 0:
+            raise ValueError(f"watermark method {self.name!r}: strengths must be positive and rising, "
+                             f"weakest first (got {self.strengths})")
 
     def mark(self, rgb: np.ndarray, ident: bytes, strength: float = 1.0) -> np.ndarray:
         """A marked copy of ``rgb`` at ``strength`` (one of :attr:`strengths`); ``rgb`` is not changed."""

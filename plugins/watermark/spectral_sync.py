@@ -43,7 +43,8 @@ ROTATED_CANDIDATES = 3
 
 @dataclass(frozen=True)
 class Lattice:
-    """The tile's two period vectors in image pixels (x, y), and the autocorrelation evidence for them."""
+    """The tile's two period vectors in image pixels (x, y), and the harmonic template's score for them
+    (robust standard deviations above the scale search's median)."""
 
     v1: tuple[float, float]
     v2: tuple[float, float]
@@ -239,8 +240,9 @@ def _turned(power: np.ndarray, shape: tuple[int, int], key: bytes, centre: float
     image = cv2.remap(np.roll(power, h // 2, axis=0), polar.map_x, polar.map_y, cv2.INTER_LINEAR)
     image -= image.mean()
     scores = sfft.irfft2(sfft.rfft2(image, workers=1) * polar.template, s=image.shape, workers=1)
-    scores = scores[np.ix_(polar.turns, polar.shifts)]
+    # Angle is periodic (a half turn), log-radius shifts are cyclic in the FFT: wrap both, then crop.
     maxima = scores == ndimage.maximum_filter(scores, size=3, mode="wrap")
+    scores, maxima = scores[np.ix_(polar.turns, polar.shifts)], maxima[np.ix_(polar.turns, polar.shifts)]
     maxima[polar.angles == 0] = False  # unturned: the scale search's own
     r, c = np.nonzero(maxima)
     order = np.argsort(scores[r, c])[::-1][:SCREENED_PEAKS]
