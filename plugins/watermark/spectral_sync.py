@@ -240,9 +240,9 @@ def _turned(power: np.ndarray, shape: tuple[int, int], key: bytes, centre: float
     image = cv2.remap(np.roll(power, h // 2, axis=0), polar.map_x, polar.map_y, cv2.INTER_LINEAR)
     image -= image.mean()
     scores = sfft.irfft2(sfft.rfft2(image, workers=1) * polar.template, s=image.shape, workers=1)
-    # Angle is periodic (a half turn), log-radius shifts are cyclic in the FFT: wrap both, then crop.
-    maxima = scores == ndimage.maximum_filter(scores, size=3, mode="wrap")
-    scores, maxima = scores[np.ix_(polar.turns, polar.shifts)], maxima[np.ix_(polar.turns, polar.shifts)]
+    scores = scores[np.ix_(polar.turns, polar.shifts)]  # the search range and one neighbour around it
+    maxima = (scores == ndimage.maximum_filter(scores, size=3))[1:-1, 1:-1]
+    scores = scores[1:-1, 1:-1]
     maxima[polar.angles == 0] = False  # unturned: the scale search's own
     r, c = np.nonzero(maxima)
     order = np.argsort(scores[r, c])[::-1][:SCREENED_PEAKS]
@@ -284,8 +284,9 @@ class _LogPolar:
     ``map_x``/``map_y`` give, for each (angle, log-radius) sample, its place in the power spectrum
     with its rows rolled so that frequency 0 is in the middle; ``template`` is the conjugate spectrum
     of the tile's harmonics drawn in the same coordinates. ``turns``/``shifts`` index the correlation
-    shifts within the search range, ``angles`` (degrees, counter-clockwise on screen) and ``scales``
-    are what they mean.
+    shifts within the search range in order, with one more on each side (its true neighbour: angle
+    and the FFT's shifts are cyclic); ``angles`` (degrees, counter-clockwise on screen) and ``scales``
+    are what the inner ones mean.
     """
 
     map_x: np.ndarray
@@ -329,9 +330,16 @@ def _log_polar(h: int, w: int, key: bytes) -> _LogPolar:
     angles = -np.degrees(turn * (np.pi / POLAR_ANGLES))
     scales = np.exp(-shift)
     turns = np.flatnonzero(np.abs(angles) <= ANGLE_MAX)
+    turns = turns[np.argsort(turn[turns])]
     shifts = np.flatnonzero((scales >= SCALE_MIN) & (scales <= SCALE_MAX))
-    return _LogPolar(map_x, map_y, np.conj(sfft.rfft2(template, workers=1)), turns, shifts,
-                     angles[turns], scales[shifts])
+    shifts = shifts[np.argsort(shift[shifts])]
+    return _LogPolar(map_x, map_y, np.conj(sfft.rfft2(template, workers=1)), _widened(turns, POLAR_ANGLES),
+                     _widened(shifts, rho.size), angles[turns], scales[shifts])
+
+
+def _widened(run: np.ndarray, period: int) -> np.ndarray:
+    """A run of consecutive cyclic indices with one more at each end."""
+    return np.concatenate([[run[0] - 1], run, [run[-1] + 1]]) % period
 
 
 def _screen(power: np.ndarray, shape: tuple[int, int], key: bytes, peaks: np.ndarray,
