@@ -51,7 +51,8 @@ def _read_prompts(path: Path) -> list[str]:
 @click.option("--size", help="WIDTHxHEIGHT, multiples of 8 (default: the model's native size).")
 @click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True, help="Hub id, local diffusers folder, or .safetensors file.")
 @click.option("--scheduler", type=click.Choice(list(SCHEDULERS)), help="Sampler (default: the model's own).")
-@click.option("--device", default="auto", show_default=True, help="cuda, cuda:1, mps, cpu or auto.")
+@click.option("--device", default="auto", show_default=True, envvar="SDMARK_DEVICE", show_envvar=True,
+              help="cuda, cuda:1, mps, cpu or auto.")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
               help="Weights precision; auto = fp16 on GPU, fp32 on CPU.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Images denoised together.")

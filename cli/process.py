@@ -17,7 +17,8 @@ from sdmark.core.process import process_images
 @cli.command("process")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per stage call.")
-@click.option("--device", default="auto", show_default=True, help="Device for model-based stages: cuda, cpu or auto.")
+@click.option("--device", default="auto", show_default=True, envvar="SDMARK_DEVICE", show_envvar=True,
+              help="Device for model-based stages: cuda, cpu or auto.")
 @chain_options(default="safety watermark")
 @output_options(default_dir="processed")
 def process_command(inputs, batch_size, device, chain_spec, no_safety, output_dir, fmt, quality, overwrite, as_json,

@@ -44,6 +44,12 @@ def pick_device(requested: str | None = None) -> str:
     if requested and requested != "auto":
         if requested.startswith("cuda") and not torch.cuda.is_available():
             raise SdmarkError(f"device {requested!r} requested but CUDA is not available (use --device cpu)")
+        if requested.startswith("cuda:"):
+            count = torch.cuda.device_count()
+            index = requested.partition(":")[2]
+            if not index.isdigit() or int(index) >= count:
+                raise SdmarkError(f"device {requested!r} requested but this machine has {count} CUDA device(s): "
+                                  f"use cuda:0..cuda:{count - 1}")
         return requested
     if torch.cuda.is_available():
         return "cuda"

@@ -10,6 +10,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+# CLI runs compare pixels with CPU references: on a GPU machine `--device auto` would pick CUDA and fp16.
+os.environ.setdefault("SDMARK_DEVICE", "cpu")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -175,8 +175,13 @@ def third_party_site(tmp_path_factory) -> Path:
     return site
 
 
+def _with_path(folder) -> str:
+    """``folder`` ahead of the PYTHONPATH already set (where sdmark itself may be installed)."""
+    return os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+
+
 def test_third_party_plugin_is_discovered_and_its_stage_runs(third_party_site, photo_dir, tmp_path):
-    env = {"PYTHONPATH": str(third_party_site), "SDMARK_DISABLE_PLUGINS": "broken"}
+    env = {"PYTHONPATH": _with_path(third_party_site), "SDMARK_DISABLE_PLUGINS": "broken"}
     stages = sdmark("stages", env=env)
     assert stages.returncode == 0, stages.stderr
     assert "mirror  (process)  from sdmark_mirror" in stages.stdout and "times  (int, default 1)" in stages.stdout
@@ -193,9 +198,9 @@ def test_third_party_plugin_is_discovered_and_its_stage_runs(third_party_site, p
 
 
 def test_broken_plugin_is_named_and_the_allowlist_is_the_way_out(third_party_site):
-    broken = sdmark("stages", env={"PYTHONPATH": str(third_party_site)})
+    broken = sdmark("stages", env={"PYTHONPATH": _with_path(third_party_site)})
     assert broken.returncode == 2
     assert "plugin 'broken' (from sdmark-mirror, broken_plugin) failed to load: ImportError: needs libfoo 9" in broken.stderr
     assert "SDMARK_DISABLE_PLUGINS=broken" in broken.stderr and "Traceback" not in broken.stderr
-    allowed = sdmark("stages", env={"PYTHONPATH": str(third_party_site), "SDMARK_LOAD_PLUGINS": "mirror"})
+    allowed = sdmark("stages", env={"PYTHONPATH": _with_path(third_party_site), "SDMARK_LOAD_PLUGINS": "mirror"})
     assert allowed.returncode == 0 and allowed.stdout.startswith("mirror")
