@@ -14,8 +14,8 @@ WebP      EXIF UserComment (UNICODE)     in XMP (``sdmark:record``)   XMP chunk
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr

@@ -55,7 +55,8 @@ class Method:
     def mark(self, rgb: np.ndarray, ident: bytes, strength: float = 1.0) -> np.ndarray:
         """A marked copy of ``rgb`` at ``strength`` (one of :attr:`strengths`); ``rgb`` is not changed."""
         if strength not in self.strengths:
-            raise ValueError(f"{self.name} has no strength {strength:g} (it has {', '.join(f'{s:g}' for s in self.strengths)})")
+            have = ", ".join(f"{s:g}" for s in self.strengths)
+            raise ValueError(f"{self.name} has no strength {strength:g} (it has {have})")
         if strength == 1.0:
             return self.embed(rgb, ident)
         return self.embed(rgb, ident, strength=strength)

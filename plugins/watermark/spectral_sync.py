@@ -387,9 +387,11 @@ def lattice_candidates(detail: np.ndarray, key: bytes, count: int = 4) -> Iterat
     if count < 1:
         return
     yield from scaled[:1]
-    rest = scaled[1:] + _turned(power, region.shape, key, centre, spread)
-    rest.sort(key=lambda lattice: -(lattice.score - (ROTATED_PENALTY if lattice.angle else 0.0)))
-    yield from rest[:count - len(scaled[:1])]
+    ranked = [(lattice.score, lattice) for lattice in scaled[1:]]
+    ranked += [(lattice.score - ROTATED_PENALTY, lattice)
+               for lattice in _turned(power, region.shape, key, centre, spread)]
+    ranked.sort(key=lambda pair: -pair[0])
+    yield from (lattice for _, lattice in ranked[:count - len(scaled[:1])])
 
 
 @lru_cache(maxsize=32)
