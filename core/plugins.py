@@ -52,7 +52,6 @@ def load_plugins() -> pluggy.PluginManager:
     global _loaded
     if _loaded:
         return pm
-    _loaded = True
     # The core's own default implementations (pipeline loading) are not optional.
     from sdmark.core import pipeline
 
@@ -78,6 +77,9 @@ def load_plugins() -> pluggy.PluginManager:
                 "or list the plugins you want in SDMARK_LOAD_PLUGINS."
             ) from exc
     check_pending()
+    # Only a complete load counts: after a PluginError the next call must fail the same way,
+    # not return a half-filled manager that looks like "no plugins installed".
+    _loaded = True
     if os.environ.get("SDMARK_TRACE_PLUGINS", "") not in ("", "0"):
         enable_tracing()
     return pm

@@ -204,3 +204,20 @@ def test_broken_plugin_is_named_and_the_allowlist_is_the_way_out(third_party_sit
     assert "SDMARK_DISABLE_PLUGINS=broken" in broken.stderr and "Traceback" not in broken.stderr
     allowed = sdmark("stages", env={"PYTHONPATH": _with_path(third_party_site), "SDMARK_LOAD_PLUGINS": "mirror"})
     assert allowed.returncode == 0 and allowed.stdout.startswith("mirror")
+
+
+def test_a_failed_plugin_load_fails_again_instead_of_loading_nothing(third_party_site):
+    script = (
+        "from sdmark.core.errors import PluginError\n"
+        "from sdmark.core.plugins import load_plugins\n"
+        "for attempt in (1, 2):\n"
+        "    try:\n"
+        "        load_plugins()\n"
+        "    except PluginError as exc:\n"
+        "        print(attempt, 'raised', 'broken' in str(exc))\n"
+        "    else:\n"
+        "        print(attempt, 'returned')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": _with_path(third_party_site)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split("\n")[:2] == ["1 raised True", "2 raised True"], done.stderr
