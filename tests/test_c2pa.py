@@ -474,3 +474,19 @@ def test_verify_trust_option(cli_runner, identity, photo_dir, tmp_path):
     assert trusted["content_credentials"]["trust_anchors"][0]["path"] == str((identity / "ca.pem").resolve())
     bad = runner.invoke(cli, ["verify", "--trust", str(tmp_path / "absent.pem"), path])
     assert bad.exit_code == 2 and "absent.pem" in bad.stderr
+
+
+def test_a_registry_that_cannot_take_the_row_leaves_the_file_written_with_a_warning(
+        cli_runner, identity, photo_dir, tmp_path, monkeypatch, register_plugin):
+    register_plugin(_TestMarkPlugin())
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the registry's folder should be")
+    monkeypatch.setenv("SDMARK_REGISTRY", str(blocker / "registry.sqlite"))
+    for out in ("out", "again"):  # a rerun does not trip over the first run's half-done state
+        result, lines = run_process(cli_runner, [photo_dir / "astronaut.png"], tmp_path / out, chain="testmark")
+        assert result.exit_code == 0, result.output
+        [line] = lines
+        assert line["status"] == "written" and Path(line["path"]).exists()
+        assert any(note.startswith("not registered: manifest registry") for note in line["notes"]), line["notes"]
+        assert "not registered: manifest registry" in result.stderr and str(blocker) in result.stderr
+        assert inspect(Path(line["path"]))["content_credentials"]["status"] == "untrusted"  # signed all the same

@@ -23,6 +23,8 @@ from sdmark.core.records import ProvenanceRecord, StageRecord
 
 RECORD_LABEL = "dev.sdmark.record"
 SOFT_BINDING_LABEL = "c2pa.soft-binding"
+FINGERPRINT_LABEL = "c2pa.soft-binding"
+"""The second soft-binding assertion (C2PA numbers repeated labels ``__1``, ``__2``...): the content fingerprint."""
 ACTIONS_LABEL = "c2pa.actions.v2"
 PARENT_ID = "parent"
 SOFT_BINDING_ALG_PREFIX = "dev.sdmark.watermark."
@@ -75,13 +77,16 @@ def soft_binding(record: ProvenanceRecord, watermark_stages: Iterable[str] = ("w
 
 def build_manifest(record: ProvenanceRecord, *, title: str, fmt: str, software_version: str,
                    source_format: str | None = None, stage_flags: dict[str, bool] | None = None,
-                   watermark_stages: Iterable[str] = ("watermark",)) -> dict[str, Any]:
+                   watermark_stages: Iterable[str] = ("watermark",),
+                   fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest definition (``c2pa.Builder.from_json`` input) for an image with ``record``.
 
     ``fmt`` is the Pillow format written (PNG, JPEG, WEBP); ``source_format`` the input's format in
     ``process`` (a change of format adds ``c2pa.transcoded``); ``stage_flags`` maps stage names to
     whether they change pixels, for stages sdmark has no standard action for;
-    ``watermark_stages`` the stages whose payload becomes the soft binding.
+    ``watermark_stages`` the stages whose payload becomes the soft binding; ``fingerprint`` the
+    content fingerprint of the pixels as written (:meth:`Fingerprint.to_json`), signed as a second
+    soft-binding assertion so a recovered manifest can be compared with the image under test.
     """
     agent = {"name": "sdmark", "version": software_version}
     actions: list[dict[str, Any]] = []
@@ -116,6 +121,18 @@ def build_manifest(record: ProvenanceRecord, *, title: str, fmt: str, software_v
                 "name": f"sdmark {binding.scheme} invisible watermark",
                 "blocks": [{"scope": {}, "value": _payload_value(binding.payload)}],
                 "alg_params": {"scheme": binding.scheme, "payload": binding.payload},
+            },
+        })
+    if fingerprint is not None:
+        from sdmark.plugins.c2pa.fingerprint import ALG
+
+        assertions.append({
+            "label": FINGERPRINT_LABEL,
+            "data": {
+                "alg": ALG,
+                "name": "sdmark content fingerprint (PDQ hash and greyscale thumbnail of the pixels as signed)",
+                "blocks": [{"scope": {}, "value": base64.b64encode(bytes.fromhex(fingerprint["pdq"])).decode("ascii")}],
+                "alg_params": {"fingerprint": json.dumps(fingerprint, separators=(",", ":"))},
             },
         })
     # The record as JSON text: the SDK's JSON-to-CBOR step turns arrays of numbers into byte
