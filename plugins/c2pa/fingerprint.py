@@ -39,6 +39,12 @@ EDIT_BLOCK = 8
 EDIT_RESIDUAL = 0.5
 """An 8x8 thumbnail block whose residual (after fitting gain and offset) exceeds this share of the
 image's contrast is a local change: the copy was drawn on, captioned or partly replaced."""
+MIN_AGREEING = 0.75
+"""Smallest share of agreeing blocks for a locally edited copy to still count as the same content."""
+MAX_EDITED_BOX = 0.3
+"""Largest share of the area that the changed blocks of a locally edited copy may span (one compact edit)."""
+EDITED_CORRELATION = 0.9
+"""Smallest correlation over the agreeing blocks of a locally edited copy."""
 WHOLE = 0.97
 """A region at least this share of the signed image on both axes is compared as the whole image."""
 
@@ -96,10 +102,12 @@ class Comparison:
     """What likely happened to a matched copy: ``resized``, ``cropped``, ``tone changed``, ``locally edited``."""
     region: tuple[int, int, int, int] | None = None
     """Where the image under test sits in the signed image (x, y, width, height, in its pixels)."""
+    agreeing: float = 1.0
+    """Share of the compared area that agrees with the signed content (the rest was changed)."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"distance": round(self.distance, 4), "correlation": round(self.correlation, 4),
-                               "changes": self.changes}
+                               "agreeing": round(self.agreeing, 4), "changes": self.changes}
         if self.region is not None:
             out["region"] = list(self.region)
         return out
@@ -164,7 +172,10 @@ def compare(signed: Fingerprint, image: Any, scale: float | None = None) -> Comp
 
     Without ``scale`` the image is taken as a resize of the whole (when its aspect ratio matches) or
     a crop along one axis. A smaller region is searched for in the thumbnail (normalised
-    correlation), and the PDQ hash and the correlation are computed on that region only.
+    correlation, sub-pixel), and the PDQ hash and the correlation are computed on that region only.
+    The same content is a PDQ distance of at most :data:`MATCH_DISTANCE` with a correlation of at
+    least :data:`MATCH_CORRELATION`, or, for a copy with a local change (a caption band, a drawn box),
+    the same correlation over at least :data:`MIN_AGREEING` of the area with the rest called edited.
     """
     import cv2
 
@@ -182,40 +193,84 @@ def compare(signed: Fingerprint, image: Any, scale: float | None = None) -> Comp
         changes.append("resized")
     if rw >= WHOLE * tw and rh >= WHOLE * th:
         region = (0, 0, signed.width, signed.height)
-        reference, probe = thumb, _resize(plane, tw, th)
+        reference, probe = thumb.astype(np.float32), _resize(plane, tw, th).astype(np.float32)
     else:
         cw, ch = min(tw, max(8, round(rw))), min(th, max(8, round(rh)))
-        probe = _resize(plane, cw, ch)
-        scores = cv2.matchTemplate(thumb, probe, cv2.TM_CCOEFF_NORMED)
+        probe8 = _resize(plane, cw, ch)
+        scores = cv2.matchTemplate(thumb, probe8, cv2.TM_CCOEFF_NORMED)
         _, _, _, (x, y) = cv2.minMaxLoc(scores)
-        reference = thumb[y:y + ch, x:x + cw]
-        region = (round(x / k), round(y / k), round(cw / k), round(ch / k))
+        fx, fy = x + _vertex(scores, x, y, axis=1), y + _vertex(scores, x, y, axis=0)
+        centre = (fx + (cw - 1) / 2, fy + (ch - 1) / 2)
+        reference = cv2.getRectSubPix(thumb.astype(np.float32), (cw, ch), centre)
+        probe = probe8.astype(np.float32)
+        region = (round(fx / k), round(fy / k), round(cw / k), round(ch / k))
         changes.append("cropped")
-    correlation = _correlation(reference, probe)
-    distance = hamming(pdq(reference), pdq(probe))
-    matched = distance <= MATCH_DISTANCE and correlation >= MATCH_CORRELATION
+    # A light blur on both sides: a thumbnail of fine texture aliases, and a sub-pixel shift of it
+    # would otherwise read as a change of content.
+    reference = cv2.GaussianBlur(reference, (0, 0), 0.6)
+    probe = cv2.GaussianBlur(probe, (0, 0), 0.6)
+    distance = hamming(pdq(np.clip(reference, 0, 255).astype(np.uint8)), pdq(np.clip(probe, 0, 255).astype(np.uint8)))
+    correlation, agreeing, edited_box, tone = _agreement(reference, probe)
+    whole_match = distance <= MATCH_DISTANCE and correlation >= MATCH_CORRELATION
+    edited_match = (agreeing >= MIN_AGREEING and edited_box <= MAX_EDITED_BOX
+                    and correlation >= EDITED_CORRELATION)
+    matched = whole_match or edited_match
     if matched:
-        changes.extend(_tone_and_edits(reference, probe))
-    return Comparison(matched=matched, distance=distance, correlation=correlation, changes=changes, region=region)
+        if tone:
+            changes.append("tone changed")
+        if agreeing < 0.995:
+            changes.append("locally edited")
+    return Comparison(matched=matched, distance=distance, correlation=correlation, changes=changes, region=region,
+                      agreeing=agreeing)
 
 
-def _tone_and_edits(reference: np.ndarray, probe: np.ndarray) -> list[str]:
-    """``tone changed`` when gain or offset moved; ``locally edited`` when a block's residual is large."""
-    a = reference.astype(np.float32).ravel()
-    b = probe.astype(np.float32).ravel()
+def _vertex(scores: np.ndarray, x: int, y: int, axis: int) -> float:
+    """Sub-pixel offset of a correlation peak along one axis (a parabola through three samples)."""
+    line = scores[y, :] if axis == 1 else scores[:, x]
+    i = x if axis == 1 else y
+    if i <= 0 or i >= line.size - 1:
+        return 0.0
+    left, centre, right = float(line[i - 1]), float(line[i]), float(line[i + 1])
+    curvature = left - 2 * centre + right
+    return float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5)) if curvature < 0 else 0.0
+
+
+def _agreement(reference: np.ndarray, probe: np.ndarray) -> tuple[float, float, float, bool]:
+    """(correlation over the agreeing blocks, share of blocks agreeing, share of the area inside the
+    bounding box of the disagreeing blocks, whether tone changed).
+
+    Gain and offset are fitted on block means, first on all blocks, then on the better half, then on
+    the blocks within :data:`EDIT_RESIDUAL` of the image's contrast, so a caption band or a drawn box
+    neither drags the fit nor hides the rest. Unrelated images have no fit to begin with: few blocks
+    agree, and those that do not are scattered rather than one compact region.
+    """
+    h, w = reference.shape
+    hb, wb = max(1, h // EDIT_BLOCK), max(1, w // EDIT_BLOCK)
+    bh, bw = h // hb, w // wb
+    a = reference[:hb * bh, :wb * bw].reshape(hb, bh, wb, bw).transpose(0, 2, 1, 3).reshape(hb * wb, bh * bw)
+    b = probe[:hb * bh, :wb * bw].reshape(hb, bh, wb, bw).transpose(0, 2, 1, 3).reshape(hb * wb, bh * bw)
     spread = float(a.std()) or 1.0
-    gain, offset = np.polyfit(a, b, 1) if a.std() > 0 else (1.0, float(b.mean() - a.mean()))
-    found = []
-    if abs(gain - 1) > 0.1 or abs(offset + (gain - 1) * a.mean()) > 0.1 * 255:
-        found.append("tone changed")
-    residual = np.abs(probe.astype(np.float32) - (gain * reference.astype(np.float32) + offset)) / (abs(gain) * spread or 1.0)
-    h, w = residual.shape
-    hb, wb = h // EDIT_BLOCK, w // EDIT_BLOCK
-    if hb and wb:
-        blocks = residual[:hb * EDIT_BLOCK, :wb * EDIT_BLOCK].reshape(hb, EDIT_BLOCK, wb, EDIT_BLOCK).mean(axis=(1, 3))
-        if float(blocks.max()) > EDIT_RESIDUAL:
-            found.append("locally edited")
-    return found
+    keep = np.ones(hb * wb, dtype=bool)
+    gain = offset = 0.0
+    for step in range(3):
+        x, y = a[keep].ravel(), b[keep].ravel()
+        if x.size < 16 or float(x.std()) == 0:
+            return 0.0, 0.0, 1.0, False
+        gain = float(((x - x.mean()) * (y - y.mean())).mean() / x.var())
+        offset = float(y.mean() - gain * x.mean())
+        residual = np.abs(b - (gain * a + offset)).mean(axis=1) / (max(abs(gain), 0.05) * spread)
+        keep = residual <= (np.median(residual) if step == 0 else EDIT_RESIDUAL)
+        if not keep.any():
+            return 0.0, 0.0, 1.0, False
+    correlation = _correlation(a[keep], b[keep])
+    bad = ~keep.reshape(hb, wb)
+    if bad.any():
+        rows, cols = np.flatnonzero(bad.any(axis=1)), np.flatnonzero(bad.any(axis=0))
+        box = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1) / (hb * wb)
+    else:
+        box = 0.0
+    tone = abs(gain - 1) > 0.1 or abs(offset + (gain - 1) * float(a.mean())) > 0.1 * 255
+    return correlation, float(keep.mean()), float(box), tone
 
 
 def thumbnail_png(signed: Fingerprint) -> bytes:
