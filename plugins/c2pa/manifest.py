@@ -152,7 +152,8 @@ def stage_action(entry: StageRecord, agent: dict[str, str], changes_pixels: bool
     result = {k: v for k, v in (entry.result or {}).items() if k != "summary"}
     name = STAGE_ACTIONS.get(entry.stage) or ("c2pa.edited" if changes_pixels else f"dev.sdmark.{_slug(entry.stage)}")
     if embeds_watermark:
-        name = "c2pa.watermarked"
+        # A stage that found a mark and left it (watermark:existing=keep) embedded nothing.
+        name = "dev.sdmark.watermark_kept" if result.get("embedded") is False else "c2pa.watermarked"
     if entry.stage == "safety" and result.get("action") not in (None, "none"):
         name = "c2pa.filtered"  # the policy blurred, pixelated, blacked out or replaced the image
     action: dict[str, Any] = {
