@@ -38,6 +38,7 @@ from typing import Any
 from sdmark.plugins.c2pa import settings
 from sdmark.plugins.c2pa.fingerprint import ALG as FINGERPRINT_ALG
 from sdmark.plugins.c2pa.fingerprint import Fingerprint, compare
+from sdmark.plugins.c2pa.jumbf import signer_sha256, store_from_file
 from sdmark.plugins.c2pa.manifest import RECORD_LABEL, SOFT_BINDING_LABEL, payload_key
 from sdmark.plugins.c2pa.registry import Entry, open_registry
 from sdmark.plugins.c2pa.sign import sniff_mime
@@ -93,6 +94,7 @@ def inspect_credentials(path: Path, detections: list[dict[str, Any]] | None = No
                 if reader is not None:
                     found.update(describe_store(json.loads(reader.json())), present=True, binding="embedded")
                     reader.close()
+                    _add_certificate(found.get("signer"), store_from_file(path), found.get("manifest"))
         except c2pa.C2paError as exc:
             # A damaged manifest is a finding, not a crash: the image itself was readable.
             found.update(present=True, status="invalid", error=f"cannot read the C2PA manifest: {exc}")
@@ -203,7 +205,9 @@ def check_row(entry: Entry, payload: str, scale: Any, image: Any, context: Any) 
         candidate["reason"] = f"the stored manifest cannot be read ({exc})"
         return candidate
     described = describe_store(store, expect_hard_binding_mismatch=True)
-    candidate.update(signature=described["status"], trusted=described["trusted"], signer=described.get("signer") or {},
+    signer = described.get("signer") or {}
+    _add_certificate(signer, entry.manifest, store.get("active_manifest"))
+    candidate.update(signature=described["status"], trusted=described["trusted"], signer=signer,
                      described=described, record=_record(store))
     if store.get("active_manifest") != entry.manifest_label:
         candidate["reason"] = (f"the row names manifest {entry.manifest_label}, its stored manifest is "
@@ -235,6 +239,15 @@ def check_row(entry: Entry, payload: str, scale: Any, image: Any, context: Any) 
         candidate["reason"] = (f"the payload is registered for another image (content distance {comparison.distance:.2f}, "
                                f"correlation {comparison.correlation:.2f}): the mark was copied or forged onto this one")
     return candidate
+
+
+def _add_certificate(signer: dict[str, Any] | None, store: bytes | None, label: str | None) -> None:
+    """Add the signing certificate's SHA-256 to ``signer``: a name can be copied, a certificate cannot."""
+    if signer is None or not store:
+        return
+    digest = signer_sha256(store, label)
+    if digest:
+        signer["certificate_sha256"] = digest
 
 
 def _public(candidate: dict[str, Any], full: bool = False) -> dict[str, Any]:
