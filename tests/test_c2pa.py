@@ -656,3 +656,20 @@ def test_a_look_alike_identity_is_told_apart_by_its_certificate(cli_runner, iden
     from sdmark.plugins.c2pa.identity import certificate_identity
 
     assert certificate_identity(identity / "signer-chain.pem")[1] == real_sha
+
+
+def test_an_unreadable_registry_is_named_in_the_text_output(cli_runner, photos, tmp_path, monkeypatch):
+    from sdmark.plugins.watermark.methods import get_method
+
+    runner, cli = cli_runner
+    garbage = tmp_path / "broken-registry.sqlite"
+    garbage.write_bytes(b"not a database" * 200)
+    monkeypatch.setenv("SDMARK_REGISTRY", str(garbage))
+    path = tmp_path / "marked.png"
+    Image.fromarray(get_method("dwtDctSvd").embed(np.asarray(photos["astronaut"]), bytes.fromhex("00000000000000ee"))).save(path)
+    result = runner.invoke(cli, ["verify", "--no-progress", str(path)])
+    assert result.exit_code == 0
+    assert "registry unreadable" in result.stdout and "broken-registry.sqlite" in result.stdout
+    report = json.loads(runner.invoke(cli, ["verify", "--json", "--no-progress", str(path)]).stdout)
+    assert "broken-registry.sqlite" in report["content_credentials"]["registry_error"]
+    assert garbage.read_bytes() == b"not a database" * 200
