@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import statistics
 import sys
@@ -210,9 +211,7 @@ def run_key(images: list[tuple[str, np.ndarray]], folder: Path, key: str | None,
     return {"tallies": tallies, "own": own, "distances": distances, "signed": signed, "images": images}
 
 
-def _reencode(rgb: np.ndarray, fmt: str, **options) -> "io.BytesIO":
-    import io
-
+def _reencode(rgb: np.ndarray, fmt: str, **options) -> io.BytesIO:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, fmt, **options)
     buffer.seek(0)

@@ -2,8 +2,9 @@
 
 A watermark payload says only that *some* sdmark image once carried this id: the mark can be
 estimated from one image and added to another (the copy attack). So the signed manifest also binds
-the content: a PDQ hash (Meta's perceptual hash, made for matching at scale; ``pdqhash``) and a small
-greyscale thumbnail (long side :data:`THUMB_SIDE` px), both of the pixels as written. Recovery
+the content: a PDQ hash (Meta's perceptual hash, made for matching at scale; ``pdqhash``), a small
+greyscale thumbnail (long side :data:`THUMB_SIDE` px) and a Cr/Cb thumbnail at half that, all of
+the pixels as written. Recovery
 compares the image under test with them, never with anything a registry row says.
 
 Why PDQ over a thumbnail: measured on photos and flat illustrations (``benchmarks/attribution.py
