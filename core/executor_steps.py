@@ -27,6 +27,22 @@ from sdmark.core.stages import RunContext, default_warn
 VerifyJob = tuple[str, "str | None"]  # (path, error found while listing the inputs)
 
 
+def torch_threads() -> int:
+    """This process's torch CPU thread count, which workers copy (see :func:`_use_threads`)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _use_threads(threads: int | None) -> None:
+    """Run torch with the driver's thread count: a CPU reduction split over another number of
+    threads rounds differently, and Ray starts its actors with one thread (OMP_NUM_THREADS=1)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _strip(result: ItemResult) -> ItemResult:
     """The result without its pixels, which need not travel back to the driver."""
     if result.item is not None:
@@ -91,10 +107,12 @@ class _AssignedWriter(Writer):
 class ProcessStep:
     """``sdmark process`` for chunks of :class:`ProcessJob`; results are ``(read_failed, ItemResult)``."""
 
-    def __init__(self, chain: Chain, output: OutputOptions | None, safety: str = "on", device: str | None = None) -> None:
+    def __init__(self, chain: Chain, output: OutputOptions | None, safety: str = "on", device: str | None = None,
+                 threads: int | None = None) -> None:
         from sdmark.core.pipeline import pick_device
         from sdmark.core.plugins import load_plugins
 
+        _use_threads(threads)
         load_plugins()
         self.warnings: list[str] = []
         self.chain = chain
@@ -130,10 +148,12 @@ class ProcessStep:
 class GenerateStep:
     """``sdmark generate`` for chunks of image indices; one pipeline per worker (its own GPU on Ray)."""
 
-    def __init__(self, settings: Any, chain: Chain, output: OutputOptions | None, safety: str = "on") -> None:
+    def __init__(self, settings: Any, chain: Chain, output: OutputOptions | None, safety: str = "on",
+                 threads: int | None = None) -> None:
         from sdmark.core.pipeline import load_pipeline
         from sdmark.core.plugins import load_plugins
 
+        _use_threads(threads)
         load_plugins()
         self.settings, self.chain, self.output, self.safety = settings, chain, output, safety
         self.pipeline = load_pipeline(
@@ -260,7 +280,7 @@ def process_with(
     chain.check_safety("process", safety, warnings.warn)
     entries = list(iter_inputs(inputs))
     jobs = process_jobs(entries, output)
-    factory = partial(ProcessStep, chain, output, safety, device)
+    factory = partial(ProcessStep, chain, output, safety, device, torch_threads())
     order = _LocalOrder(batch_size)
     results: list[ItemResult] = []
 
@@ -316,7 +336,7 @@ def generate_with(
         # Drawn here, once: every worker must number and seed the images of one run.
         settings.seed = random.SystemRandom().randrange(2**32)
     total = len(settings.prompts) * settings.count
-    factory = partial(GenerateStep, settings, chain, output, safety)
+    factory = partial(GenerateStep, settings, chain, output, safety, torch_threads())
     chunks = generate_chunks(total, settings.batch_size, executor.workers)
     results: list[ItemResult] = []
     with tqdm(total=total, unit="img", desc="generating", disable=None if progress is None else not progress) as bar:
