@@ -17,19 +17,56 @@ EXIT_ALL_MARKED, EXIT_SOME_UNMARKED, EXIT_UNREADABLE = 0, 1, 2
 
 
 def _human(report: dict[str, Any]) -> str:
+    """The plain-text lines for one report: the verdict line, then indented lines for what a
+    detection is worth, the embedded credentials and the recovery, each in words."""
     if report["error"]:
         return f"error        {report['path']}  ({report['error']})"
-    credentials = report.get("content_credentials") or {}
-    extra = f"  [credentials: {credentials['summary']}]" if credentials.get("summary") not in (None, "none") else ""
     found = [d for d in report["detections"] if d["band"] in ("likely", "very likely")]
+    details = []
     if found:
         parts = []
         for d in found:
             payload = f" payload={d['payload']}" if d.get("payload") else ""
-            parts.append(f"{d['scheme']} ({d['band']}, p={d['p_value']:.1e}{payload})")
-        return f"watermarked  {report['path']}  " + "; ".join(parts) + extra
-    weak = [f"{d['scheme']} partial, p={d['p_value']:.1e}" for d in report["detections"]]
-    return f"unmarked     {report['path']}" + (f"  ({'; '.join(weak)})" if weak else "") + extra
+            key = f"; key: {d['key']}" if d.get("key") else ""
+            parts.append(f"{d['scheme']} ({d['band']}, p={d['p_value']:.1e}{payload}{key})")
+        head = f"watermarked  {report['path']}  " + "; ".join(parts)
+        if any(d.get("key") == "public" for d in found):
+            from sdmark.plugins.watermark.verify import PUBLIC_KEY_MEANING
+
+            details.append(f"mark: {PUBLIC_KEY_MEANING}")
+    else:
+        weak = [f"{d['scheme']} partial, p={d['p_value']:.1e}" for d in report["detections"]]
+        head = f"unmarked     {report['path']}" + (f"  ({'; '.join(weak)})" if weak else "")
+    for expected in report.get("expected_marks") or []:
+        payload = f" id={expected['payload']}" if expected.get("payload") else ""
+        details.append(f"not found: the image's own record says a {expected['scheme']} mark{payload} was embedded; "
+                       f"to check it: {expected['how_to_check']}")
+    credentials = report.get("content_credentials") or {}
+    if credentials.get("present"):
+        from sdmark.plugins.c2pa.verify import embedded_summary
+
+        details.append(f"credentials: {embedded_summary(credentials)}")
+    if credentials.get("recovery") is not None:
+        from sdmark.plugins.c2pa.verify import recovery_summary
+
+        details.append(f"credentials: none embedded; {recovery_summary(credentials['recovery'])}")
+    elif credentials.get("registry_error"):
+        details.append(f"credentials: registry unreadable: {credentials['registry_error']}")
+    elif credentials.get("error") and not credentials.get("present"):
+        details.append(f"credentials: {credentials['error']}")
+    return "\n".join([head, *(f"    {line}" for line in details)])
+
+
+def meets_credentials(report: dict[str, Any]) -> bool:
+    """``--require-credentials``: valid embedded credentials, or a clean ``matched`` recovery whose
+    signer is trusted. A tampered manifest never passes, and neither does a copy changed in part."""
+    credentials = report.get("content_credentials") or {}
+    if credentials.get("present"):
+        return credentials.get("status") == "valid" and bool(credentials.get("trusted"))
+    recovery = credentials.get("recovery") or {}
+    chosen = recovery.get("matched") or {}
+    return (recovery.get("verdict") == "matched" and bool(chosen.get("trusted"))
+            and "locally edited" not in ((chosen.get("content") or {}).get("changes") or []))
 
 
 def _list_schemes() -> None:
@@ -51,17 +88,27 @@ def _list_schemes() -> None:
 @executor_options
 @click.option("--progress/--no-progress", default=None, help="Force the progress bar on or off (default: on a terminal).")
 @click.option("--list-schemes", is_flag=True, help="List the schemes verify knows and exit.")
+@click.option("--require-credentials", is_flag=True,
+              help="Exit 1 unless every image has valid embedded Content Credentials from a trusted signer, or "
+                   "a watermark recovery that matched its content and a trusted signer (use with --trust).")
 @click.option("--trust", "trust", multiple=True, type=click.Path(dir_okay=False, path_type=Path), metavar="CA.pem",
               callback=trust_anchors_option, expose_value=False,
               help="Trust anchor for Content Credentials (repeatable; adds to SDMARK_TRUST_ANCHORS): "
                    "manifests signed under it are reported valid, others untrusted.")
-def verify_command(inputs, as_json, schemes, all_schemes, jobs, executor, ray_address, progress, list_schemes) -> None:
+def verify_command(inputs, as_json, schemes, all_schemes, jobs, executor, ray_address, progress, list_schemes,
+                   require_credentials) -> None:
     """Check image files and folders (recursively) for invisible watermarks.
 
     For each image: whether it is watermarked, by which scheme, the p-value (chance that an unmarked
     image reads this well) with its band (none / partial / likely / very likely) and the payload.
-    Exit code: 0 when every image is watermarked, 1 when at least one is not, 2 when at least one
-    could not be read.
+    Content Credentials are judged apart: the file's own manifest (valid / tampered / untrusted /
+    absent) and, for a file without one, the recovery through the watermark (matched /
+    different-content / inconsistent / ambiguous / not-registered), which compares this image with
+    the content signed in the registered manifest.
+
+    Exit code: 0 when every image is watermarked, 1 when at least one is not (or, with
+    --require-credentials, lacks credentials that pass), 2 when at least one could not be read or
+    no watermark scheme is available.
     """
     from tqdm.auto import tqdm
 
@@ -80,20 +127,25 @@ def verify_command(inputs, as_json, schemes, all_schemes, jobs, executor, ray_ad
         sys.exit(EXIT_UNREADABLE)
     work = [(str(e.path), e.error, tuple(schemes), all_schemes) for e in entries]
     counts = {"watermarked": 0, "unmarked": 0, "error": 0}
+    lacking = 0
     with tqdm(total=len(work), unit="img", desc="verifying", file=sys.stderr,
               disable=None if progress is None else not progress) as bar:
         for report in _run(work, jobs, executor, ray_address):
             key = "error" if report["error"] else ("watermarked" if report["watermarked"] else "unmarked")
             counts[key] += 1
+            if require_credentials and not report["error"] and not meets_credentials(report):
+                lacking += 1
             line = json.dumps(report, ensure_ascii=False, default=str) if as_json else _human(report)
             bar.clear()
             click.echo(line)
             bar.update(1)
     summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n) + f" ({len(work)} checked)"
+    if require_credentials:
+        summary += f"; {lacking} without credentials that pass --require-credentials" if lacking else "; all with credentials"
     click.echo(summary, err=True)
     if counts["error"]:
         sys.exit(EXIT_UNREADABLE)
-    sys.exit(EXIT_SOME_UNMARKED if counts["unmarked"] else EXIT_ALL_MARKED)
+    sys.exit(EXIT_SOME_UNMARKED if counts["unmarked"] or lacking else EXIT_ALL_MARKED)
 
 
 def _run(work: list[tuple[str, str | None, tuple[str, ...], bool]], jobs: int, executor: str = "local",

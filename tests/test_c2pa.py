@@ -11,6 +11,7 @@ import struct
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -276,7 +277,7 @@ def test_without_identity_images_are_written_unsigned_with_one_warning(cli_runne
     assert "sdmark keys init" in result.stderr
     for line in lines:
         credentials = inspect(Path(line["path"]))["content_credentials"]
-        assert credentials["present"] is False and credentials["status"] is None
+        assert credentials["present"] is False and credentials["status"] == credentials["embedded"] == "absent"
 
 
 def test_broken_signing_config_fails_the_image_clearly(cli_runner, photo_dir, tmp_path, monkeypatch):
@@ -305,17 +306,23 @@ def test_soft_binding_registry_and_recovery_after_stripping(cli_runner, identity
     detection = {"scheme": "testmark", "p_value": 1e-12, "payload": "c0ffee01", "band": "very likely"}
     recovered = inspect(stripped, [detection])["content_credentials"]
     assert recovered["present"] is False and recovered["recovered_from_registry"] is True
-    assert recovered["status"] == "valid" and recovered["binding"] == "watermark"
-    assert recovered["manifest"] == credentials["manifest"]
+    # Never "valid" for the file under test: the recovered manifest describes the registered image.
+    assert recovered["status"] == "absent" and recovered["binding"] == "watermark"
+    recovery = recovered["recovery"]
+    assert recovery["verdict"] == "matched" and recovery["registry_matches"] == 1
+    matched = recovery["matched"]
+    assert (matched["signature"], matched["trusted"], matched["manifest"]) == ("valid", True, credentials["manifest"])
+    assert matched["content"]["distance"] < 0.1 and matched["content"]["correlation"] > 0.95
     assert recovered["registry_entry"]["title"] == signed.name
     assert recovered["registry_entry"]["manifest"] == credentials["manifest"]
     assert recovered["record"]["source"]["name"] == "chelsea.png"
     # Values the SDK would mangle (arrays of numbers) come back exactly through the record.
     assert recovered["record"]["stages"][0]["result"]["bits"] == [1, 0, 1, 1]
-    assert "recovered" in recovered["summary"]
+    assert "recovery: matched" in recovered["summary"] and "not this file" in recovered["summary"]
 
     unknown = inspect(stripped, [{**detection, "payload": "0badc0de"}])["content_credentials"]
-    assert unknown["recovered_from_registry"] is False and unknown["status"] is None
+    assert unknown["recovered_from_registry"] is False and unknown["status"] == "absent"
+    assert unknown["recovery"]["verdict"] == "not-registered" and "not-registered" in unknown["summary"]
 
     # A file that still has its manifest says whether the watermark matches the soft binding.
     assert inspect(signed, [detection])["content_credentials"]["soft_binding_matches_watermark"] is True
@@ -327,21 +334,31 @@ def test_soft_binding_registry_and_recovery_after_stripping(cli_runner, identity
     assert remarked["ingredients"][0]["manifest"] == credentials["manifest"]
     from_registry = inspect(strip_metadata(Path(again[0]["path"]), tmp_path / "again.png"),
                             [{**detection, "payload": "c0ffee02"}])["content_credentials"]
-    assert from_registry["manifest"] == remarked["manifest"] != credentials["manifest"]
+    assert from_registry["recovery"]["matched"]["manifest"] == remarked["manifest"] != credentials["manifest"]
 
     # A weak detection is not evidence enough to look anything up.
     weak = inspect(stripped, [{**detection, "p_value": 0.01, "band": "partial"}])["content_credentials"]
-    assert weak["recovered_from_registry"] is False
+    assert weak["recovered_from_registry"] is False and "recovery" not in weak
 
 
-def test_a_payload_shared_by_several_images_recovers_nothing(cli_runner, identity, photo_dir, tmp_path, register_plugin):
+def test_a_payload_shared_by_several_images_is_told_apart_by_content_or_ambiguous(
+        cli_runner, identity, photo_dir, tmp_path, register_plugin):
     register_plugin(_TestMarkPlugin(), name="testmark-plugin")
     _, lines = run_process(cli_runner, [photo_dir], tmp_path / "out", chain="testmark:payload=StableDiffusionV1")
-    stripped = strip_metadata(Path(lines[0]["path"]), tmp_path / "stripped.png")
+    stripped = strip_metadata(Path(lines[1]["path"]), tmp_path / "stripped.png")
     detection = {"scheme": "testmark", "p_value": 1e-12, "payload": "StableDiffusionV1", "band": "very likely"}
     credentials = inspect(stripped, [detection])["content_credentials"]
-    assert credentials["recovered_from_registry"] is False and credentials["registry_matches"] == 3
-    assert "cannot identify one" in credentials["note"]
+    assert credentials["registry_matches"] == 3 and credentials["recovered_from_registry"] is True
+    recovery = credentials["recovery"]
+    assert recovery["verdict"] == "matched" and len(recovery["candidates"]) == 3
+    assert recovery["matched"]["registry_entry"]["title"] == Path(lines[1]["path"]).name
+    assert sorted(c["verdict"] for c in recovery["candidates"]) == ["different-content", "different-content", "matched"]
+
+    other = tmp_path / "other.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(other)
+    unrelated = inspect(other, [detection])["content_credentials"]
+    assert unrelated["recovery"]["verdict"] == "ambiguous" and unrelated["recovered_from_registry"] is False
+    assert "none matches" in unrelated["recovery"]["reason"] and "ambiguous" in unrelated["summary"]
 
 
 def _write_signing_helpers(folder: Path) -> None:
@@ -439,7 +456,9 @@ def test_watermark_recovers_stripped_credentials_end_to_end(cli_runner, identity
     credentials = report["content_credentials"]
     assert report["watermarked"] and report["detections"][0]["payload"] == payload
     assert credentials["present"] is False and credentials["recovered_from_registry"] is True
-    assert credentials["status"] == "valid" and credentials["binding"] == "watermark"
+    assert credentials["status"] == "absent" and credentials["binding"] == "watermark"
+    matched = credentials["recovery"]["matched"]
+    assert credentials["recovery"]["verdict"] == "matched" and matched["signature"] == "valid" and matched["trusted"]
     assert credentials["record"]["source"]["name"] == "astronaut.png"
 
 
@@ -455,9 +474,10 @@ def test_generated_watermarked_image_recovers_after_stripping(cli_runner, identi
     report = _verify(cli_runner, stripped)
     credentials = report["content_credentials"]
     assert report["parameters"] is None and report["xmp_digital_source_type"] is None  # metadata gone
-    assert credentials["recovered_from_registry"] is True and credentials["status"] == "valid"
-    assert credentials["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA
-    assert [a["action"] for a in credentials["actions"]] == ["c2pa.created", "c2pa.watermarked"]
+    assert credentials["recovered_from_registry"] is True and credentials["status"] == "absent"
+    matched = credentials["recovery"]["matched"]
+    assert matched["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA and matched["trusted"] is True
+    assert [a["action"] for a in matched["actions"]] == ["c2pa.created", "c2pa.watermarked"]
     assert credentials["record"]["generation"]["prompt"] == "a red kite"
 
 
@@ -474,3 +494,19 @@ def test_verify_trust_option(cli_runner, identity, photo_dir, tmp_path):
     assert trusted["content_credentials"]["trust_anchors"][0]["path"] == str((identity / "ca.pem").resolve())
     bad = runner.invoke(cli, ["verify", "--trust", str(tmp_path / "absent.pem"), path])
     assert bad.exit_code == 2 and "absent.pem" in bad.stderr
+
+
+def test_a_registry_that_cannot_take_the_row_leaves_the_file_written_with_a_warning(
+        cli_runner, identity, photo_dir, tmp_path, monkeypatch, register_plugin):
+    register_plugin(_TestMarkPlugin())
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the registry's folder should be")
+    monkeypatch.setenv("SDMARK_REGISTRY", str(blocker / "registry.sqlite"))
+    for out in ("out", "again"):  # a rerun does not trip over the first run's half-done state
+        result, lines = run_process(cli_runner, [photo_dir / "astronaut.png"], tmp_path / out, chain="testmark")
+        assert result.exit_code == 0, result.output
+        [line] = lines
+        assert line["status"] == "written" and Path(line["path"]).exists()
+        assert any(note.startswith("not registered: manifest registry") for note in line["notes"]), line["notes"]
+        assert "not registered: manifest registry" in result.stderr and str(blocker) in result.stderr
+        assert inspect(Path(line["path"]))["content_credentials"]["status"] == "untrusted"  # signed all the same

@@ -7,7 +7,6 @@ import json
 from sdmark.core.metadata import TRAINED_ALGORITHMIC_MEDIA
 from sdmark.core.records import ProvenanceRecord
 from sdmark.plugins.c2pa.manifest import build_manifest, cbor_safe, payload_key, soft_binding
-from sdmark.plugins.c2pa.registry import Entry, Registry
 
 
 def _generated() -> ProvenanceRecord:
@@ -68,13 +67,3 @@ def test_payload_key_and_cbor_safe():
         "a": "[300, 2]", "b": [{"c": "[0.5]"}], "d": [], "f": ["x", 1]}
 
 
-def test_registry_lookup_newest_first_and_by_scheme(tmp_path):
-    registry = Registry(tmp_path / "sub" / "registry.sqlite")
-    assert registry.lookup("ab") == [] and len(registry) == 0
-    registry.add(Entry("ab", "dwtDct", "urn:c2pa:1", b"one", "image/png", "a.png"))
-    registry.add(Entry("ab", "dwtDctSvd", "urn:c2pa:2", b"two", "image/jpeg", "b.jpg"))
-    registry.add(Entry("cd", "dwtDct", "urn:c2pa:3", b"three", "image/png"))
-    assert [e.manifest for e in registry.lookup("ab")] == [b"two", b"one"]
-    assert [e.manifest_label for e in registry.lookup("ab", "dwtDct")] == ["urn:c2pa:1"]
-    assert registry.lookup("ef") == [] and len(registry) == 3
-    assert registry.lookup("ab")[0].created  # stamped on insert

@@ -48,7 +48,7 @@ def test_unmarked_exits_1_and_unreadable_exits_2(cli_runner, marked_dir, photo_d
     runner, cli = cli_runner
     result = runner.invoke(cli, ["verify", str(marked_dir / "a.png"), str(photo_dir / "chelsea.png"), "--no-progress"])
     assert result.exit_code == 1
-    lines = result.stdout.splitlines()
+    lines = [line for line in result.stdout.splitlines() if not line.startswith(" ")]  # details are indented
     assert lines[0].startswith("watermarked") and "payload=00000000000000aa" in lines[0]
     assert lines[1].startswith("unmarked") and "chelsea.png" in lines[1]
     assert "1 watermarked, 1 unmarked" in result.stderr

@@ -198,3 +198,33 @@ def test_a_mark_that_never_reads_back_reports_every_strength_tried(tmp_path, mon
     assert "strength 1: none" in result.error, result.error
     assert "strength 2:" in result.error
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_an_existing_mark_is_never_replaced_silently(cli_runner, photos, tmp_path):
+    runner, cli = cli_runner
+    marked = tmp_path / "in" / "marked.png"
+    marked.parent.mkdir()
+    Image.fromarray(get_method("dwtDctSvd").embed(np.asarray(photos["astronaut"]), bytes.fromhex("00000000000000aa"))).save(marked)
+
+    def run(chain: str, out: str) -> tuple[int, dict]:
+        result = runner.invoke(cli, ["process", str(marked), "--chain", chain, "--no-safety", "-o", str(tmp_path / out),
+                                     "--json", "--no-progress"])
+        assert result.stdout, result.output
+        return result.exit_code, json.loads(result.stdout.splitlines()[0])
+
+    code, line = run("watermark", "fail")  # the default: fail, naming the mark
+    assert code == 1 and line["status"] == "failed"
+    assert "sdmark-dwtDctSvd mark (payload 00000000000000aa)" in line["error"] and "existing=keep" in line["error"]
+    assert not (tmp_path / "fail").exists() or not list((tmp_path / "fail").iterdir())
+
+    code, line = run("watermark:existing=keep", "keep")
+    result = line["record"]["stages"][-1]["result"]
+    assert code == 0 and result["embedded"] is False and result["existing_policy"] == "keep"
+    assert [m["payload"] for m in result["existing"]] == ["00000000000000aa"]
+    assert verify_file(line["path"])["detections"][0]["payload"] == "00000000000000aa"  # untouched
+
+    code, line = run("watermark:existing=replace,id=bb", "replace")
+    result = line["record"]["stages"][-1]["result"]
+    assert code == 0 and result["existing_policy"] == "replace" and result["payload"] == "00000000000000bb"
+    assert result["existing"][0]["scheme"] == "sdmark-dwtDctSvd" and "over the existing" in result["summary"]
+    assert verify_file(line["path"])["detections"][0]["payload"] == "00000000000000bb"

@@ -63,7 +63,7 @@ def sdmark_inspect_image(path: Path, image: Any, metadata: dict[str, Any], repor
     try:
         from sdmark.plugins.c2pa.verify import inspect_credentials
 
-        report["content_credentials"] = inspect_credentials(Path(path), report.get("detections"))
+        report["content_credentials"] = inspect_credentials(Path(path), report.get("detections"), image)
     except ImportError as exc:
         if exc.name != "c2pa":
             raise

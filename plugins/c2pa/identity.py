@@ -135,3 +135,18 @@ def describe_certificate(path: Path) -> dict[str, str]:
         "key": type(cert.public_key()).__name__.removeprefix("_").replace("PublicKey", ""),
         "chain_length": str(len(certs)),
     }
+
+
+def certificate_identity(path: Path) -> tuple[str | None, str | None]:
+    """The common name and SHA-256 fingerprint (lower-case hex of the DER bytes) of the first
+    certificate in a PEM file: what tells two identities with the same name apart."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    try:
+        cert = x509.load_pem_x509_certificates(Path(path).read_bytes())[0]
+    except (OSError, ValueError, IndexError) as exc:
+        raise SdmarkError(f"{path}: not a readable PEM certificate ({exc})") from None
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return (str(names[0].value) if names else None), cert.fingerprint(hashes.SHA256()).hex()

@@ -23,6 +23,8 @@ from sdmark.core.records import ProvenanceRecord, StageRecord
 
 RECORD_LABEL = "dev.sdmark.record"
 SOFT_BINDING_LABEL = "c2pa.soft-binding"
+FINGERPRINT_LABEL = "c2pa.soft-binding"
+"""The second soft-binding assertion (C2PA numbers repeated labels ``__1``, ``__2``...): the content fingerprint."""
 ACTIONS_LABEL = "c2pa.actions.v2"
 PARENT_ID = "parent"
 SOFT_BINDING_ALG_PREFIX = "dev.sdmark.watermark."
@@ -75,13 +77,16 @@ def soft_binding(record: ProvenanceRecord, watermark_stages: Iterable[str] = ("w
 
 def build_manifest(record: ProvenanceRecord, *, title: str, fmt: str, software_version: str,
                    source_format: str | None = None, stage_flags: dict[str, bool] | None = None,
-                   watermark_stages: Iterable[str] = ("watermark",)) -> dict[str, Any]:
+                   watermark_stages: Iterable[str] = ("watermark",),
+                   fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest definition (``c2pa.Builder.from_json`` input) for an image with ``record``.
 
     ``fmt`` is the Pillow format written (PNG, JPEG, WEBP); ``source_format`` the input's format in
     ``process`` (a change of format adds ``c2pa.transcoded``); ``stage_flags`` maps stage names to
     whether they change pixels, for stages sdmark has no standard action for;
-    ``watermark_stages`` the stages whose payload becomes the soft binding.
+    ``watermark_stages`` the stages whose payload becomes the soft binding; ``fingerprint`` the
+    content fingerprint of the pixels as written (:meth:`Fingerprint.to_json`), signed as a second
+    soft-binding assertion so a recovered manifest can be compared with the image under test.
     """
     agent = {"name": "sdmark", "version": software_version}
     actions: list[dict[str, Any]] = []
@@ -118,6 +123,18 @@ def build_manifest(record: ProvenanceRecord, *, title: str, fmt: str, software_v
                 "alg_params": {"scheme": binding.scheme, "payload": binding.payload},
             },
         })
+    if fingerprint is not None:
+        from sdmark.plugins.c2pa.fingerprint import ALG
+
+        assertions.append({
+            "label": FINGERPRINT_LABEL,
+            "data": {
+                "alg": ALG,
+                "name": "sdmark content fingerprint (PDQ hash and greyscale thumbnail of the pixels as signed)",
+                "blocks": [{"scope": {}, "value": base64.b64encode(bytes.fromhex(fingerprint["pdq"])).decode("ascii")}],
+                "alg_params": {"fingerprint": json.dumps(fingerprint, separators=(",", ":"))},
+            },
+        })
     # The record as JSON text: the SDK's JSON-to-CBOR step turns arrays of numbers into byte
     # strings (and truncates them), so structured values would not come back as written.
     assertions.append({"label": RECORD_LABEL, "data": {"schema": record.schema, "json": record.to_json()}})
@@ -135,7 +152,8 @@ def stage_action(entry: StageRecord, agent: dict[str, str], changes_pixels: bool
     result = {k: v for k, v in (entry.result or {}).items() if k != "summary"}
     name = STAGE_ACTIONS.get(entry.stage) or ("c2pa.edited" if changes_pixels else f"dev.sdmark.{_slug(entry.stage)}")
     if embeds_watermark:
-        name = "c2pa.watermarked"
+        # A stage that found a mark and left it (watermark:existing=keep) embedded nothing.
+        name = "dev.sdmark.watermark_kept" if result.get("embedded") is False else "c2pa.watermarked"
     if entry.stage == "safety" and result.get("action") not in (None, "none"):
         name = "c2pa.filtered"  # the policy blurred, pixelated, blacked out or replaced the image
     action: dict[str, Any] = {

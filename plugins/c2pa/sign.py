@@ -13,6 +13,7 @@ from sdmark.core.io import sha256_file
 from sdmark.core.stages import ImageItem, RunContext
 from sdmark.plugins.c2pa import settings
 from sdmark.plugins.c2pa.manifest import PARENT_ID, build_manifest, soft_binding
+from sdmark.plugins.c2pa.fingerprint import Fingerprint, fingerprint, thumbnail_png
 from sdmark.plugins.c2pa.registry import Entry, open_registry
 
 SUFFIX_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -63,8 +64,10 @@ def sign_output(path: Path, item: ImageItem, context: RunContext) -> bool:
     title = final_name(path)
     source = item.record.source or {}
     flags, watermarks = _stage_flags()
+    content = content_fingerprint(path, title)
     manifest = build_manifest(item.record, title=title, fmt=fmt, software_version=__version__,
-                              source_format=source.get("format"), stage_flags=flags, watermark_stages=watermarks)
+                              source_format=source.get("format"), stage_flags=flags, watermark_stages=watermarks,
+                              fingerprint=content.to_json())
     mime = MIME_BY_SUFFIX[path.suffix.lower()]
     signed = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.signing{path.suffix}")
     try:
@@ -82,7 +85,8 @@ def sign_output(path: Path, item: ImageItem, context: RunContext) -> bool:
     finally:
         signed.unlink(missing_ok=True)
     # Registered only once the file is in place (sdmark_after_save): a failed move leaves no entry.
-    context.cache.setdefault(PENDING, {})[id(item)] = (title, mime, manifest_store, watermarks)
+    context.cache.setdefault(PENDING, {})[id(item)] = (title, mime, manifest_store, watermarks, content,
+                                                       signer_identity(config, context))
     return True
 
 
@@ -90,11 +94,44 @@ PENDING = "c2pa.pending-registrations"
 
 
 def register_written(path: Path, item: ImageItem, context: RunContext) -> None:
-    """Store the signed manifest of a file that is now in place, keyed by its watermark payload."""
+    """Store the signed manifest of a file that is now in place, keyed by its watermark payload.
+
+    The file is written and signed whatever happens here: a registry that cannot take the row is a
+    warning (``not registered: REASON``, also kept in ``item.notes``), never a failed image.
+    """
     pending = context.cache.get(PENDING, {}).pop(id(item), None)
-    if pending is not None:
-        title, mime, manifest_store, watermarks = pending
-        _register(item, path, title, mime, manifest_store, watermarks)
+    if pending is None:
+        return
+    title, mime, manifest_store, watermarks, content, signer = pending
+    try:
+        _register(item, path, title, mime, manifest_store, watermarks, content, signer, context)
+    except SdmarkError as exc:
+        note = f"not registered: {exc}"
+        item.notes.append(note)
+        context.warn(f"{title}: {note}")
+
+
+def content_fingerprint(path: Path, title: str) -> Fingerprint:
+    """The content fingerprint of the pixels as written to ``path`` (read back, so JPEG's losses count)."""
+    from sdmark.core.io import read_image
+
+    try:
+        return fingerprint(read_image(path).image)
+    except (SdmarkError, OSError, ValueError) as exc:
+        raise SigningError(f"{title}: cannot fingerprint the written pixels for the C2PA manifest: {exc}") from None
+
+
+def signer_identity(config: settings.SigningConfig, context: RunContext) -> tuple[str | None, str | None]:
+    """The signing certificate's common name and SHA-256 fingerprint (hex), once per run and identity."""
+    key = ("c2pa.signer-identity", config.fingerprint())
+    if key not in context.cache:
+        from sdmark.plugins.c2pa.identity import certificate_identity
+
+        try:
+            context.cache[key] = certificate_identity(config.cert_chain)
+        except SdmarkError:
+            context.cache[key] = (None, None)
+    return context.cache[key]
 
 
 def signing_context() -> Any:
@@ -157,7 +194,8 @@ def _stage_flags() -> tuple[dict[str, bool], set[str]]:
             {stage.name for stage in stages if stage.embeds_watermark} | {"watermark"})
 
 
-def _register(item: ImageItem, path: Path, title: str, mime: str, manifest_store: bytes, watermarks: set[str]) -> None:
+def _register(item: ImageItem, path: Path, title: str, mime: str, manifest_store: bytes, watermarks: set[str],
+              content: Fingerprint, signer: tuple[str | None, str | None], context: RunContext) -> None:
     """Keep the signed manifest under the image's watermark payload, when it has one."""
     binding = soft_binding(item.record, watermarks)
     registry_file = settings.registry_path()
@@ -166,9 +204,17 @@ def _register(item: ImageItem, path: Path, title: str, mime: str, manifest_store
     labels = manifest_labels(manifest_store)
     # The active manifest is the last one in a manifest store (parents' manifests come first).
     label = labels[-1] if labels else ""
-    open_registry(registry_file).add(Entry(
+    registries = context.cache.setdefault("c2pa.registries", {})
+    if registry_file not in registries:
+        registries[registry_file] = open_registry(registry_file)
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:
+        raise SdmarkError(f"cannot hash the written file ({exc.strerror or exc})") from None
+    registries[registry_file].add(Entry(
         payload=binding.payload, scheme=binding.scheme, manifest_label=label, manifest=manifest_store,
-        format=mime, title=title, file_sha256=sha256_file(path),
+        format=mime, title=title, file_sha256=digest, pdq=content.pdq.hex(), thumbnail=thumbnail_png(content),
+        signer=signer[0], signer_sha256=signer[1],
     ))
 
 

@@ -1,16 +1,30 @@
 """Reading and judging Content Credentials for ``sdmark verify``.
 
-``status`` is one of:
+Two verdicts, kept apart (docs/content-credentials.md has every JSON field):
+
+**Embedded** (``status``, also ``embedded``): the file's own manifest, hard-bound to its bytes.
 
 ``valid``      the manifest is intact and its signer chains to one of the trust anchors given
 ``untrusted``  the manifest is intact, but its signer is not under any anchor given (``--trust``)
 ``tampered``   the file (pixels or metadata the manifest covers) changed after signing
 ``invalid``    anything else the SDK rejects (expired or malformed certificate, bad signature)
+``absent``     no manifest in the file
 
-A file without a manifest whose watermark payload is in the registry gets the registered manifest
-back (``recovered_from_registry: true``). Its signature is checked as usual; that its hard binding
-(the file hash) no longer matches is expected, since the file was re-encoded or stripped, and is
-reported as ``binding: "watermark"`` instead of ``tampered``.
+**Recovery** (``recovery.verdict``), only for a file without a manifest whose watermark payload is
+read: payload -> registry rows -> each row checked against the signed manifest it stores (the
+payload must be that manifest's signed soft binding; the content fingerprint comes from the signed
+manifest, never from a registry column) -> the image under test compared with that fingerprint.
+
+``matched``            the registered image's content, with the distance and what likely changed
+``different-content``  the payload is registered for another image: the mark was copied or forged
+``inconsistent``       every row is contradicted by its own signed manifest (a poisoned registry)
+``ambiguous``          several registered images carry the payload and content does not pick one
+``unverifiable``       the signed manifest has no content fingerprint (signed by an older sdmark)
+``not-registered``     the payload is in no row
+
+A recovered manifest describes the image that was registered, never the one under test: it is
+never reported ``valid`` for it, and whether its signer is trusted is shown beside the recovery
+verdict, never alone.
 """
 
 from __future__ import annotations
@@ -22,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from sdmark.plugins.c2pa import settings
+from sdmark.plugins.c2pa.fingerprint import ALG as FINGERPRINT_ALG
+from sdmark.plugins.c2pa.fingerprint import Fingerprint, compare
 from sdmark.plugins.c2pa.manifest import RECORD_LABEL, SOFT_BINDING_LABEL, payload_key
 from sdmark.plugins.c2pa.registry import Entry, open_registry
 from sdmark.plugins.c2pa.sign import sniff_mime
@@ -33,6 +49,10 @@ HARD_BINDING_MISMATCH = {"assertion.dataHash.mismatch", "assertion.boxesHash.mis
 # A detection counts when its band says so (the watermark plugin's bands), or by p-value alone.
 POSITIVE_BANDS = {"very likely", "likely"}
 POSITIVE_P_VALUE = 1e-6
+MAX_CANDIDATES = 16
+"""Registry rows checked for one payload; beyond that the payload cannot identify one image anyway."""
+AMBIGUOUS_MARGIN = 0.05
+"""Two rows that both match are told apart only when one is closer by this much PDQ distance."""
 READABLE = {"image/png", "image/jpeg", "image/webp", "image/tiff", "image/gif", "image/avif", "image/heic"}
 _contexts: dict[tuple, Any] = {}
 
@@ -55,13 +75,17 @@ def reading_context() -> tuple[Any, list[dict[str, str]]]:
     return _contexts[key]
 
 
-def inspect_credentials(path: Path, detections: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The ``content_credentials`` part of a verify report for the file at ``path``."""
+def inspect_credentials(path: Path, detections: list[dict[str, Any]] | None = None, image: Any = None) -> dict[str, Any]:
+    """The ``content_credentials`` part of a verify report for the file at ``path``.
+
+    ``image`` is the decoded image (needed to compare a recovered manifest's content with it).
+    """
     import c2pa
 
     context, anchors = reading_context()
     mime = sniff_mime(path)
-    found: dict[str, Any] = {"present": False, "status": None, "recovered_from_registry": False, "trust_anchors": anchors}
+    found: dict[str, Any] = {"present": False, "status": "absent", "recovered_from_registry": False,
+                             "trust_anchors": anchors}
     if mime in READABLE:
         try:
             with open(path, "rb") as stream:
@@ -72,12 +96,22 @@ def inspect_credentials(path: Path, detections: list[dict[str, Any]] | None = No
         except c2pa.C2paError as exc:
             # A damaged manifest is a finding, not a crash: the image itself was readable.
             found.update(present=True, status="invalid", error=f"cannot read the C2PA manifest: {exc}")
+    found["embedded"] = found["status"]
     binding = found.get("soft_binding")
     if binding and detections:
         found["soft_binding_matches_watermark"] = any(
             payload_key(d.get("payload")) == binding["payload"] for d in _positive(detections))
     if not found["present"] and detections:
-        found.update(_recover(detections, context))
+        recovery = recover(detections, image, context)
+        if recovery is not None:
+            found["recovery"] = recovery
+            for key in ("registry_error", "registry_matches"):
+                if key in recovery:
+                    found[key] = recovery[key]
+            chosen = recovery.get("matched")
+            if recovery["verdict"] == "matched" and chosen:
+                found.update(recovered_from_registry=True, registry=recovery.get("registry"), binding="watermark",
+                             registry_entry=chosen["registry_entry"], record=chosen.get("record"))
     found["summary"] = summary(found)
     return found
 
@@ -95,44 +129,136 @@ def _positive(detections: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return found
 
 
-def _recover(detections: list[dict[str, Any]], context: Any) -> dict[str, Any]:
-    """Look the detected payloads up in the registry and read the manifest stored there.
+def recover(detections: list[dict[str, Any]], image: Any, context: Any) -> dict[str, Any] | None:
+    """The recovery verdict for an image without a manifest, or ``None`` when there is nothing to
+    look up (no payload read, or the registry is off)."""
+    positive = _positive(detections)
+    registry_file = settings.registry_path()
+    if registry_file is None or not positive:
+        return None
+    registry = open_registry(registry_file)
+    try:
+        lookups = [(detection, registry.lookup(payload_key(detection["payload"]))) for detection in positive]
+    except Exception as exc:  # a broken registry must not stop verify: report it for this image
+        return {"verdict": None, "registry": str(registry_file), "registry_error": f"{exc}"}
+    finally:
+        registry.close()
+    for detection, entries in lookups:
+        if entries:
+            return _decide(detection, entries, image, context, registry_file)
+    detection = positive[0]
+    return {"verdict": "not-registered", "payload": payload_key(detection["payload"]), "scheme": detection.get("scheme"),
+            "key": detection.get("key"), "registry": str(registry_file), "registry_matches": 0, "candidates": []}
 
-    A payload stored for several signed images (a fixed message, or an id the user reused) cannot
-    say which one this is: nothing is recovered then, and the report says how many matched.
+
+def _decide(detection: dict[str, Any], entries: list[Entry], image: Any, context: Any, registry_file: Path) -> dict[str, Any]:
+    """Check each row, then pick: one matching row (or one clearly closest), else the reason none can be."""
+    payload = payload_key(detection["payload"])
+    checked = [check_row(entry, payload, detection.get("scale"), image, context) for entry in entries[:MAX_CANDIDATES]]
+    out: dict[str, Any] = {"verdict": None, "payload": payload, "scheme": detection.get("scheme"), "key": detection.get("key"),
+                           "registry": str(registry_file), "registry_matches": len(entries),
+                           "candidates": [_public(c) for c in checked]}
+    if len(entries) > MAX_CANDIDATES:
+        out["note"] = f"only the newest {MAX_CANDIDATES} of {len(entries)} rows were checked"
+    matched = sorted((c for c in checked if c["verdict"] == "matched"), key=lambda c: c["content"]["distance"])
+    by_label: dict[str, dict[str, Any]] = {}
+    for candidate in matched:
+        by_label.setdefault(candidate["manifest"], candidate)
+    matched = list(by_label.values())
+    consistent = [c for c in checked if c["verdict"] != "inconsistent"]
+    if matched:
+        if len(matched) > 1 and matched[1]["content"]["distance"] - matched[0]["content"]["distance"] < AMBIGUOUS_MARGIN:
+            out["verdict"] = "ambiguous"
+            out["reason"] = f"{len(matched)} registered images match this content about equally"
+        else:
+            out["verdict"] = "matched"
+            out["matched"] = _public(matched[0], full=True)
+    elif not consistent:
+        out["verdict"] = "inconsistent"
+        out["reason"] = "; ".join(sorted({c["reason"] for c in checked}))
+    elif len(consistent) == 1:
+        out["verdict"] = consistent[0]["verdict"]
+        out["reason"] = consistent[0].get("reason")
+    else:
+        out["verdict"] = "ambiguous"
+        out["reason"] = f"{len(consistent)} registered images carry this payload and none matches this content"
+    return out
+
+
+def check_row(entry: Entry, payload: str, scale: Any, image: Any, context: Any) -> dict[str, Any]:
+    """One registry row judged against the signed manifest it stores, then against the image.
+
+    Nothing a row says is believed: the manifest label, the payload and the content fingerprint are
+    all read from the signed manifest, whose signature is checked first.
     """
     import c2pa
 
-    registry_file = settings.registry_path()
-    if registry_file is None:
-        return {}
+    candidate: dict[str, Any] = {"verdict": "inconsistent", "manifest": entry.manifest_label,
+                                 "registry_entry": _entry_summary(entry)}
     try:
-        registry = open_registry(registry_file)
-        lookups = [(detection, registry.lookup(payload_key(detection["payload"]))) for detection in _positive(detections)]
-    except Exception as exc:  # a broken registry must not stop verify: report it for this image
-        return {"registry_error": f"{type(exc).__name__}: {exc}"}
-    for detection, entries in lookups:
-        if not entries:
-            continue
-        if len({entry.manifest_label for entry in entries}) > 1:
-            return {"registry_matches": len(entries),
-                    "note": f"watermark payload {entries[0].payload} is registered for {len(entries)} signed images; "
-                            "it cannot identify one"}
-        entry = entries[0]
-        try:
-            reader = c2pa.Reader("application/c2pa", io.BytesIO(entry.manifest), context=context)
-            store = json.loads(reader.json())
-            reader.close()
-        except c2pa.C2paError as exc:
-            return {"recovered_from_registry": True, "status": "invalid", "error": f"registered manifest unreadable: {exc}"}
-        described = describe_store(store, expect_hard_binding_mismatch=True)
-        described.update(
-            recovered_from_registry=True, binding="watermark", registry=str(registry_file),
-            soft_binding_matches_watermark=True,
-            registry_entry=_entry_summary(entry), record=_record(store),
-        )
-        return described
-    return {}
+        reader = c2pa.Reader("application/c2pa", io.BytesIO(entry.manifest), context=context)
+        store = json.loads(reader.json())
+        reader.close()
+    except (c2pa.C2paError, ValueError) as exc:
+        candidate["reason"] = f"the stored manifest cannot be read ({exc})"
+        return candidate
+    described = describe_store(store, expect_hard_binding_mismatch=True)
+    candidate.update(signature=described["status"], trusted=described["trusted"], signer=described.get("signer") or {},
+                     described=described, record=_record(store))
+    if store.get("active_manifest") != entry.manifest_label:
+        candidate["reason"] = (f"the row names manifest {entry.manifest_label}, its stored manifest is "
+                               f"{store.get('active_manifest')}")
+        return candidate
+    if described["status"] not in ("valid", "untrusted"):
+        candidate["reason"] = f"the stored manifest's signature does not verify ({', '.join(described['failures']) or described['status']})"
+        return candidate
+    binding = described.get("soft_binding") or {}
+    if binding.get("payload") != payload or entry.payload != payload:
+        candidate["reason"] = (f"the signed soft binding names payload {binding.get('payload')}, "
+                               f"not the detected {payload}")
+        return candidate
+    fingerprint = _fingerprint(store)
+    if fingerprint is None:
+        candidate["verdict"] = "unverifiable"
+        candidate["reason"] = "the signed manifest has no content fingerprint (signed by an older sdmark), so this image cannot be compared with it"
+        return candidate
+    if image is None:
+        candidate["verdict"] = "unverifiable"
+        candidate["reason"] = "no pixels to compare"
+        return candidate
+    comparison = compare(fingerprint, image, scale if isinstance(scale, (int, float)) else None)
+    candidate["content"] = comparison.to_json()
+    if comparison.matched:
+        candidate["verdict"] = "matched"
+    else:
+        candidate["verdict"] = "different-content"
+        candidate["reason"] = (f"the payload is registered for another image (content distance {comparison.distance:.2f}, "
+                               f"correlation {comparison.correlation:.2f}): the mark was copied or forged onto this one")
+    return candidate
+
+
+def _public(candidate: dict[str, Any], full: bool = False) -> dict[str, Any]:
+    """A candidate as reported: the row, the signature check, the content comparison, the verdict."""
+    out = {k: v for k, v in candidate.items() if k not in ("described", "record")}
+    if full and candidate.get("described"):
+        described = candidate["described"]
+        out.update({k: described[k] for k in ("claim_generator", "actions", "digital_source_type", "ingredients")
+                    if k in described})
+        out["record"] = candidate.get("record")
+    return out
+
+
+def _fingerprint(store: dict[str, Any]) -> Fingerprint | None:
+    """The content fingerprint signed in the active manifest (``None`` when it has none or it is malformed)."""
+    active = (store.get("manifests") or {}).get(store.get("active_manifest")) or {}
+    for assertion in active.get("assertions") or []:
+        data = assertion.get("data") or {}
+        if assertion.get("label") == SOFT_BINDING_LABEL and data.get("alg") == FINGERPRINT_ALG:
+            try:
+                return Fingerprint.from_json(json.loads((data.get("alg_params") or {}).get("fingerprint") or "null"))
+            except (ValueError, TypeError, AttributeError):
+                return None
+    return None
 
 
 def _entry_summary(entry: Entry) -> dict[str, Any]:
@@ -233,8 +359,8 @@ def _generator(manifest: dict[str, Any]) -> str | None:
 
 def _soft_binding(manifest: dict[str, Any]) -> dict[str, Any] | None:
     for assertion in manifest.get("assertions") or []:
-        if assertion.get("label") == SOFT_BINDING_LABEL:
-            data = assertion.get("data") or {}
+        data = assertion.get("data") or {}
+        if assertion.get("label") == SOFT_BINDING_LABEL and data.get("alg") != FINGERPRINT_ALG:
             params = data.get("alg_params") or {}
             return {"alg": data.get("alg"), "scheme": params.get("scheme"),
                     "payload": payload_key(params["payload"]) if params.get("payload") is not None else None}
@@ -254,23 +380,73 @@ def _record(store: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def summary(found: dict[str, Any]) -> str:
-    """One line for the human output of ``verify``."""
-    if not found.get("present") and not found.get("recovered_from_registry"):
-        return "none"
+    """One line for the human output of ``verify``: the embedded verdict, then the recovery verdict."""
+    parts = []
+    if found.get("present"):
+        parts.append(embedded_summary(found))
+    recovery = found.get("recovery")
+    if recovery is not None:
+        parts.append(recovery_summary(recovery))
+    elif found.get("registry_error"):
+        parts.append(f"registry unreadable: {found['registry_error']}")
+    return "; ".join(parts) if parts else "none"
+
+
+def signer_words(signer: dict[str, Any], trusted: bool | None) -> str:
+    """Who signed, in words that tell two identities with the same name apart."""
+    name = signer.get("common_name") or "an unnamed signer"
+    words = f"signed by {name}" + (f" (issuer {signer['issuer']})" if signer.get("issuer") else "")
+    if signer.get("certificate_sha256"):
+        words += f", certificate SHA-256 {signer['certificate_sha256'][:16]}..."
+    elif signer.get("serial"):
+        words += f", certificate serial {signer['serial']}"
+    if trusted:
+        return words + ", trusted"
+    return words + ", UNTRUSTED: the signer is under no trust anchor given (--trust CA.pem); anyone can make a certificate with this name"
+
+
+def embedded_summary(found: dict[str, Any]) -> str:
     if found.get("error"):
-        return f"{found.get('status')}: {found['error']}"
-    parts = [found.get("status") or "?"]
-    signer = found.get("signer") or {}
-    if signer.get("common_name"):
-        parts.append(f"signed by {signer['common_name']}" + (f" ({signer['issuer']})" if signer.get("issuer") else ""))
-    if found.get("status") == "untrusted":
-        parts.append("signer not under any trust anchor (--trust CA.pem)")
+        return f"embedded {found.get('status')}: {found['error']}"
+    status = found.get("status") or "?"
+    parts = [f"embedded {status}"]
+    if status == "tampered":
+        parts.append("the file changed after it was signed")
+    parts.append(signer_words(found.get("signer") or {}, found.get("trusted")))
     source_type = found.get("digital_source_type")
     if source_type:
         parts.append(source_type.rsplit("/", 1)[-1])
-    if found.get("recovered_from_registry"):
-        parts.append("recovered from the registry through the watermark")
-    return "; ".join(parts)
+    return ", ".join(parts[:1]) + (": " + "; ".join(parts[1:]) if len(parts) > 1 else "")
+
+
+def recovery_summary(recovery: dict[str, Any]) -> str:
+    verdict = recovery.get("verdict")
+    payload = recovery.get("payload")
+    if recovery.get("registry_error"):
+        return f"recovery impossible: registry unreadable ({recovery['registry_error']})"
+    if verdict == "not-registered":
+        return f"recovery: not-registered (payload {payload} is in no row of {recovery.get('registry')})"
+    if verdict == "matched":
+        chosen = recovery["matched"]
+        content = chosen.get("content") or {}
+        changes = ", ".join(content.get("changes") or []) or "no visible change"
+        title = (chosen.get("registry_entry") or {}).get("title")
+        words = (f"recovery: matched the registered image {title} (content distance {content.get('distance', 0):.2f}; "
+                 f"{changes}); {signer_words(chosen.get('signer') or {}, chosen.get('trusted'))}; "
+                 "these credentials describe the registered image, not this file")
+        if "locally edited" in (content.get("changes") or []):
+            words += "; PART OF THIS COPY WAS CHANGED after signing, and the credentials do not cover the change"
+        return words
+    if verdict == "different-content":
+        return (f"recovery: DIFFERENT-CONTENT: the watermark's payload {payload} is registered for another image; "
+                "the mark was copied or forged onto this one, and those credentials do not apply to it")
+    if verdict == "inconsistent":
+        return f"recovery: INCONSISTENT registry: {recovery.get('reason')}; ignored"
+    if verdict == "ambiguous":
+        return f"recovery: ambiguous: {recovery.get('reason')} (payload {payload})"
+    if verdict == "unverifiable":
+        return f"recovery: unverifiable: {recovery.get('reason')}"
+    return f"recovery: {verdict}"
 
 
 __all__ = ["inspect_credentials", "describe_store", "reading_context"]

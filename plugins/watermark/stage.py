@@ -30,6 +30,9 @@ class WatermarkStage(Stage):
         Option("method", str, "sdmark", "Embedding method (sdmark: our own, the most robust; see docs/spectral-watermark.md).", choices=method_names),
         Option("id", str, "auto", "Payload id: 1-16 hex digits, or 'auto' for a random one per image "
                "(stored in the provenance record)."),
+        Option("existing", str, "fail", "An image that already carries a mark (any default scheme): fail (name the "
+               "mark, write nothing), keep (leave it, add none) or replace (add ours over it; recorded).",
+               choices=("fail", "keep", "replace")),
     )
     phases = ("process",)
     changes_pixels = True
@@ -58,6 +61,8 @@ class WatermarkStage(Stage):
         from sdmark.plugins.watermark.schemes import scheme_registry
 
         self._scheme = scheme_registry().get(method.scheme)
+        # Every default scheme, ours included: a mark already there is never replaced silently.
+        self._existing_schemes = scheme_registry().select()
 
     def process_one(self, item: ImageItem, context: RunContext) -> dict[str, Any]:
         from PIL import Image
@@ -71,6 +76,14 @@ class WatermarkStage(Stage):
             raise StageError(problem)
         alpha = image.getchannel("A") if image.mode in ("RGBA", "LA", "PA") else None
         rgb = np.asarray(image.convert("RGB"))
+        existing = self._existing_marks(rgb)
+        policy = self.options["existing"]
+        if existing and policy == "fail":
+            raise StageError(f"the image already carries {_describe(existing)}; not re-marked (watermark:existing=keep "
+                             "leaves that mark and adds none, watermark:existing=replace adds ours over it)")
+        if existing and policy == "keep":
+            return {"method": method.name, "embedded": False, "existing": existing, "existing_policy": "keep",
+                    "summary": f"kept {_describe(existing)} already there; no new mark"}
         ident = payload.parse_id(self.options["id"]) if method.carries_id else b""
         expected = ident.hex() if method.carries_id else None
         marked, detection, strength = self._mark(method, rgb, ident, expected)
@@ -90,7 +103,23 @@ class WatermarkStage(Stage):
         result["summary"] = f"{method.name} id={expected}" if expected else f"{method.name} (keyed pattern)"
         if strength != 1.0:
             result["summary"] += f", strength {strength:g}"
+        if existing:
+            result.update(existing=existing, existing_policy="replace")
+            result["summary"] += f", over the existing {_describe(existing)}"
         return result
+
+    def _existing_marks(self, rgb: np.ndarray) -> list[dict[str, Any]]:
+        """The marks (likely or very likely) that the default schemes find in the input."""
+        from sdmark.plugins.watermark.schemes import ImageView
+
+        view = ImageView(rgb)
+        found = []
+        for scheme in self._existing_schemes:
+            detection = scheme.detect(view)
+            if detection is not None and detection.watermarked:
+                found.append({"scheme": detection.scheme, "payload": detection.payload, "p_value": detection.p_value,
+                              "band": detection.band})
+        return found
 
     def _mark(self, method: Method, rgb: np.ndarray, ident: bytes,
               expected: str | None) -> tuple[np.ndarray, Detection, float]:
@@ -115,6 +144,11 @@ class WatermarkStage(Stage):
         raise StageError(f"{method.name} mark did not read back ({'; '.join(attempts)}); the image content "
                          "cannot carry it (large flat or saturated areas, or a small image of dense texture?); "
                          "not written")
+
+
+def _describe(marks: list[dict[str, Any]]) -> str:
+    return " and ".join(f"a {m['scheme']} mark" + (f" (payload {m['payload']})" if m.get("payload") else "")
+                        + f", p={m['p_value']:.1e}" for m in marks)
 
 
 def _misread(detection: Detection | None, expected: str | None) -> str:

@@ -3,7 +3,9 @@
 :func:`verify_image` runs schemes on pixels; :func:`verify_file` reads a file safely, runs them and
 lets other plugins add to the report through the ``sdmark_inspect_image`` hook. Reports are plain
 JSON-ready dicts: ``path``, ``watermarked`` (``None`` when the file could not be read),
-``detections`` (the schemes that found something, strongest first), ``checked`` and ``error``.
+``detections`` (the schemes that found something, strongest first, each with ``key``: ``public`` or
+``private``), ``checked``, ``expected_marks`` (marks the image's own record names that no scheme
+found) and ``error``. No scheme to run is an error, never "unmarked".
 """
 
 from __future__ import annotations
@@ -13,12 +15,73 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from sdmark.core.errors import SdmarkError
 from sdmark.plugins.watermark.schemes import Detection, ImageView, scheme_registry
 
 
+class NoSchemeError(SdmarkError):
+    """No watermark scheme is available: verify cannot say "unmarked", so it is an error (exit 2)."""
+
+    exit_code = 2
+
+
+PUBLIC_KEY_MEANING = ("public key: anyone can make or remove this mark; it shows that an sdmark tool was used, "
+                      "not by whom")
+
+
 def select_schemes(names: Sequence[str] = (), all_schemes: bool = False) -> list[Any]:
-    """Schemes to run: those named, else every cheap one (every one with ``all_schemes``)."""
-    return scheme_registry().select(names, all_schemes)
+    """Schemes to run: those named, else every cheap one (every one with ``all_schemes``).
+
+    Raises :class:`NoSchemeError` when there are none (the watermark plugin disabled or blocked):
+    verify fails closed rather than call every image unmarked.
+    """
+    schemes = scheme_registry().select(names, all_schemes)
+    if not schemes:
+        raise NoSchemeError("no watermark scheme is available (is the watermark plugin disabled, e.g. by "
+                            "SDMARK_DISABLE_PLUGINS?): cannot check for marks")
+    return schemes
+
+
+def detection_key(scheme: Any) -> str:
+    """``public`` or ``private``: who can make (and remove) a mark of this scheme.
+
+    Fixed messages and the DWT payload schemes have no key; the sdmark mark is keyed, with the
+    published default key unless ``SDMARK_WATERMARK_KEY`` is set. A third-party scheme says so
+    itself with a ``key`` attribute.
+    """
+    declared = getattr(scheme, "key", None)
+    if declared in ("public", "private"):
+        return declared
+    if getattr(scheme, "name", None) == "sdmark":
+        from sdmark.plugins.watermark import spectral
+        from sdmark.plugins.watermark.methods import spectral_key
+
+        return "public" if spectral_key() == spectral.PUBLIC_KEY else "private"
+    return "public"
+
+
+def expected_marks(record: dict[str, Any] | None, detections: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Marks that the image's own sdmark record (unsigned metadata: a claim) says were embedded but
+    that no scheme found here, each with how to check it."""
+    if not isinstance(record, dict):
+        return []
+    found = {d.get("scheme") for d in detections if d.get("band") in ("likely", "very likely")}
+    missing = []
+    for entry in record.get("stages") or []:
+        result = entry.get("result") if isinstance(entry, dict) else None
+        if not isinstance(result, dict) or not result.get("scheme") or result.get("embedded") is False:
+            continue
+        scheme = str(result["scheme"])
+        if scheme in found:
+            continue
+        how = f"sdmark verify --scheme {scheme}"
+        if scheme == "sdmark":
+            how = "set SDMARK_WATERMARK_KEY to the deployment's key, then sdmark verify (a private-key mark reads only with its key)"
+        elif scheme == "rivagan":
+            how = "sdmark verify --all-schemes (rivaGan is costly, so not run by default)"
+        missing.append({"stage": entry.get("stage"), "scheme": scheme, "payload": result.get("payload"),
+                        "method": result.get("method"), "how_to_check": how})
+    return missing
 
 
 def detect(image: Any, schemes: Iterable[Any] | None = None) -> list[Detection]:
@@ -27,13 +90,20 @@ def detect(image: Any, schemes: Iterable[Any] | None = None) -> list[Detection]:
         schemes = select_schemes()
     rgb = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
     view = ImageView(rgb)
-    found = [d for d in (scheme.detect(view) for scheme in schemes) if d is not None]
+    found = []
+    for scheme in schemes:
+        detection = scheme.detect(view)
+        if detection is not None:
+            detection.details.setdefault("key", detection_key(scheme))
+            found.append(detection)
     return sorted(found, key=lambda d: d.p_value)
 
 
 def verify_image(image: Any, schemes: Iterable[Any] | None = None) -> dict[str, Any]:
     """The verdict for one image: ``watermarked``, the ``detections`` above band ``none``, ``checked``."""
     schemes = list(schemes) if schemes is not None else select_schemes()
+    if not schemes:
+        raise NoSchemeError("no watermark scheme to run: cannot check for marks")
     detections = detect(image, schemes)
     return {
         "watermarked": any(d.watermarked for d in detections),
@@ -55,9 +125,13 @@ def verify_file(path: Path | str, schemes: Iterable[Any] | None = None, inspect:
         return report
     try:
         report.update(verify_image(loaded.image, schemes))
+    except NoSchemeError as exc:
+        report["error"] = f"{path}: {exc}"
+        return report
     except Exception as exc:  # a detector failing on one image must not stop a folder
         report["error"] = f"{path}: verification failed: {type(exc).__name__}: {exc}"
         return report
+    report["expected_marks"] = expected_marks(loaded.metadata.get("record"), report["detections"])
     if inspect:
         from sdmark.core.plugins import pm
 

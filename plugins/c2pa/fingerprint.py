@@ -1,0 +1,284 @@
+"""A perceptual fingerprint of an image's content, signed into its C2PA manifest.
+
+A watermark payload says only that *some* sdmark image once carried this id: the mark can be
+estimated from one image and added to another (the copy attack). So the signed manifest also binds
+the content: a PDQ hash (Meta's perceptual hash, made for matching at scale; ``pdqhash``) and a small
+greyscale thumbnail (long side :data:`THUMB_SIDE` px), both of the pixels as written. Recovery
+compares the image under test with them, never with anything a registry row says.
+
+Why PDQ over a thumbnail: measured on photos and flat illustrations (``benchmarks/attribution.py
+--fingerprints``), PDQ, imagehash's pHash-256 and the ISCC image code separate re-encoded copies
+from unrelated images about equally well on whole images, and none of them survives a crop (all
+three are global DCT hashes). PDQ is computed in C++ in 0.08 ms from the thumbnail (pHash 2.4 ms,
+ISCC's pure-Python DCT 4 ms), which is what lets verify compare a crop region by region: the
+watermark's synchronisation gives the scale, the thumbnail gives the position, and the hash and a
+correlation are computed on the matching region only.
+
+Pure functions over arrays; nothing here touches files or the ``c2pa`` package.
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+ALG = "dev.sdmark.fingerprint.pdq-thumb64"
+"""The soft-binding ``alg`` of the fingerprint assertion (sdmark's namespace: PDQ over our thumbnail)."""
+THUMB_SIDE = 64
+HASH_BITS = 256
+# Thresholds measured by benchmarks/attribution.py (see docs/content-credentials.md for the table).
+MATCH_DISTANCE = 0.30
+"""Largest PDQ distance (fraction of the 256 bits) of the aligned region that still counts as the same content."""
+MATCH_CORRELATION = 0.80
+"""Smallest correlation of the aligned thumbnails that counts as the same content."""
+EDIT_BLOCK = 8
+EDIT_RESIDUAL = 0.5
+"""An 8x8 thumbnail block whose residual (after fitting gain and offset) exceeds this share of the
+image's contrast is a local change: the copy was drawn on, captioned or partly replaced."""
+MIN_AGREEING = 0.75
+"""Smallest share of agreeing blocks for a locally edited copy to still count as the same content."""
+MAX_EDITED_BOX = 0.3
+"""Largest share of the area that the changed blocks of a locally edited copy may span (one compact edit)."""
+EDITED_CORRELATION = 0.9
+"""Smallest correlation over the agreeing blocks of a locally edited copy."""
+WHOLE = 0.97
+"""A region at least this share of the signed image on both axes is compared as the whole image."""
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """The signed content fingerprint of one image: its size, PDQ hash and greyscale thumbnail."""
+
+    width: int
+    height: int
+    pdq: bytes
+    thumbnail: np.ndarray = field(repr=False, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The assertion's ``alg_params``: plain JSON (the thumbnail as zlib-compressed base64 bytes)."""
+        thumb = np.ascontiguousarray(self.thumbnail, dtype=np.uint8)
+        return {
+            "width": int(self.width), "height": int(self.height), "pdq": self.pdq.hex(),
+            "thumbnail": {"width": int(thumb.shape[1]), "height": int(thumb.shape[0]),
+                          "grey_zlib_b64": base64.b64encode(zlib.compress(thumb.tobytes(), 9)).decode("ascii")},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Fingerprint":
+        """Parse :meth:`to_json` output; ``ValueError`` on anything malformed (it came from a file)."""
+        try:
+            thumb = data["thumbnail"]
+            tw, th = int(thumb["width"]), int(thumb["height"])
+            if not (0 < tw <= THUMB_SIDE and 0 < th <= THUMB_SIDE):
+                raise ValueError("thumbnail size out of range")
+            raw = zlib.decompressobj().decompress(base64.b64decode(thumb["grey_zlib_b64"]), tw * th + 1)
+            pixels = np.frombuffer(raw, dtype=np.uint8)
+            if pixels.size != tw * th:
+                raise ValueError("thumbnail size does not match its pixels")
+            pdq = bytes.fromhex(data["pdq"])
+            if len(pdq) * 8 != HASH_BITS:
+                raise ValueError("PDQ hash is not 256 bits")
+            width, height = int(data["width"]), int(data["height"])
+            if width <= 0 or height <= 0:
+                raise ValueError("image size out of range")
+        except (KeyError, TypeError, ValueError, zlib.error) as exc:
+            raise ValueError(f"malformed fingerprint: {exc}") from None
+        return cls(width=width, height=height, pdq=pdq, thumbnail=pixels.reshape(th, tw).copy())
+
+
+@dataclass
+class Comparison:
+    """How the image under test compares with a signed fingerprint."""
+
+    matched: bool
+    distance: float
+    """PDQ distance of the aligned region, 0 (same bits) to 1; unrelated images sit near 0.5."""
+    correlation: float
+    changes: list[str]
+    """What likely happened to a matched copy: ``resized``, ``cropped``, ``tone changed``, ``locally edited``."""
+    region: tuple[int, int, int, int] | None = None
+    """Where the image under test sits in the signed image (x, y, width, height, in its pixels)."""
+    agreeing: float = 1.0
+    """Share of the compared area that agrees with the signed content (the rest was changed)."""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"distance": round(self.distance, 4), "correlation": round(self.correlation, 4),
+                               "agreeing": round(self.agreeing, 4), "changes": self.changes}
+        if self.region is not None:
+            out["region"] = list(self.region)
+        return out
+
+
+def grey(image: Any) -> np.ndarray:
+    """``image`` (PIL image or ``(H, W[, C])`` uint8 array) as a 2-D uint8 luma array."""
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(np.ascontiguousarray(image[..., :3]) if image.ndim == 3 else image)
+    return np.asarray(image.convert("L"))
+
+
+def _resize(plane: np.ndarray, width: int, height: int) -> np.ndarray:
+    import cv2
+
+    if (plane.shape[1], plane.shape[0]) == (width, height):
+        return plane
+    shrinking = width < plane.shape[1] and height < plane.shape[0]
+    return cv2.resize(plane, (max(1, width), max(1, height)), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def thumbnail(plane: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
+    """The greyscale thumbnail (long side ``side``) of a luma plane, area-averaged."""
+    h, w = plane.shape
+    k = side / max(h, w)
+    return _resize(plane, max(1, round(w * k)), max(1, round(h * k)))
+
+
+def pdq(plane: np.ndarray) -> bytes:
+    """The 256-bit PDQ hash of a luma plane (of any size; ``pdqhash`` resamples it)."""
+    import pdqhash
+
+    bits, _quality = pdqhash.compute(np.ascontiguousarray(np.stack([plane] * 3, axis=-1)))
+    return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes()
+
+
+def fingerprint(image: Any) -> Fingerprint:
+    """The fingerprint of ``image`` as it is (call it on the pixels as written)."""
+    plane = grey(image)
+    thumb = thumbnail(plane)
+    return Fingerprint(width=plane.shape[1], height=plane.shape[0], pdq=pdq(thumb), thumbnail=thumb)
+
+
+def hamming(a: bytes, b: bytes) -> float:
+    """Share of differing bits between two equal-length hashes."""
+    x = np.unpackbits(np.frombuffer(a, np.uint8) ^ np.frombuffer(b, np.uint8))
+    return float(x.mean())
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.astype(np.float32) - a.mean()
+    b = b.astype(np.float32) - b.mean()
+    denominator = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denominator) if denominator > 0 else 0.0
+
+
+def compare(signed: Fingerprint, image: Any, scale: float | None = None) -> Comparison:
+    """Compare ``image`` with the signed fingerprint; ``scale`` is the watermark's estimate of the
+    resize factor (test pixels per signed pixel), when its scheme synchronises.
+
+    Without ``scale`` the image is taken as a resize of the whole (when its aspect ratio matches) or
+    a crop along one axis. A smaller region is searched for in the thumbnail (normalised
+    correlation, sub-pixel), and the PDQ hash and the correlation are computed on that region only.
+    The same content is a PDQ distance of at most :data:`MATCH_DISTANCE` with a correlation of at
+    least :data:`MATCH_CORRELATION`, or, for a copy with a local change (a caption band, a drawn box),
+    the same correlation over at least :data:`MIN_AGREEING` of the area with the rest called edited.
+    """
+    import cv2
+
+    plane = grey(image)
+    h, w = plane.shape
+    thumb = signed.thumbnail
+    th, tw = thumb.shape
+    if scale is None or not np.isfinite(scale) or scale <= 0:
+        scale_w, scale_h = w / signed.width, h / signed.height
+        scale = scale_w if abs(scale_w - scale_h) <= 0.02 * max(scale_w, scale_h) else max(scale_w, scale_h)
+    k = tw / signed.width  # thumbnail pixels per signed pixel
+    rw, rh = w / scale * k, h / scale * k
+    changes: list[str] = []
+    if abs(scale - 1) > 0.02:
+        changes.append("resized")
+    if rw >= WHOLE * tw and rh >= WHOLE * th:
+        region = (0, 0, signed.width, signed.height)
+        reference, probe = thumb.astype(np.float32), _resize(plane, tw, th).astype(np.float32)
+    else:
+        cw, ch = min(tw, max(8, round(rw))), min(th, max(8, round(rh)))
+        probe8 = _resize(plane, cw, ch)
+        scores = cv2.matchTemplate(thumb, probe8, cv2.TM_CCOEFF_NORMED)
+        _, _, _, (x, y) = cv2.minMaxLoc(scores)
+        fx, fy = x + _vertex(scores, x, y, axis=1), y + _vertex(scores, x, y, axis=0)
+        centre = (fx + (cw - 1) / 2, fy + (ch - 1) / 2)
+        reference = cv2.getRectSubPix(thumb.astype(np.float32), (cw, ch), centre)
+        probe = probe8.astype(np.float32)
+        region = (round(fx / k), round(fy / k), round(cw / k), round(ch / k))
+        changes.append("cropped")
+    # A light blur on both sides: a thumbnail of fine texture aliases, and a sub-pixel shift of it
+    # would otherwise read as a change of content.
+    reference = cv2.GaussianBlur(reference, (0, 0), 0.6)
+    probe = cv2.GaussianBlur(probe, (0, 0), 0.6)
+    distance = hamming(pdq(np.clip(reference, 0, 255).astype(np.uint8)), pdq(np.clip(probe, 0, 255).astype(np.uint8)))
+    correlation, agreeing, edited_box, tone = _agreement(reference, probe)
+    whole_match = distance <= MATCH_DISTANCE and correlation >= MATCH_CORRELATION
+    edited_match = (agreeing >= MIN_AGREEING and edited_box <= MAX_EDITED_BOX
+                    and correlation >= EDITED_CORRELATION)
+    matched = whole_match or edited_match
+    if matched:
+        if tone:
+            changes.append("tone changed")
+        if agreeing < 0.995:
+            changes.append("locally edited")
+    return Comparison(matched=matched, distance=distance, correlation=correlation, changes=changes, region=region,
+                      agreeing=agreeing)
+
+
+def _vertex(scores: np.ndarray, x: int, y: int, axis: int) -> float:
+    """Sub-pixel offset of a correlation peak along one axis (a parabola through three samples)."""
+    line = scores[y, :] if axis == 1 else scores[:, x]
+    i = x if axis == 1 else y
+    if i <= 0 or i >= line.size - 1:
+        return 0.0
+    left, centre, right = float(line[i - 1]), float(line[i]), float(line[i + 1])
+    curvature = left - 2 * centre + right
+    return float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5)) if curvature < 0 else 0.0
+
+
+def _agreement(reference: np.ndarray, probe: np.ndarray) -> tuple[float, float, float, bool]:
+    """(correlation over the agreeing blocks, share of blocks agreeing, share of the area inside the
+    bounding box of the disagreeing blocks, whether tone changed).
+
+    Gain and offset are fitted on block means, first on all blocks, then on the better half, then on
+    the blocks within :data:`EDIT_RESIDUAL` of the image's contrast, so a caption band or a drawn box
+    neither drags the fit nor hides the rest. Unrelated images have no fit to begin with: few blocks
+    agree, and those that do not are scattered rather than one compact region.
+    """
+    h, w = reference.shape
+    hb, wb = max(1, h // EDIT_BLOCK), max(1, w // EDIT_BLOCK)
+    bh, bw = h // hb, w // wb
+    a = reference[:hb * bh, :wb * bw].reshape(hb, bh, wb, bw).transpose(0, 2, 1, 3).reshape(hb * wb, bh * bw)
+    b = probe[:hb * bh, :wb * bw].reshape(hb, bh, wb, bw).transpose(0, 2, 1, 3).reshape(hb * wb, bh * bw)
+    spread = float(a.std()) or 1.0
+    keep = np.ones(hb * wb, dtype=bool)
+    gain = offset = 0.0
+    for step in range(3):
+        x, y = a[keep].ravel(), b[keep].ravel()
+        if x.size < 16 or float(x.std()) == 0:
+            return 0.0, 0.0, 1.0, False
+        gain = float(((x - x.mean()) * (y - y.mean())).mean() / x.var())
+        offset = float(y.mean() - gain * x.mean())
+        residual = np.abs(b - (gain * a + offset)).mean(axis=1) / (max(abs(gain), 0.05) * spread)
+        keep = residual <= (np.median(residual) if step == 0 else EDIT_RESIDUAL)
+        if not keep.any():
+            return 0.0, 0.0, 1.0, False
+    correlation = _correlation(a[keep], b[keep])
+    bad = ~keep.reshape(hb, wb)
+    if bad.any():
+        rows, cols = np.flatnonzero(bad.any(axis=1)), np.flatnonzero(bad.any(axis=0))
+        box = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1) / (hb * wb)
+    else:
+        box = 0.0
+    tone = abs(gain - 1) > 0.1 or abs(offset + (gain - 1) * float(a.mean())) > 0.1 * 255
+    return correlation, float(keep.mean()), float(box), tone
+
+
+def thumbnail_png(signed: Fingerprint) -> bytes:
+    """The thumbnail as a small greyscale PNG (the registry's copy, for listing; never compared against)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(signed.thumbnail, dtype=np.uint8), "L").save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()
