@@ -1,8 +1,8 @@
 """Scaling: images per second for verify and for process (watermark + C2PA sign) on the local
 executor (1 process, a pool of 2) and on Ray (1 and 2 actors), on the same inputs in one run.
 
-Each configuration runs once on all ``--images``, through the executor interface every command
-uses (``sdmark.core.executor``). Each worker stamps the wall-clock time at which it finished each
+Each configuration runs ``--rounds`` times (alternating order; the best round counts) on all
+``--images``, through the executor interface every command uses (``sdmark.core.executor``). Each worker stamps the wall-clock time at which it finished each
 chunk; the steady rate counts only the images finished after every worker has finished its first
 chunk (so every worker is running), up to the last one. Start-up (spawning processes, importing
 torch, loading schemes, building the signer; for Ray, starting its actors) is reported on its own,
@@ -12,7 +12,7 @@ serialising chunks and results) shows as idle gaps in its workers and so lowers 
 Targets: Ray's per-image cost at most 10% above the local pool with the same number of
 workers; scaling from 1 to 2 Ray actors >= 0.8 (throughput(2) / (2 x throughput(1))).
 
-    nice -n 10 .venv/bin/python benchmarks/scale.py [--images 96] [--size 512]
+    nice -n 10 .venv/bin/python benchmarks/scale.py [--images 64] [--size 512] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -79,8 +79,9 @@ def rates(stamps: list[tuple[float, int, int]], began: float) -> tuple[float, fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=2, help="runs of every configuration (the best is kept)")
     args = parser.parse_args()
 
     import ray
@@ -143,14 +144,18 @@ def main() -> None:
         ]
         table: dict[tuple[str, str], tuple[float, float]] = {}
         for task, work, files in (("verify", verify_on, marked), ("process", process_on, inputs)):
-            for name, make, workers in configs:
+            # Rounds in alternating order; each configuration keeps its best round, so a burst of
+            # load from elsewhere on a shared machine hits one round, not the figure.
+            order = [config for round_ in range(args.rounds) for config in (configs if round_ % 2 == 0 else configs[::-1])]
+            for name, make, workers in order:
                 began = time.time()
                 with make() as executor:
                     chunks = work(executor, files)
                 wall = time.time() - began
                 stamps = [(float(w), int(p), int(n)) for c in chunks for w, p, n in [c.warnings[-1].split()]]
                 rate, startup = rates(stamps, began)
-                table[task, name] = (rate, startup)
+                if (task, name) not in table or rate > table[task, name][0]:
+                    table[task, name] = (rate, startup)
                 print(f"  {task:<8} {name:<16} {rate:6.2f} img/s   start-up {startup:5.1f} s"
                       f"   (wall {wall:.1f} s for {len(files)}; load {os.getloadavg()[0]:.2f})", flush=True)
         print(f"load after: {os.getloadavg()[0]:.2f}")
@@ -165,7 +170,13 @@ def main() -> None:
             print(f"| {task} | {rate['local 1 process']:.2f} | {rate['local -j 2']:.2f} | {rate['Ray 1 actor']:.2f} | "
                   f"{rate['Ray 2 actors']:.2f} | {over1:+.0%}, {over2:+.0%} (target <= +10%) | {scaling:.2f} (target >= 0.8) | "
                   f"{table[task, 'local -j 2'][1]:.1f} s / {table[task, 'Ray 2 actors'][1]:.1f} s |")
-        print(f"\nper-image cost on one worker (ms): " + ", ".join(
+        import sqlite3
+
+        with sqlite3.connect(scratch / "registry.sqlite") as db:
+            rows, manifest, thumbnail = db.execute(
+                "SELECT COUNT(*), AVG(LENGTH(manifest)), AVG(COALESCE(LENGTH(thumbnail), 0)) FROM manifests").fetchone()
+        print(f"\nregistry: {rows} rows, {manifest / 1024:.1f} KiB manifest + {thumbnail / 1024:.1f} KiB thumbnail per row")
+        print(f"per-image cost on one worker (ms): " + ", ".join(
             f"{task} {1000 / table[task, 'local 1 process'][0]:.0f}" for task in ("verify", "process")))
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)

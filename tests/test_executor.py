@@ -1,4 +1,4 @@
-"""Executors: the local pool and Ray give the same reports, JSON lines, files and exit codes as a
+"""Executors: Ray gives the same reports, JSON lines, files and exit codes as a
 plain local run; Ray actors ask for fractional CPUs so a full pool cannot hang 2 cores; the
 Python API classes work with ``ray.data.Dataset.map_batches``."""
 
@@ -101,13 +101,6 @@ def test_ray_process_and_verify_equal_local(cli_runner, ray_cluster, signing, in
     assert {r["content_credentials"]["signer"]["common_name"] for r in marked} == {"Executor Test"}
 
 
-def test_local_pool_equals_one_process(cli_runner, inputs, tmp_path):
-    one, one_lines = _process(cli_runner, inputs, tmp_path / "one")
-    two, two_lines = _process(cli_runner, inputs, tmp_path / "two", "-j", "2")
-    assert one.exit_code == two.exit_code == 1
-    assert two_lines == one_lines
-
-
 def test_python_api_with_map_batches(ray_cluster, inputs, tmp_path):
     import ray.data
 
@@ -135,7 +128,7 @@ def test_python_api_with_map_batches(ray_cluster, inputs, tmp_path):
 def test_ray_generate_equals_local(cli_runner, ray_cluster, tiny_model_dir, tmp_path):
     """One pipeline per actor (a CPU actor here: this machine has no GPU); same images and lines."""
     runner, cli = cli_runner
-    args = ["generate", "a red fox", "-n", "3", "--seed", "7", "--steps", "2", "-m", str(tiny_model_dir),
+    args = ["generate", "a red fox", "-n", "2", "--seed", "7", "--steps", "2", "-m", str(tiny_model_dir),
             "--chain", "watermark:id=9e4", "--no-safety", "--json"]
     local = runner.invoke(cli, [*args, "-o", str(tmp_path / "local")])
     on_ray = runner.invoke(cli, [*args, "-o", str(tmp_path / "ray"), "--executor", "ray"])
