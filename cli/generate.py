@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from sdmark.cli.executor_options import executor_options
 from sdmark.cli.main import cli
 from sdmark.cli.options import build_chain, chain_options, output_options, warn
 from sdmark.cli.report import Reporter
@@ -60,11 +61,12 @@ def _read_prompts(path: Path) -> list[str]:
 @click.option("--vae-slicing", is_flag=True, help="Decode a batch one image at a time (less memory).")
 @click.option("--vae-tiling", is_flag=True, help="Decode large images in tiles (less memory).")
 @click.option("--attention-slicing", is_flag=True, help="Compute attention in slices (less memory, slower).")
+@executor_options
 @chain_options(default="safety watermark")
 @output_options(default_dir="outputs")
 def generate_command(prompt, prompts_file, count, seed, steps, guidance, negative_prompt, size, model, scheduler, device,
-                     dtype, batch_size, cpu_offload, vae_slicing, vae_tiling, attention_slicing, chain_spec, no_safety,
-                     output_dir, fmt, quality, overwrite, as_json, progress) -> None:
+                     dtype, batch_size, cpu_offload, vae_slicing, vae_tiling, attention_slicing, executor, ray_address,
+                     chain_spec, no_safety, output_dir, fmt, quality, overwrite, as_json, progress) -> None:
     """Generate images for PROMPT (or each line of --prompts-file), run the chain, write them."""
     if (prompt is None) == (prompts_file is None):
         raise click.UsageError("give a PROMPT or --prompts-file (one of them)")
@@ -78,7 +80,16 @@ def generate_command(prompt, prompts_file, count, seed, steps, guidance, negativ
     )
     chain = build_chain(chain_spec, ensure_safety=True, no_safety=no_safety)
     reporter = Reporter(as_json)
-    generate(settings, chain, OutputOptions(output_dir, fmt, quality, overwrite), safety="off" if no_safety else "on",
-             progress=progress, on_result=reporter, warn=warn)
+    run = dict(safety="off" if no_safety else "on", progress=progress, on_result=reporter, warn=warn)
+    output = OutputOptions(output_dir, fmt, quality, overwrite)
+    if executor == "local":
+        generate(settings, chain, output, **run)
+    else:
+        # One pipeline per GPU of the cluster (one CPU actor where it has none).
+        from sdmark.core.executor import make_executor
+        from sdmark.core.executor_steps import generate_with
+
+        with make_executor(executor, None, ray_address) as pool:
+            generate_with(pool, settings, chain, output, **run)
     sys.exit(reporter.finish(output_dir))
 

@@ -9,20 +9,11 @@ from typing import Any, Iterator
 
 import click
 
+from sdmark.cli.executor_options import executor_options
 from sdmark.cli.main import cli
 from sdmark.plugins.c2pa.settings import trust_anchors_option
 
 EXIT_ALL_MARKED, EXIT_SOME_UNMARKED, EXIT_UNREADABLE = 0, 1, 2
-
-
-def _verify_one(job: tuple[str, str | None, tuple[str, ...], bool]) -> dict[str, Any]:
-    """Verify one input (runs in worker processes with ``--jobs``; loads plugins on first call)."""
-    path, error, names, all_schemes = job
-    if error:
-        return {"path": path, "watermarked": None, "detections": [], "error": error}
-    from sdmark.plugins.watermark.verify import select_schemes, verify_file
-
-    return verify_file(path, select_schemes(names, all_schemes))
 
 
 def _human(report: dict[str, Any]) -> str:
@@ -93,7 +84,8 @@ def _list_schemes() -> None:
               help="Check only this scheme (repeatable); see --list-schemes.")
 @click.option("--all-schemes", is_flag=True, help="Also run costly schemes (rivaGan's network, ~0.6 s an image).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Worker processes for large folders.")
+              help="Worker processes for large folders (Ray actors with --executor ray).")
+@executor_options
 @click.option("--progress/--no-progress", default=None, help="Force the progress bar on or off (default: on a terminal).")
 @click.option("--list-schemes", is_flag=True, help="List the schemes verify knows and exit.")
 @click.option("--require-credentials", is_flag=True,
@@ -103,7 +95,8 @@ def _list_schemes() -> None:
               callback=trust_anchors_option, expose_value=False,
               help="Trust anchor for Content Credentials (repeatable; adds to SDMARK_TRUST_ANCHORS): "
                    "manifests signed under it are reported valid, others untrusted.")
-def verify_command(inputs, as_json, schemes, all_schemes, jobs, progress, list_schemes, require_credentials) -> None:
+def verify_command(inputs, as_json, schemes, all_schemes, jobs, executor, ray_address, progress, list_schemes,
+                   require_credentials) -> None:
     """Check image files and folders (recursively) for invisible watermarks.
 
     For each image: whether it is watermarked, by which scheme, the p-value (chance that an unmarked
@@ -137,7 +130,7 @@ def verify_command(inputs, as_json, schemes, all_schemes, jobs, progress, list_s
     lacking = 0
     with tqdm(total=len(work), unit="img", desc="verifying", file=sys.stderr,
               disable=None if progress is None else not progress) as bar:
-        for report in _run(work, jobs):
+        for report in _run(work, jobs, executor, ray_address):
             key = "error" if report["error"] else ("watermarked" if report["watermarked"] else "unmarked")
             counts[key] += 1
             if require_credentials and not report["error"] and not meets_credentials(report):
@@ -155,16 +148,12 @@ def verify_command(inputs, as_json, schemes, all_schemes, jobs, progress, list_s
     sys.exit(EXIT_SOME_UNMARKED if counts["unmarked"] or lacking else EXIT_ALL_MARKED)
 
 
-def _run(work: list[tuple[str, str | None, tuple[str, ...], bool]], jobs: int) -> Iterator[dict[str, Any]]:
-    """Reports in input order; with ``jobs > 1`` from a pool of fresh (spawned) processes."""
-    if jobs == 1 or len(work) < 2:
-        for job in work:
-            yield _verify_one(job)
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+def _run(work: list[tuple[str, str | None, tuple[str, ...], bool]], jobs: int, executor: str = "local",
+         ray_address: str | None = None) -> Iterator[dict[str, Any]]:
+    """Reports in input order, from this process, a pool of ``jobs`` processes or ``jobs`` Ray actors."""
+    from sdmark.core.executor import make_executor
+    from sdmark.core.executor_steps import verify_reports
 
-    # spawn, not fork: the parent may hold threads (torch, tqdm) that a forked child would inherit locked.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(work)), mp_context=context) as pool:
-        yield from pool.map(_verify_one, work, chunksize=max(1, min(16, len(work) // (4 * jobs))))
+    names, all_schemes = (work[0][2], work[0][3]) if work else ((), False)
+    with make_executor(executor, jobs, ray_address) as pool:
+        yield from verify_reports([(path, error) for path, error, _, _ in work], pool, names, all_schemes)

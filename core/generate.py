@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Collection, Literal
 
 from sdmark.core.chain import Chain
 from sdmark.core.errors import SdmarkError
@@ -83,12 +83,15 @@ def generate(
     progress: bool | None = None,
     on_result: Callable[[ItemResult], None] | None = None,
     warn: Callable[[str], None] | None = None,
+    indices: Collection[int] | None = None,
 ) -> list[ItemResult]:
     """Generate images for ``settings`` through ``chain``; write them to ``output`` if given.
 
     ``safety="on"`` requires a safety-checking stage in the chain (sdmark fails closed);
     ``safety="off"`` is the explicit opt-out, recorded in every image's provenance. Pass an already
     loaded ``pipeline`` to reuse it across calls. Returns one :class:`ItemResult` per image.
+    ``indices`` (with a fixed seed) makes only those images of the run: how an executor's workers
+    share one run (see :mod:`sdmark.core.executor_steps`).
     """
     import torch
     from tqdm.auto import tqdm
@@ -116,7 +119,7 @@ def generate(
     chain.setup(context)
     writer = Writer(output, context) if output is not None else None
     sampler = sampler_name(pipe, settings.scheduler)
-    jobs = _jobs(settings)
+    jobs = [job for job in _jobs(settings) if indices is None or job[0] in indices]
     results: list[ItemResult] = []
     pipe.scheduler.set_timesteps(settings.steps)  # some schedulers (PLMS) take more steps than asked
     steps_per_image = len(pipe.scheduler.timesteps)

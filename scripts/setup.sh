@@ -16,13 +16,24 @@ if ! command -v tesseract >/dev/null 2>&1; then
     fi
 fi
 
+# PostgreSQL server binaries for the shared-registry tests, which start their own server in a
+# temp folder (initdb/pg_ctl from /usr/lib/postgresql/*/bin, as the package's postgres user when root).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null) \
+            || { echo "setup: could not install postgresql (needed by tests/test_registry_postgres.py)" >&2; exit 1; }
+    else
+        echo "setup: PostgreSQL not found (apt-get install postgresql); tests/test_registry_postgres.py will fail" >&2
+    fi
+fi
+
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=".venv/bin/python -m pip --disable-pip-version-check"
 $PIP install -q --upgrade pip
 $PIP install -q "$TORCH_SPEC"
-$PIP install -q -e ".[safety,c2pa,test]"
+$PIP install -q -e ".[safety,c2pa,test,ray,postgres]"
 # spandrel declares torchvision, whose PyPI build replaces the CPU torch: install it without deps.
 $PIP install -q einops
 $PIP install -q --no-deps "spandrel>=0.4"
 # Both opencv-python (invisible-watermark) and opencv-python-headless (nudenet) provide cv2.
-.venv/bin/python -c "import cv2, torch, diffusers, imwatermark, sdmark.core; print('setup: ok, torch', torch.__version__, 'cv2', cv2.__version__)"
+.venv/bin/python -c "import cv2, torch, diffusers, imwatermark, ray.data, psycopg, sdmark.core; print('setup: ok, torch', torch.__version__, 'cv2', cv2.__version__)"

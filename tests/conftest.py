@@ -104,3 +104,19 @@ def cli_runner():
     from sdmark.cli.main import get_cli
 
     return CliRunner(), get_cli()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs, as on the CI machine) shared by every test that asks for it:
+    starting Ray costs ~10 s. sdmark's Ray executor joins it instead of starting its own."""
+    import shutil
+    import tempfile
+
+    ray = pytest.importorskip("ray")
+    # A short folder of our own: Ray's socket paths must stay under the OS limit.
+    temp = tempfile.mkdtemp(prefix="sdmark-ray-", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR", _temp_dir=temp)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)

@@ -30,9 +30,13 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from sdmark.core.errors import SdmarkError
+
+if TYPE_CHECKING:
+    from sdmark.plugins.c2pa.registry_store import DatabaseURL, RegistryStore
 
 SCHEMA_VERSION = 2
 _CREATE_V1 = """
@@ -81,10 +85,14 @@ class Entry:
     signer_sha256: str | None = None
 
 
-def open_registry(path: Path) -> "Registry":
+def open_registry(path: "Path | DatabaseURL") -> "RegistryStore":
     """A :class:`Registry` for ``path``. Connections are opened lazily and kept per object; the
-    caller keeps the object for a run (opening and closing SQLite in WAL mode costs more than an insert)."""
-    return Registry(path)
+    caller keeps the object for a run (opening and closing SQLite in WAL mode costs more than an insert).
+    A ``postgresql://`` location (:class:`~sdmark.plugins.c2pa.registry_store.DatabaseURL`) opens the
+    shared PostgreSQL registry instead (:mod:`sdmark.plugins.c2pa.registry_postgres`)."""
+    from sdmark.plugins.c2pa.registry_store import open_store
+
+    return open_store(path)
 
 
 class Registry:

@@ -20,7 +20,8 @@ variable                    meaning
 ``SDMARK_TSA_URL``          RFC 3161 time-stamp authority (keeps signatures valid after the
                             certificate expires; needs the network)
 ``SDMARK_REGISTRY``         SQLite file of signed manifests keyed by watermark payload
-                            (default ``$XDG_DATA_HOME/sdmark/registry.sqlite``); ``off`` disables it
+                            (default ``$XDG_DATA_HOME/sdmark/registry.sqlite``), or a shared
+                            ``postgresql://USER@HOST/DB`` database; ``off`` disables it
 ``SDMARK_TRUST_ANCHORS``    PEM files of CAs whose signatures ``verify`` calls trusted, separated
                             by ``os.pathsep`` (``:`` on Unix); ``sdmark verify --trust`` adds to them
 ==========================  ====================================================================
@@ -31,9 +32,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from sdmark.core.errors import SdmarkError
+
+if TYPE_CHECKING:
+    from sdmark.plugins.c2pa.registry_store import DatabaseURL
 
 CA_CERT = "ca.pem"
 SIGNER_CHAIN = "signer-chain.pem"
@@ -89,13 +93,15 @@ def keys_dir() -> Path:
     return Path(override).expanduser() if override else _xdg("XDG_CONFIG_HOME", ".config") / "sdmark" / "keys"
 
 
-def registry_path() -> Path | None:
-    """The SQLite registry file, or ``None`` when ``SDMARK_REGISTRY=off``."""
+def registry_path() -> "Path | DatabaseURL | None":
+    """The SQLite registry file, a ``postgresql://`` database, or ``None`` when ``SDMARK_REGISTRY=off``."""
+    from sdmark.plugins.c2pa.registry_store import parse_location
+
     override = os.environ.get("SDMARK_REGISTRY")
     if override is not None and override.strip().lower() in _OFF | {""}:
         return None
     if override:
-        return Path(override).expanduser()
+        return parse_location(override)
     return _xdg("XDG_DATA_HOME", ".local/share") / "sdmark" / "registry.sqlite"
 
 
