@@ -9,7 +9,9 @@ Confidence
 ----------
 Every detection has a ``p_value``: the probability that an *unmarked* image gives a read at least
 this good. For a fixed message of ``n`` bits with ``k`` bits matching it is the binomial tail
-``P(Binomial(n, 1/2) >= k)``; for the sdmark payload it is the BCH bound of
+``P(Binomial(n, 1/2) >= k)`` of a count recentred and widened by the image's own null (its matches
+when its blocks are read at 32 other lengths, :func:`dependence_adjusted_tail`), since periodic
+and tiled images correlate the bits; for the sdmark payload it is the BCH bound of
 :mod:`sdmark.plugins.watermark.payload`. A scheme that reads the image in several ways (SDXL: two
 channel orders, uint8 or float embedding) multiplies its best p-value by the number of ways (Bonferroni).
 
@@ -65,6 +67,45 @@ def binomial_tail(n: int, k: int) -> float:
     if k > n:
         return 0.0
     return sum(comb(n, i) for i in range(k, n + 1)) / 2.0**n
+
+
+NULL_LENGTHS = 32
+"""Other message lengths a fixed-message read is repeated at, to measure the image's own null."""
+
+
+@lru_cache(maxsize=None)
+def null_lengths(n: int) -> tuple[int, ...]:
+    """The ``NULL_LENGTHS`` lengths above ``n`` that share no factor with it: read at such a length,
+    each bit of a marked image is a vote over the whole message, so the mark itself never lines up."""
+    from math import gcd
+
+    lengths: list[int] = []
+    length = n
+    while len(lengths) < NULL_LENGTHS:
+        length += 1
+        if gcd(length, n) == 1:
+            lengths.append(length)
+    return tuple(lengths)
+
+
+def dependence_adjusted_tail(n: int, k: int, null_matches: np.ndarray) -> float:
+    """``P(matches >= k)`` for an ``n``-bit message whose read bits may be correlated (periodic images).
+
+    The binomial tail assumes independent bits; on periodic, tiled or structured images the blocks
+    repeat, the bits are correlated and chance matches spread far wider. ``null_matches`` are the
+    same image's matches with the message when its blocks are read at other lengths (:func:`null_lengths`:
+    the mark, if any, never lines up there; the image's structure is there at every length): their
+    mean and variance, where above the fair-coin ``n/2`` and ``n/4``, recentre and widen the count,
+    and the binomial tail is taken of the count so adjusted. For fair, independent bits it is the
+    plain binomial tail.
+    """
+    # Spread around n / 2, not the variance alone: the mean of the null reads is not recentred on,
+    # since a marked image's other-length reads vote over the whole message and so sit at its share
+    # of ones, which would take that share off a genuine count.
+    spread = float(np.mean((np.asarray(null_matches, dtype=np.float64) - n / 2) ** 2))
+    inflation = max(1.0, spread / (n / 4))
+    adjusted = n / 2 + (k - n / 2) / np.sqrt(inflation)
+    return binomial_tail(n, int(np.ceil(adjusted - 1e-9)))
 
 
 @dataclass
@@ -186,14 +227,17 @@ class FixedMessageScheme:
         if view.carriers() < n:
             return None
         expected = np.asarray(self.bits, dtype=bool)
-        best: tuple[int, str, float] | None = None
+        best: tuple[float, int, str, float] | None = None
         for order, offset in self.readings:
             matches = int((view.bits(self.method, n, order, offset) == expected).sum())
-            if best is None or matches > best[0]:
-                best = (matches, order, offset)
+            null_bits = dwt.bits_at_lengths(view.block_scores(self.method, order, offset), null_lengths(n), n)
+            null = (null_bits == expected).sum(axis=1)
+            tail = dependence_adjusted_tail(n, matches, null)
+            if best is None or tail < best[0]:
+                best = (tail, matches, order, offset)
         assert best is not None
-        matches, order, offset = best
-        p_value = min(1.0, binomial_tail(n, matches) * len(self.readings))
+        tail, matches, order, offset = best
+        p_value = min(1.0, tail * len(self.readings))
         details: dict[str, Any] = {"matched_bits": matches, "bits": n}
         if len(self.readings) > 1:
             details["channel_order"] = order
