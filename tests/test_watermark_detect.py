@@ -106,20 +106,22 @@ def test_no_unmarked_image_is_reported_watermarked():
     assert reported == []
 
 
-def test_a_periodic_grating_that_fools_the_independent_bits_binomial_is_not_called_marked():
-    """A smooth diagonal sine grating (found among 2,000 structured unmarked images) matches 96 of
-    SD v1's 136 bits: 8.7e-7 for independent bits, so "likely" before. Its bits are correlated; read
-    at other message lengths it matches the message just as unevenly, and the adjusted tail says so."""
+@pytest.mark.parametrize("file", ["grating-binomial-false-positive.png", "vertical-grating-binomial-false-positive.png"])
+def test_a_periodic_grating_that_fools_the_independent_bits_binomial_is_not_called_marked(file):
+    """Two smooth sine gratings (found among structured unmarked images) match 96 of SD v1's 136
+    bits: 8.7e-7 for independent bits, so "likely" before. Their bits are correlated (the vertical one
+    repeats with period 8, as ASCII's bytes do); read at other lengths and against the message turned,
+    they match just as well, and the adjusted tail says so."""
     from pathlib import Path
 
     from PIL import Image
 
-    rgb = np.asarray(Image.open(Path(__file__).parent / "data" / "grating-binomial-false-positive.png").convert("RGB"))
+    rgb = np.asarray(Image.open(Path(__file__).parent / "data" / file).convert("RGB"))
     sd_v1 = next(s for s in builtin_schemes() if s.name == "sd-v1")
     view = ImageView(rgb)
     matches = int((view.bits("dwtDct", 136) == np.asarray(sd_v1.bits, bool)).sum())
     assert binomial_tail(136, matches) < 1e-6  # what the independent-bits test alone would have said
-    assert sd_v1.detect(view).p_value > 1e-4
+    assert sd_v1.detect(view).p_value > 1e-3
     assert not verify_image(rgb)["watermarked"]
 
 

@@ -248,6 +248,9 @@ def structured_null(count: int, seed: int = 0, progress: bool = False) -> dict[s
                 best[scheme.name] = (found.p_value, f"#{i} {kind}")
             if found.watermarked:
                 flagged.append((i, kind, scheme.name, found.p_value))
+                if progress:
+                    print(f"[structured null] image #{i} ({kind}) reported by {scheme.name}: p={found.p_value:.3g} "
+                          f"{found.details}", file=sys.stderr, flush=True)
             if isinstance(scheme, FixedMessageScheme):
                 n = found.details["bits"]
                 readings = [int((view.bits(scheme.method, n, order, offset) == np.asarray(scheme.bits, bool)).sum())

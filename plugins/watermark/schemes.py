@@ -9,9 +9,9 @@ Confidence
 ----------
 Every detection has a ``p_value``: the probability that an *unmarked* image gives a read at least
 this good. For a fixed message of ``n`` bits with ``k`` bits matching it is the binomial tail
-``P(Binomial(n, 1/2) >= k)`` of a count recentred and widened by the image's own null (its matches
-when its blocks are read at 32 other lengths, :func:`dependence_adjusted_tail`), since periodic
-and tiled images correlate the bits; for the sdmark payload it is the BCH bound of
+``P(Binomial(n, 1/2) >= k)`` of a count widened by the image's own null (its matches when its
+blocks are read at 32 other lengths and with the message turned, :func:`dependence_adjusted_tail`),
+since periodic and tiled images correlate the bits; for the sdmark payload it is the BCH bound of
 :mod:`sdmark.plugins.watermark.payload`. A scheme that reads the image in several ways (SDXL: two
 channel orders, uint8 or float embedding) multiplies its best p-value by the number of ways (Bonferroni).
 
@@ -92,20 +92,29 @@ def dependence_adjusted_tail(n: int, k: int, null_matches: np.ndarray) -> float:
     """``P(matches >= k)`` for an ``n``-bit message whose read bits may be correlated (periodic images).
 
     The binomial tail assumes independent bits; on periodic, tiled or structured images the blocks
-    repeat, the bits are correlated and chance matches spread far wider. ``null_matches`` are the
-    same image's matches with the message when its blocks are read at other lengths (:func:`null_lengths`:
-    the mark, if any, never lines up there; the image's structure is there at every length): their
-    mean and variance, where above the fair-coin ``n/2`` and ``n/4``, recentre and widen the count,
-    and the binomial tail is taken of the count so adjusted. For fair, independent bits it is the
-    plain binomial tail.
+    repeat, the bits are correlated and chance matches spread far wider. ``null_matches`` are what the
+    same image gives where no mark can line up: its read at other message lengths
+    (:func:`null_lengths`), and the message turned cyclically against its read (a read whose bits
+    repeat with a period that the message's own structure shares, such as ASCII's 8, matches every
+    turn by a multiple of it as well as the message). Their spread around ``n / 2``, where wider than
+    the fair-coin ``n / 4``, widens the count, and the binomial tail is taken of the count so
+    adjusted. For fair, independent bits it is the plain binomial tail.
     """
-    # Spread around n / 2, not the variance alone: the mean of the null reads is not recentred on,
-    # since a marked image's other-length reads vote over the whole message and so sit at its share
-    # of ones, which would take that share off a genuine count.
+    # The spread is taken around n / 2 rather than the null's own mean: other-length reads of a
+    # marked image vote over the whole message and sit at its share of ones, which recentring would
+    # take off a genuine count.
     spread = float(np.mean((np.asarray(null_matches, dtype=np.float64) - n / 2) ** 2))
     inflation = max(1.0, spread / (n / 4))
     adjusted = n / 2 + (k - n / 2) / np.sqrt(inflation)
     return binomial_tail(n, int(np.ceil(adjusted - 1e-9)))
+
+
+def null_matches(read: np.ndarray, other_lengths: np.ndarray, message: np.ndarray) -> np.ndarray:
+    """Matches with ``message`` that no mark explains: of the reads at other lengths (one row each),
+    and of ``read`` with the message's every non-zero cyclic turn."""
+    n = len(message)
+    turns = np.stack([np.roll(message, shift) for shift in range(1, n)])
+    return np.concatenate([(other_lengths == message).sum(axis=1), (turns == read).sum(axis=1)])
 
 
 @dataclass
@@ -229,10 +238,10 @@ class FixedMessageScheme:
         expected = np.asarray(self.bits, dtype=bool)
         best: tuple[float, int, str, float] | None = None
         for order, offset in self.readings:
-            matches = int((view.bits(self.method, n, order, offset) == expected).sum())
-            null_bits = dwt.bits_at_lengths(view.block_scores(self.method, order, offset), null_lengths(n), n)
-            null = (null_bits == expected).sum(axis=1)
-            tail = dependence_adjusted_tail(n, matches, null)
+            read = view.bits(self.method, n, order, offset)
+            matches = int((read == expected).sum())
+            others = dwt.bits_at_lengths(view.block_scores(self.method, order, offset), null_lengths(n), n)
+            tail = dependence_adjusted_tail(n, matches, null_matches(read, others, expected))
             if best is None or tail < best[0]:
                 best = (tail, matches, order, offset)
         assert best is not None
