@@ -19,6 +19,7 @@ and the payload it decoded is checked against the one embedded.
     .venv/bin/python benchmarks/robustness.py --methods sdmark --attacks jpeg50,resize0.5
     .venv/bin/python benchmarks/robustness.py --false-positives 10000   # unmarked images, ours only
     .venv/bin/python benchmarks/robustness.py --speed                   # one-core timings, 512..4096 px
+    .venv/bin/python benchmarks/robustness.py --adversary --regen-model ../shared/models/taef2
 """
 
 from __future__ import annotations
@@ -504,6 +505,202 @@ def false_positives(count: int) -> str:
     return "\n".join(lines)
 
 
+# -- adversary -------------------------------------------------------------------------------------
+
+ADVERSARY_KEY = b"robustness-benchmark-private-key"
+"""The adversary section marks with a private key: the attacker knows the scheme and the tile size,
+not the key (with the public key, removal and forgery are one call each; see the docs)."""
+
+
+def _luma(image: np.ndarray) -> np.ndarray:
+    return image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _sharpen(image: np.ndarray) -> np.ndarray:
+    from PIL import ImageFilter
+
+    return np.asarray(Image.fromarray(image).filter(ImageFilter.UnsharpMask(radius=1.5, percent=80, threshold=2)))
+
+
+def _social(image: np.ndarray, rng: np.random.Generator, sharpen: bool, twice: bool) -> np.ndarray:
+    """A platform's upload pipeline: downscale 0.35..0.6, optional unsharp mask, JPEG 40..60 (twice:
+    downloaded and uploaded again, another JPEG 40..60)."""
+    out = _resize(image, float(rng.uniform(0.35, 0.6)))
+    if sharpen:
+        out = _sharpen(out)
+    out = _encode(out, "JPEG", quality=int(rng.integers(40, 61)))
+    if twice:
+        out = _encode(out, "JPEG", quality=int(rng.integers(40, 61)))
+    return out
+
+
+TILE_SIZE = 128
+"""What the keyless attacker knows: the published tile size."""
+
+
+def keyless_estimate(image: np.ndarray) -> np.ndarray:
+    """The attacker's estimate of the keyed pattern: the image's high-pass residual (luma minus an
+    edge-preserving prediction) folded over the published tile size, tiled back to the image's size."""
+    import cv2
+
+    y = _luma(image)
+    residual = y - cv2.bilateralFilter(y, 5, 10, 3)
+    h, w = residual.shape
+    th, tw = h // TILE_SIZE, w // TILE_SIZE
+    tile = residual[:th * TILE_SIZE, :tw * TILE_SIZE].reshape(th, TILE_SIZE, tw, TILE_SIZE).mean(axis=(0, 2))
+    return np.tile(tile, (-(-h // TILE_SIZE), -(-w // TILE_SIZE)))[:h, :w]
+
+
+def subtract_at(marked: np.ndarray, estimate: np.ndarray, psnr: float) -> tuple[np.ndarray, float]:
+    """``marked`` minus the strongest multiple of ``estimate`` (on R, G and B alike) that keeps the
+    PSNR against ``marked`` at or above ``psnr`` dB; the result and its PSNR."""
+    base = marked.astype(np.float32)
+
+    def attacked(gain: float) -> np.ndarray:
+        return np.clip(np.rint(base - gain * estimate[..., None]), 0, 255).astype(np.uint8)
+
+    low, high = 0.0, 1.0
+    while _psnr(marked, attacked(high)) >= psnr and high < 1e4:
+        low, high = high, high * 2
+    for _ in range(14):
+        middle = (low + high) / 2
+        low, high = (middle, high) if _psnr(marked, attacked(middle)) >= psnr else (low, middle)
+    out = attacked(low)
+    return out, _psnr(marked, out)
+
+
+def _regenerator(path: str) -> Callable[[np.ndarray], np.ndarray]:
+    """A trained autoencoder round trip (``taesd.py`` and its two state dicts in ``path``)."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    folder = Path(path)
+    spec = importlib.util.spec_from_file_location("taesd_regen", folder / "taesd.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    encoders = sorted(folder.glob("*encoder.pth"))
+    decoders = sorted(folder.glob("*decoder.pth"))
+    model = module.TAESD(str(encoders[0]), str(decoders[0])).eval()
+
+    def regenerate(image: np.ndarray) -> np.ndarray:
+        h, w = image.shape[:2]
+        x = torch.from_numpy(np.ascontiguousarray(image[:h // 8 * 8, :w // 8 * 8])).permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            y = model.decoder(model.encoder(x)).clamp(0, 1)
+        return (y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+    return regenerate
+
+
+def _denoisers() -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    import cv2
+
+    out: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+    for h in (5, 10, 15, 20):
+        out[f"nlmeans h{h}"] = lambda x, h=h: cv2.fastNlMeansDenoisingColored(x, None, h, h, 7, 21)
+    for k in (3, 5):
+        out[f"median {k}"] = lambda x, k=k: cv2.medianBlur(x, k)
+    for sigma in (25, 50, 75):
+        out[f"bilateral 9/{sigma}"] = lambda x, s=sigma: cv2.bilateralFilter(x, 9, s, s)
+    return out
+
+
+ADVERSARY_ROWS = {
+    **{f"dihedral {name}": (lambda f: lambda x, r: np.ascontiguousarray(f(x)))(f) for name, f in (
+        ("mirror-lr", lambda x: x[:, ::-1]), ("mirror-ud", lambda x: x[::-1]), ("turn90", lambda x: np.rot90(x)),
+        ("turn180", lambda x: np.rot90(x, 2)), ("turn270", lambda x: np.rot90(x, 3)),
+        ("transpose", lambda x: x.transpose(1, 0, 2)), ("anti-transpose", lambda x: np.rot90(x, 2).transpose(1, 0, 2)))},
+    "rotate -15": lambda x, r: _rotate(x, -15.0),
+    "rotate 10": lambda x, r: _rotate(x, 10.0),
+    "rotate 15": lambda x, r: _rotate(x, 15.0),
+    "rotate ±(5..15)": lambda x, r: _rotate(x, float(r.choice([-1, 1]) * r.uniform(5, 15))),
+    "rotate ±(5..15) + crop80 + jpeg70": lambda x, r: _encode(
+        _crop(_rotate(x, float(r.choice([-1, 1]) * r.uniform(5, 15))), 0.8, r), "JPEG", quality=70),
+    "mirror + rotate ±(5..15) + crop80 + jpeg70": lambda x, r: _encode(
+        _crop(_rotate(np.ascontiguousarray(x[:, ::-1]), float(r.choice([-1, 1]) * r.uniform(5, 15))), 0.8, r),
+        "JPEG", quality=70),
+    "social: down 0.35-0.6 + jpeg 40-60": lambda x, r: _social(x, r, sharpen=False, twice=False),
+    "social + sharpen": lambda x, r: _social(x, r, sharpen=True, twice=False),
+    "social, re-encoded twice": lambda x, r: _social(x, r, sharpen=False, twice=True),
+    "social + sharpen, re-encoded twice": lambda x, r: _social(x, r, sharpen=True, twice=True),
+    "down 0.35 + jpeg 40 (worst corner)": lambda x, r: _encode(_resize(x, 0.35), "JPEG", quality=40),
+}
+ADVERSARY_TARGETS = {"dihedral": 0.99, "rotate ±(5..15) +": 0.90, "rotate": 0.95, "mirror + rotate": 0.90,
+                     "social": 0.95, "down 0.35": 0.95, "keyless": 0.90, "averaged": 0.90, "regeneration": 0.95}
+
+
+def _target(row: str) -> str:
+    for prefix, target in sorted(ADVERSARY_TARGETS.items(), key=lambda kv: -len(kv[0])):
+        if row.startswith(prefix):
+            return f"≥ {100 * target:.0f}%"
+    return "report"
+
+
+def adversary(photo_count: int, illustration_count: int, regen_model: str | None, average: int = 20) -> str:
+    """The adversary section: geometry, social-media pipelines, keyless removal and averaging,
+    denoisers, regeneration and transplanting, sdmark with a private key (detected = found with the
+    exact payload at its own bound, far below 1e-6)."""
+    from sdmark.plugins.watermark import spectral
+
+    key = ADVERSARY_KEY
+    regenerate = _regenerator(regen_model) if regen_model else None
+    denoisers = _denoisers()
+    out = []
+    for label, images in (("Real photos", photos(photo_count)), ("Illustrations", illustrations(illustration_count))):
+        if not images:
+            continue
+        rows: dict[str, list[bool]] = {}
+        psnrs: dict[str, list[float]] = {}
+        marked_all = []
+
+        def note(row: str, image: np.ndarray, reference: np.ndarray | None = None) -> None:
+            found = spectral.detect(image, key=key)
+            rows.setdefault(row, []).append(bool(found.found and found.payload == PAYLOAD))
+            if reference is not None and reference.shape == image.shape:
+                psnrs.setdefault(row, []).append(_psnr(reference, image))
+
+        for index, (name, image) in enumerate(images):
+            log(f"[adversary {label} {index + 1}/{len(images)}] {name}")
+            marked = spectral.embed(image, PAYLOAD, key=key)
+            marked_all.append(marked)
+            for r_index, (row, attack) in enumerate(ADVERSARY_ROWS.items()):
+                note(row, attack(marked, np.random.default_rng([index, r_index, 13])))
+            removed, _ = subtract_at(marked, keyless_estimate(marked), 38.0)
+            note("keyless estimate-and-subtract, one image, PSNR ≥ 38 dB", removed, marked)
+            removed, _ = subtract_at(marked, keyless_estimate(marked), 42.0)
+            note("keyless estimate-and-subtract, one image, PSNR ≥ 42 dB", removed, marked)
+            for row, denoise in denoisers.items():
+                note(f"denoise {row}", denoise(marked), marked)
+            if regenerate is not None:
+                regenerated = regenerate(marked)
+                note("regeneration (taef2 autoencoder) + jpeg85", _encode(regenerated, "JPEG", quality=85))
+                note("regeneration (taef2 autoencoder), no JPEG", regenerated)
+            # Copy attack: the estimate lifted off this image, added at >= 40 dB to another unmarked one.
+            host = images[(index + 1) % len(images)][1]
+            forged, _ = subtract_at(host, -keyless_estimate(marked), 40.0)
+            note("transplant: estimate added to another image at PSNR ≥ 40 dB (verifies = forged)", forged, host)
+        # Averaging: one estimate from up to ``average`` images marked with the same key, subtracted from each.
+        group = marked_all[:average]
+        shape = min(m.shape[0] for m in group), min(m.shape[1] for m in group)
+        mean_estimate = np.mean([keyless_estimate(m)[:shape[0], :shape[1]] for m in group], axis=0)
+        for m in group:
+            estimate = np.tile(mean_estimate, (-(-m.shape[0] // shape[0]), -(-m.shape[1] // shape[1])))[:m.shape[0], :m.shape[1]]
+            removed, _ = subtract_at(m, estimate, 38.0)
+            note(f"averaged estimate over {len(group)} images (one key), subtracted at PSNR ≥ 38 dB", removed, m)
+        lines = [f"### Adversary, {label.lower()} (sdmark, private key; {len(images)} images)", "",
+                 "| attack | detected, exact payload | target | mean PSNR vs marked |", "|---|---|---|---|"]
+        for row, hits in rows.items():
+            p = f"{np.mean(psnrs[row]):.1f} dB" if row in psnrs else ""
+            target = "report (lower is better)" if row.startswith("transplant") else _target(row)
+            lines.append(f"| {row} | {sum(hits)}/{len(hits)} ({100 * np.mean(hits):.0f}%) | {target} | {p} |")
+        out += lines + [""]
+    if regenerate is None:
+        out.append("(regeneration rows need `--regen-model PATH`, e.g. ../shared/models/taef2)")
+    return "\n".join(out)
+
+
 def speed(repeats: int = 5) -> str:
     """Embed/detect times on one core: sdmark at 512..4096 px, and every method at 512 px, interleaved."""
     import os
@@ -579,10 +776,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="4 photos, 5 illustrations, no rivaGan")
     parser.add_argument("--false-positives", type=int, metavar="N", help="only run sdmark's detector on N unmarked images")
     parser.add_argument("--speed", action="store_true", help="only time embed/detect on one core (sizes 512..4096)")
+    parser.add_argument("--adversary", action="store_true",
+                        help="only the adversary section (sdmark, private key): geometry, social-media pipelines, "
+                             "keyless removal, averaging, denoisers, regeneration, transplant")
+    parser.add_argument("--regen-model", metavar="DIR",
+                        help="folder with taesd.py and *encoder.pth/*decoder.pth for the regeneration rows")
     args = parser.parse_args(argv)
 
     if args.speed:
         print(speed())
+        return 0
+    if args.adversary:
+        command = "benchmarks/robustness.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        print(f"## Watermark against an adversary (`{command.strip()}`)\n")
+        print(adversary(args.photos, args.illustrations, args.regen_model))
         return 0
     if args.false_positives:
         print(false_positives(args.false_positives))

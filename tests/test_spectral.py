@@ -247,3 +247,54 @@ def test_a_faint_unrotated_mark_is_not_crowded_out_by_the_rotation_search() -> N
     found = spectral.detect(enlarged)
     assert found.found and found.payload == bytes.fromhex("5d3a9c0e71b2f486")
     assert abs(found.scale - 2) < 0.02 and abs(found.angle) < 0.3
+
+
+DIHEDRAL = {
+    "mirror-left-right": lambda x: x[:, ::-1],
+    "mirror-up-down": lambda x: x[::-1],
+    "turn90": lambda x: np.rot90(x, 1),
+    "turn180": lambda x: np.rot90(x, 2),
+    "turn270": lambda x: np.rot90(x, 3),
+    "transpose": lambda x: x.transpose(1, 0, 2),
+    "anti-transpose": lambda x: np.rot90(x, 2).transpose(1, 0, 2),
+}
+
+
+@pytest.mark.parametrize("name", ["coffee", "text"])
+def test_every_mirror_quarter_turn_and_transpose_reads_the_exact_payload(marked, name: str) -> None:
+    # "text" is 480 x 544: a quarter turn swaps the sides, so the lattice search sees another shape.
+    image = marked[name][1]
+    seen = set()
+    for attack, transform in DIHEDRAL.items():
+        found = spectral.detect(np.ascontiguousarray(transform(image)))
+        assert found.found and found.payload == PAYLOAD, (name, attack, found.sync_z)
+        seen.add(found.diagnostics["orientation"])
+    assert len(seen) == 7 and "identity" not in seen  # each read through its own symmetry
+    assert spectral.detect(image).diagnostics["orientation"] == "identity"
+
+
+def test_a_mirrored_image_turned_and_cropped_still_reads() -> None:
+    from skimage import data
+
+    marked = spectral.embed(data.astronaut(), PAYLOAD)
+    turned = Image.fromarray(np.ascontiguousarray(marked[:, ::-1])).rotate(-13.0, resample=Image.BICUBIC)
+    attacked = _jpeg(np.asarray(turned)[40:450, 60:470], 70)
+    found = spectral.detect(attacked)
+    assert found.found and found.payload == PAYLOAD
+    assert found.diagnostics["orientation"] != "identity"
+
+
+@pytest.mark.parametrize("degrees", [-15.0, 11.0])
+def test_turns_up_to_fifteen_degrees_are_found(marked, degrees: float) -> None:
+    turned = np.asarray(Image.fromarray(marked["rocket"][1]).rotate(degrees, resample=Image.BICUBIC))
+    found = spectral.detect(turned)
+    assert found.found and found.payload == PAYLOAD
+    assert abs(found.angle - degrees) < 0.3 and abs(found.scale - 1) < 0.01
+
+
+def test_unmarked_images_read_through_every_orientation_decode_nothing(photo_arrays) -> None:
+    # The wider search decodes no more alignments: the union bound counts them, not the orientations.
+    for name, image in photo_arrays.items():
+        for transform in (lambda x: x, DIHEDRAL["turn90"]):
+            found = spectral.detect(np.ascontiguousarray(transform(image)))
+            assert not found.found and found.tried <= spectral.ALIGNMENTS, name

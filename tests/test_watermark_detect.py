@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from sdmark.plugins.watermark.calibration import unmarked_corpus
-from sdmark.plugins.watermark.schemes import binomial_tail, band_for
+from sdmark.plugins.watermark.schemes import (ImageView, band_for, binomial_tail, builtin_schemes,
+                                             dependence_adjusted_tail, null_lengths)
 from sdmark.plugins.watermark.verify import detect, select_schemes, verify_image
 
 imwatermark = pytest.importorskip("imwatermark")
@@ -103,6 +104,46 @@ def test_no_unmarked_image_is_reported_watermarked():
         assert all(d["p_value"] > 1e-4 for d in report["detections"]), (name, report["detections"])
     assert checked >= 60
     assert reported == []
+
+
+@pytest.mark.parametrize("file", ["grating-binomial-false-positive.png", "vertical-grating-binomial-false-positive.png"])
+def test_a_periodic_grating_that_fools_the_independent_bits_binomial_is_not_called_marked(file):
+    """Two smooth sine gratings (found among structured unmarked images) match 96 of SD v1's 136
+    bits: 8.7e-7 for independent bits, so "likely" before. Their bits are correlated (the vertical one
+    repeats with period 8, as ASCII's bytes do); read at other lengths and against the message turned,
+    they match just as well, and the adjusted tail says so."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(Path(__file__).parent / "data" / file).convert("RGB"))
+    sd_v1 = next(s for s in builtin_schemes() if s.name == "sd-v1")
+    view = ImageView(rgb)
+    matches = int((view.bits("dwtDct", 136) == np.asarray(sd_v1.bits, bool)).sum())
+    assert binomial_tail(136, matches) < 1e-6  # what the independent-bits test alone would have said
+    assert sd_v1.detect(view).p_value > 1e-3
+    assert not verify_image(rgb)["watermarked"]
+
+
+def test_the_dependence_adjusted_tail_is_the_binomial_for_fair_coins_and_wider_for_correlated_bits():
+    rng = np.random.default_rng(3)
+    fair = rng.binomial(136, 0.5, 32)
+    assert dependence_adjusted_tail(136, 100, np.full(32, 68)) == binomial_tail(136, 100)
+    assert dependence_adjusted_tail(136, 100, fair) <= 30 * binomial_tail(136, 100)
+    spread = np.array([40, 96, 50, 90, 68, 70, 45, 95] * 4)  # a periodic image: matches swing widely
+    assert dependence_adjusted_tail(136, 100, spread) > 1e-3
+    # Null lengths never line up with the message: no common factor, so no copy of the mark is read there.
+    from math import gcd
+
+    assert all(gcd(length, 32) == 1 for length in null_lengths(32)) and len(null_lengths(136)) == 32
+
+
+def test_structured_unmarked_images_are_not_called_marked():
+    from sdmark.plugins.watermark.calibration import structured_null
+
+    result = structured_null(30, seed=4)
+    assert result["periodic"] >= 20
+    assert result["flagged"] == []
 
 
 def test_bands_and_binomial_tail():

@@ -171,6 +171,20 @@ def bits_from_scores(scores: np.ndarray, length: int) -> np.ndarray:
         return np.where(total > 0, (ones / np.maximum(total, 1)) * 255 > 127, False)
 
 
+def bits_at_lengths(scores: np.ndarray, lengths: tuple[int, ...], keep: int) -> np.ndarray:
+    """The first ``keep`` bits :func:`bits_from_scores` gives at each of ``lengths`` (one row each):
+    the same majority votes (ties -> 1), gathered for all lengths at once."""
+    lengths_arr = np.asarray(lengths, dtype=np.int64)[:, None, None]
+    rounds = -(-len(scores) // int(lengths_arr.min()))
+    index = np.arange(keep)[None, :, None] + np.arange(rounds)[None, None, :] * lengths_arr
+    inside = index < len(scores)
+    votes = np.where(inside, scores[np.minimum(index, len(scores) - 1)], 0)
+    ones = votes.sum(axis=2, dtype=np.int64)
+    total = inside.sum(axis=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (ones / np.maximum(total, 1)) * 255 > 127, False)
+
+
 def bit_votes(scores: np.ndarray, length: int) -> np.ndarray:
     """How many blocks vote for each of ``length`` bits (a bit with few votes is unreliable)."""
     return np.bincount(np.arange(len(scores)) % length, minlength=length)

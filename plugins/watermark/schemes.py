@@ -9,7 +9,9 @@ Confidence
 ----------
 Every detection has a ``p_value``: the probability that an *unmarked* image gives a read at least
 this good. For a fixed message of ``n`` bits with ``k`` bits matching it is the binomial tail
-``P(Binomial(n, 1/2) >= k)``; for the sdmark payload it is the BCH bound of
+``P(Binomial(n, 1/2) >= k)`` of a count widened by the image's own null (its matches when its
+blocks are read at 32 other lengths and with the message turned, :func:`dependence_adjusted_tail`),
+since periodic and tiled images correlate the bits; for the sdmark payload it is the BCH bound of
 :mod:`sdmark.plugins.watermark.payload`. A scheme that reads the image in several ways (SDXL: two
 channel orders, uint8 or float embedding) multiplies its best p-value by the number of ways (Bonferroni).
 
@@ -65,6 +67,54 @@ def binomial_tail(n: int, k: int) -> float:
     if k > n:
         return 0.0
     return sum(comb(n, i) for i in range(k, n + 1)) / 2.0**n
+
+
+NULL_LENGTHS = 32
+"""Other message lengths a fixed-message read is repeated at, to measure the image's own null."""
+
+
+@lru_cache(maxsize=None)
+def null_lengths(n: int) -> tuple[int, ...]:
+    """The ``NULL_LENGTHS`` lengths above ``n`` that share no factor with it: read at such a length,
+    each bit of a marked image is a vote over the whole message, so the mark itself never lines up."""
+    from math import gcd
+
+    lengths: list[int] = []
+    length = n
+    while len(lengths) < NULL_LENGTHS:
+        length += 1
+        if gcd(length, n) == 1:
+            lengths.append(length)
+    return tuple(lengths)
+
+
+def dependence_adjusted_tail(n: int, k: int, null_matches: np.ndarray) -> float:
+    """``P(matches >= k)`` for an ``n``-bit message whose read bits may be correlated (periodic images).
+
+    The binomial tail assumes independent bits; on periodic, tiled or structured images the blocks
+    repeat, the bits are correlated and chance matches spread far wider. ``null_matches`` are what the
+    same image gives where no mark can line up: its read at other message lengths
+    (:func:`null_lengths`), and the message turned cyclically against its read (a read whose bits
+    repeat with a period that the message's own structure shares, such as ASCII's 8, matches every
+    turn by a multiple of it as well as the message). Their spread around ``n / 2``, where wider than
+    the fair-coin ``n / 4``, widens the count, and the binomial tail is taken of the count so
+    adjusted. For fair, independent bits it is the plain binomial tail.
+    """
+    # The spread is taken around n / 2 rather than the null's own mean: other-length reads of a
+    # marked image vote over the whole message and sit at its share of ones, which recentring would
+    # take off a genuine count.
+    spread = float(np.mean((np.asarray(null_matches, dtype=np.float64) - n / 2) ** 2))
+    inflation = max(1.0, spread / (n / 4))
+    adjusted = n / 2 + (k - n / 2) / np.sqrt(inflation)
+    return binomial_tail(n, int(np.ceil(adjusted - 1e-9)))
+
+
+def null_matches(read: np.ndarray, other_lengths: np.ndarray, message: np.ndarray) -> np.ndarray:
+    """Matches with ``message`` that no mark explains: of the reads at other lengths (one row each),
+    and of ``read`` with the message's every non-zero cyclic turn."""
+    n = len(message)
+    turns = np.stack([np.roll(message, shift) for shift in range(1, n)])
+    return np.concatenate([(other_lengths == message).sum(axis=1), (turns == read).sum(axis=1)])
 
 
 @dataclass
@@ -186,14 +236,17 @@ class FixedMessageScheme:
         if view.carriers() < n:
             return None
         expected = np.asarray(self.bits, dtype=bool)
-        best: tuple[int, str, float] | None = None
+        best: tuple[float, int, str, float] | None = None
         for order, offset in self.readings:
-            matches = int((view.bits(self.method, n, order, offset) == expected).sum())
-            if best is None or matches > best[0]:
-                best = (matches, order, offset)
+            read = view.bits(self.method, n, order, offset)
+            matches = int((read == expected).sum())
+            others = dwt.bits_at_lengths(view.block_scores(self.method, order, offset), null_lengths(n), n)
+            tail = dependence_adjusted_tail(n, matches, null_matches(read, others, expected))
+            if best is None or tail < best[0]:
+                best = (tail, matches, order, offset)
         assert best is not None
-        matches, order, offset = best
-        p_value = min(1.0, binomial_tail(n, matches) * len(self.readings))
+        tail, matches, order, offset = best
+        p_value = min(1.0, tail * len(self.readings))
         details: dict[str, Any] = {"matched_bits": matches, "bits": n}
         if len(self.readings) > 1:
             details["channel_order"] = order

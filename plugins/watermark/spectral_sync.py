@@ -35,7 +35,7 @@ WINDOW = 1024
 """Largest side of the window that the detector analyses."""
 SCALE_MIN, SCALE_MAX = 0.45, 2.2
 """Resize factors (relative to the marked image) the lattice search covers."""
-ANGLE_MAX = 8.0
+ANGLE_MAX = 15.0
 """Largest rotation, in degrees, the lattice search covers."""
 ROTATED_CANDIDATES = 3
 """Rotated candidates refined and offered after the screening."""
