@@ -2,35 +2,43 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from sdmark.cli.main import cli
-from sdmark.cli.options import build_chain, chain_options, output_options, warn
-from sdmark.cli.report import Reporter
+from sdmark.cli.options import EXIT_CODES, build_chain, chain_options, output_options, warn
+from sdmark.cli.report import Reporter, run_reported
 from sdmark.core.output import OutputOptions
 from sdmark.core.process import process_images
 
 
-@cli.command("process")
+@cli.command("process", epilog=EXIT_CODES)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per stage call.")
 @click.option("--device", default="auto", show_default=True, envvar="SDMARK_DEVICE", show_envvar=True,
-              help="Device for model-based stages: cuda, cpu or auto.")
+              help="Device for model-based stages: cuda, cuda:N, mps, cpu or auto.")
 @chain_options(default="safety watermark")
 @output_options(default_dir="processed")
 def process_command(inputs, batch_size, device, chain_spec, no_safety, output_dir, fmt, quality, overwrite, as_json,
                     progress) -> None:
     """Run the chain on image files and folders (recursively) and write the results to -o DIR.
 
-    Folder structure is kept under DIR; inputs are never overwritten. A file that cannot be read is
-    reported and the rest go on (exit code 1 if any image failed).
+    A chain without 'safety' gets it added first (--no-safety is the only way out). Output names:
+    a single folder's structure is kept under DIR; with several inputs each folder gets its own
+    subfolder (named after it) and files go at the top. 'pic.jpg' becomes 'pic.png' (with
+    --format png), or 'pic.jpg.png' when another input is also called 'pic'; each line says which
+    input became which file. A file given twice is processed once; files inside DIR, hidden files
+    and files without an image extension are skipped and counted. Inputs are never overwritten;
+    existing outputs are found before any work (--overwrite to replace them). A file that cannot
+    be read is reported and the rest go on.
     """
-    chain = build_chain(chain_spec, ensure_safety=False, no_safety=no_safety)
+    chain = build_chain(chain_spec, ensure_safety=True, no_safety=no_safety, verb="process")
     reporter = Reporter(as_json)
-    process_images(list(inputs), chain, OutputOptions(output_dir, fmt, quality, overwrite),
-                   safety="off" if no_safety else "on", batch_size=batch_size, device=device,
-                   progress=progress, on_result=reporter, warn=warn)
-    sys.exit(reporter.finish(output_dir))
+    output = OutputOptions(output_dir, fmt, quality, overwrite)
+
+    def work() -> None:
+        process_images(list(inputs), chain, output, safety="off" if no_safety else "on", batch_size=batch_size,
+                       device=device, progress=progress, on_result=reporter, warn=warn, on_skipped=reporter.skipped)
+
+    run_reported(work, reporter, output_dir)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -10,6 +9,7 @@ from typing import Any, Iterator
 import click
 
 from sdmark.cli.main import cli
+from sdmark.cli.text import json_line, printable
 from sdmark.plugins.c2pa.settings import trust_anchors_option
 
 EXIT_ALL_MARKED, EXIT_SOME_UNMARKED, EXIT_UNREADABLE = 0, 1, 2
@@ -93,7 +93,7 @@ def verify_command(inputs, as_json, schemes, all_schemes, jobs, progress, list_s
         for report in _run(work, jobs):
             key = "error" if report["error"] else ("watermarked" if report["watermarked"] else "unmarked")
             counts[key] += 1
-            line = json.dumps(report, ensure_ascii=False, default=str) if as_json else _human(report)
+            line = json_line(report, default=str) if as_json else printable(_human(report))
             bar.clear()
             click.echo(line)
             bar.update(1)

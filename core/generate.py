@@ -14,7 +14,8 @@ from typing import Any, Callable, Literal
 
 from sdmark.core.chain import Chain
 from sdmark.core.errors import SdmarkError
-from sdmark.core.output import ItemResult, OutputOptions, Writer, finish_batch
+from sdmark.core.io import output_format
+from sdmark.core.output import ItemResult, OutputOptions, Writer, check_conflicts, finish_batch, next_number, remove_stale_temps
 from sdmark.core.pipeline import DEFAULT_MODEL, decode, default_size, initial_latents, load_pipeline, sampler_name
 from sdmark.core.plugins import load_plugins, pm
 from sdmark.core.records import ProvenanceRecord
@@ -61,6 +62,10 @@ class GenerationSettings:
                 raise SdmarkError(f"{name} must be at least 8 pixels; got {value}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise SdmarkError(f"seed must be between 0 and 2**63-1; got {self.seed}")
+        total = len(self.prompts) * self.count
+        if self.seed is not None and self.seed + total - 1 >= 2**63:
+            raise SdmarkError(f"seed {self.seed} is too large for {total} images (image i uses seed+i, at most "
+                              f"2**63-1): use a seed of at most {2**63 - total}")
 
 
 def _jobs(settings: GenerationSettings) -> list[tuple[int, str, int]]:
@@ -86,6 +91,9 @@ def generate(
 ) -> list[ItemResult]:
     """Generate images for ``settings`` through ``chain``; write them to ``output`` if given.
 
+    Before any work: settings and chain are validated (image size included), existing output
+    files are an error unless ``output.overwrite`` (``output.append`` numbers after them instead),
+    plugins check their configuration. Image ``i`` is written as ``NNNNN-SEED.ext``.
     ``safety="on"`` requires a safety-checking stage in the chain (sdmark fails closed);
     ``safety="off"`` is the explicit opt-out, recorded in every image's provenance. Pass an already
     loaded ``pipeline`` to reuse it across calls. Returns one :class:`ItemResult` per image.
@@ -102,6 +110,18 @@ def generate(
     chain.check_safety("generate", safety, warn)
     if settings.seed is None:
         settings.seed = random.SystemRandom().randrange(2**32)
+    if settings.width is not None and settings.height is not None:
+        chain.check_size(settings.width, settings.height)
+    jobs = _jobs(settings)
+    first = next_number(output.directory) if output is not None and output.append else 0
+    names = [f"{first + index:05d}-{seed}" for index, _, seed in jobs]
+    if output is not None:
+        suffix = output_format(output.format)[1]
+        check_conflicts([output.directory / f"{name}{suffix}" for name in names], output.overwrite,
+                        " or --append to number new images after them")
+    pm.hook.sdmark_check_config(mode="generate", output=output)
+    if output is not None:
+        remove_stale_temps(output.directory, warn)
 
     pipe = pipeline or load_pipeline(
         settings.model, settings.device, settings.dtype, scheduler=settings.scheduler,
@@ -111,12 +131,12 @@ def generate(
     size = default_size(pipe)
     height = size if settings.height is None else settings.height
     width = size if settings.width is None else settings.width
+    chain.check_size(width, height)
     context = RunContext(mode="generate", device=str(pipe._execution_device), settings=settings,
                          pipeline=pipe, model=settings.model, warn=warn)
     chain.setup(context)
     writer = Writer(output, context) if output is not None else None
     sampler = sampler_name(pipe, settings.scheduler)
-    jobs = _jobs(settings)
     results: list[ItemResult] = []
     pipe.scheduler.set_timesteps(settings.steps)  # some schedulers (PLMS) take more steps than asked
     steps_per_image = len(pipe.scheduler.timesteps)
@@ -140,7 +160,7 @@ def generate(
             ]
             images = _denoise_and_decode(pipe, chain, context, settings, batch_jobs, records, height, width, bar, torch)
             items = [
-                ImageItem(image=image, record=record, name=f"{index:05d}-{seed}", index=index, seed=seed, prompt=prompt)
+                ImageItem(image=image, record=record, name=names[index], index=index, seed=seed, prompt=prompt)
                 for image, record, (index, prompt, seed) in zip(images, records, batch_jobs)
             ]
             pm.hook.sdmark_after_decode(items=items, context=context)
