@@ -54,7 +54,7 @@ def _list_schemes() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
 @click.option("--scheme", "schemes", multiple=True, metavar="NAME",
               help="Check only this scheme (repeatable); see --list-schemes.")
-@click.option("--all-schemes", is_flag=True, help="Also run costly schemes (rivaGan's network, ~0.6 s an image).")
+@click.option("--all-schemes", is_flag=True, help="Also run costly schemes (rivaGan's network: 2 to 4 s an image on a 2-core CPU, 30-50x the default schemes; benchmarks/verify_costly_schemes.py).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes for large folders.")
 @click.option("--progress/--no-progress", default=None, help="Force the progress bar on or off (default: on a terminal).")

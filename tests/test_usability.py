@@ -339,3 +339,33 @@ def test_control_characters_in_file_names_are_escaped_everywhere(cli_runner, tmp
         printed = result.stdout + result.stderr
         assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", printed), (command, printed)
         assert "\\x1b]0;pwned\\x07\\x9b2J" in printed or "\\u001b]0;pwned\\u0007\\u009b2J" in printed, printed
+
+
+class _ConfigCheck:
+    """A plugin that refuses a configuration before any work."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    from sdmark.core.plugins import hookimpl
+
+    @hookimpl
+    def sdmark_check_config(self, mode, output):
+        self.calls.append((mode, output.directory if output else None))
+        if mode == "process":
+            from sdmark.core.errors import SdmarkError
+
+            raise SdmarkError("MYPLUGIN_TOKEN is not set")
+
+
+def test_a_plugin_refuses_its_configuration_before_any_work(cli_runner, register_plugin, tiny_model_dir, tmp_path):
+    runner, cli = cli_runner
+    plugin = register_plugin(_ConfigCheck())
+    _png(tmp_path / "in" / "a.png")
+    result = runner.invoke(cli, ["process", str(tmp_path / "in"), *FAST, "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "Error: MYPLUGIN_TOKEN is not set" in result.stderr
+    assert not (tmp_path / "out").exists()
+    generated = runner.invoke(cli, ["generate", "x", "--steps", "1", "--size", "64x64", "-m", str(tiny_model_dir), *FAST,
+                                    "-o", str(tmp_path / "gen")])
+    assert generated.exit_code == 0, generated.output
+    assert plugin.calls == [("process", tmp_path / "out"), ("generate", tmp_path / "gen")]
