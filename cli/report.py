@@ -59,8 +59,8 @@ class Reporter:
         details = stage_summary(result)
         notes = "; ".join(result.item.notes) if result.item and result.item.notes else ""
         line = f"{result.status:<8} {printable(where)}"
-        if result.path is not None and result.source is not None:
-            line += f"  from {printable(result.source)}"
+        if result.path is not None and result.source is not None and result.path.stem != result.source.stem:
+            line += f"  from {printable(result.source)}"  # renamed (pic.jpg -> pic.jpg.png): say from what
         if result.error:
             line += f"  ({printable(_without_path(result.error, result.path, result.source))})"
         if details:
