@@ -82,9 +82,10 @@ def verify_command(inputs, as_json, schemes, all_schemes, jobs, progress, list_s
     if not inputs:
         raise click.UsageError("give at least one image or folder (or --list-schemes)")
     select_schemes(schemes, all_schemes)  # unknown scheme names fail here, before any work
-    entries = list(iter_inputs(inputs))
+    skipped: list[Path] = []
+    entries = list(iter_inputs(inputs, skipped=skipped))
     if not entries:
-        click.echo("no images found", err=True)
+        click.echo("no images found" + (f" ({len(skipped)} skipped: not image file names)" if skipped else ""), err=True)
         sys.exit(EXIT_UNREADABLE)
     work = [(str(e.path), e.error, tuple(schemes), all_schemes) for e in entries]
     counts = {"watermarked": 0, "unmarked": 0, "error": 0}
@@ -98,6 +99,8 @@ def verify_command(inputs, as_json, schemes, all_schemes, jobs, progress, list_s
             click.echo(line)
             bar.update(1)
     summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n) + f" ({len(work)} checked)"
+    if skipped:
+        summary += f", {len(skipped)} skipped (not image file names: no or unknown extension, or hidden)"
     click.echo(summary, err=True)
     if counts["error"]:
         sys.exit(EXIT_UNREADABLE)

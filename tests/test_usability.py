@@ -245,6 +245,8 @@ def test_skipped_files_are_counted_and_an_empty_folder_exits_2_like_verify(cli_r
     result = runner.invoke(cli, ["process", str(folder), *FAST, "-o", str(tmp_path / "out")])
     assert result.exit_code == 0
     assert "1 written, 3 skipped (3 not an image file name" in result.stderr
+    verified = runner.invoke(cli, ["verify", str(folder)])
+    assert "(1 checked), 3 skipped (not image file names" in verified.stderr
     (tmp_path / "empty").mkdir()
     process = runner.invoke(cli, ["process", str(tmp_path / "empty"), *FAST, "-o", str(tmp_path / "o2")])
     verify = runner.invoke(cli, ["verify", str(tmp_path / "empty")])
