@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 
 from sdmark.core.chain import MAX_CHAIN_FILE_BYTES, Chain, specs_from
-from sdmark.core.errors import ChainError
+from sdmark.core.errors import ChainError, SdmarkError
 from sdmark.core.output import remove_stale_temps
+from sdmark.core.plugins import hookimpl
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--chain", "", "--no-safety"]  # no stage: these tests are about files, names and messages
@@ -72,9 +73,10 @@ def test_existing_outputs_are_found_before_any_work(cli_runner, tmp_path):
 
 def test_generate_refuses_a_rerun_up_front_and_append_continues_the_numbering(cli_runner, tiny_model_dir, tmp_path):
     runner, cli = cli_runner
-    args = ["generate", "a boat", "--seed", "7", "-n", "2", "--steps", "1", "-m", str(tiny_model_dir), *FAST, "-o", str(tmp_path)]
-    assert runner.invoke(cli, args).exit_code == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000-7.png", "00001-8.png"]
+    args = ["generate", "a boat", "--seed", "7", "-n", "2", "--steps", "1", "--size", "64x64", "-m", str(tiny_model_dir),
+            *FAST, "-o", str(tmp_path)]
+    for name in ("00000-7.png", "00001-8.png"):  # what the first run of `args` writes
+        _png(tmp_path / name)
     rerun = runner.invoke(cli, ["generate", "a boat", "--seed", "7", "-n", "2", "-m", str(tmp_path / "no-model-needed"),
                                 *FAST, "-o", str(tmp_path)])
     assert rerun.exit_code == 2 and "already exist" in rerun.stderr and "--append" in rerun.stderr
@@ -353,14 +355,10 @@ class _ConfigCheck:
     def __init__(self) -> None:
         self.calls: list[tuple[str, object]] = []
 
-    from sdmark.core.plugins import hookimpl
-
     @hookimpl
     def sdmark_check_config(self, mode, output):
         self.calls.append((mode, output.directory if output else None))
         if mode == "process":
-            from sdmark.core.errors import SdmarkError
-
             raise SdmarkError("MYPLUGIN_TOKEN is not set")
 
 
