@@ -88,12 +88,11 @@ def main() -> None:
 
     from sdmark.core.chain import Chain
     from sdmark.core.executor import LocalExecutor, chunked
-    from sdmark.core.io import iter_inputs
     from sdmark.core.executor_ray import RayExecutor
     from sdmark.core.executor_steps import ProcessStep, VerifyStep, process_jobs, torch_threads, verify_chunk_size
     from sdmark.core.output import OutputOptions
     from sdmark.core.plugins import load_plugins
-    from sdmark.core.process import process_images
+    from sdmark.core.process import prepare_process, process_images
     from sdmark.plugins.c2pa.identity import create_identity
 
     scratch = Path(tempfile.mkdtemp(prefix="sdmark-scale-"))
@@ -109,8 +108,10 @@ def main() -> None:
 
         def process_on(executor, paths: list[Path]) -> list:
             output = OutputOptions(scratch / f"out{next(runs)}")
-            jobs = process_jobs(list(iter_inputs(paths)), output)
-            factory = partial(Timed, partial(ProcessStep, Chain.build(chain_spec), output, "off", None, torch_threads()))
+            chain = Chain.build(chain_spec)
+            run = prepare_process(paths, chain, output, "off", lambda message: None)
+            factory = partial(Timed, partial(ProcessStep, chain, output, "off", None, torch_threads(), tuple(run.protected)))
+            jobs = process_jobs(run)
             chunks = list(executor.map(factory, chunked(jobs, batch)))
             assert all(r.status == "written" for c in chunks for _, r in c.results)
             return chunks
@@ -176,7 +177,7 @@ def main() -> None:
             rows, manifest, thumbnail = db.execute(
                 "SELECT COUNT(*), AVG(LENGTH(manifest)), AVG(COALESCE(LENGTH(thumbnail), 0)) FROM manifests").fetchone()
         print(f"\nregistry: {rows} rows, {manifest / 1024:.1f} KiB manifest + {thumbnail / 1024:.1f} KiB thumbnail per row")
-        print(f"per-image cost on one worker (ms): " + ", ".join(
+        print("per-image cost on one worker (ms): " + ", ".join(
             f"{task} {1000 / table[task, 'local 1 process'][0]:.0f}" for task in ("verify", "process")))
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)

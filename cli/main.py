@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from sdmark import __version__
+from sdmark.cli.text import printable
 from sdmark.core.errors import SdmarkError
 
 
@@ -23,7 +24,7 @@ class SdmarkGroup(click.Group):
         except SdmarkError as exc:
             if os.environ.get("SDMARK_DEBUG"):
                 raise
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {printable(exc)}", err=True)
             ctx.exit(exc.exit_code)
 
 
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     except SdmarkError as exc:
         if os.environ.get("SDMARK_DEBUG"):
             raise
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"Error: {printable(exc)}", err=True)
         sys.exit(exc.exit_code)
     cli.main(args=argv, prog_name="sdmark")
 

@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import click
 
+from sdmark.cli.text import printable
 from sdmark.core.chain import Chain, StageSpec, specs_from
 
 F = Callable[..., Any]
@@ -15,7 +16,8 @@ F = Callable[..., Any]
 def chain_options(default: str) -> Callable[[F], F]:
     def decorate(func: F) -> F:
         func = click.option("--no-safety", is_flag=True,
-                            help="Do not check images for unsafe content. Explicit, warned about, and recorded in each image's metadata.")(func)
+                            help="Do not check images for unsafe content (the only way to run without the 'safety' "
+                                 "stage, which is otherwise added first). Warned about, and recorded in each image's metadata.")(func)
         func = click.option("--chain", "chain_spec", default=default, show_default=True, metavar="SPEC|FILE.toml",
                             help="Stages to run, in order: 'safety caption:text=\"AI\" watermark:method=dwtDctSvd', or a TOML file with [[stage]] tables. See `sdmark stages`.")(func)
         return func
@@ -41,16 +43,22 @@ def output_options(default_dir: str) -> Callable[[F], F]:
     return decorate
 
 
-def build_chain(spec: str, *, ensure_safety: bool, no_safety: bool) -> Chain:
-    """Build the user's chain; in ``generate`` a chain without safety gets it first unless ``--no-safety``."""
+EXIT_CODES = ("Exit codes: 0 every image written (or dropped by the safety policy); 1 at least one image "
+              "failed (the others are written); 2 usage or configuration error, found before any work; "
+              "130 interrupted (Ctrl-C; the summary says what was finished); 143 terminated.")
+
+
+def build_chain(spec: str, *, ensure_safety: bool, no_safety: bool, verb: str = "generate") -> Chain:
+    """Build the user's chain; a chain without safety gets it first unless ``--no-safety``."""
     specs = specs_from(spec)
     if no_safety:
         specs = [s for s in specs if s.name != "safety"]
     elif ensure_safety and not any(s.name == "safety" for s in specs):
-        click.echo("note: adding the 'safety' stage first (use --no-safety to generate unchecked)", err=True)
-        specs = [StageSpec("safety", {}), *specs]
+        chain = Chain.build([StageSpec("safety", {}), *specs])
+        click.echo(f"note: adding the 'safety' stage first (use --no-safety to {verb} unchecked)", err=True)
+        return chain
     return Chain.build(specs)
 
 
 def warn(message: str) -> None:
-    click.echo(f"warning: {message}", err=True)
+    click.echo(f"warning: {printable(message)}", err=True)

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from sdmark.cli.executor_options import executor_options
 from sdmark.cli.main import cli
-from sdmark.cli.options import build_chain, chain_options, output_options, warn
-from sdmark.cli.report import Reporter
+from sdmark.cli.options import EXIT_CODES, build_chain, chain_options, output_options, warn
+from sdmark.cli.report import Reporter, run_reported
 from sdmark.core.output import OutputOptions
 from sdmark.core.process import process_images
 
 
-@cli.command("process")
+@cli.command("process", epilog=EXIT_CODES)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per stage call.")
 @click.option("--device", default="auto", show_default=True, envvar="SDMARK_DEVICE", show_envvar=True,
-              help="Device for model-based stages: cuda, cpu or auto.")
+              help="Device for model-based stages: cuda, cuda:N, mps, cpu or auto.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes (Ray actors with --executor ray), each with its own models and signer.")
 @executor_options
@@ -29,20 +28,29 @@ def process_command(inputs, batch_size, device, jobs, executor, ray_address, cha
                     quality, overwrite, as_json, progress) -> None:
     """Run the chain on image files and folders (recursively) and write the results to -o DIR.
 
-    Folder structure is kept under DIR; inputs are never overwritten. A file that cannot be read is
-    reported and the rest go on (exit code 1 if any image failed).
+    A chain without 'safety' gets it added first (--no-safety is the only way out). Output names:
+    a single folder's structure is kept under DIR; with several inputs each folder gets its own
+    subfolder (named after it) and files go at the top. 'pic.jpg' becomes 'pic.png' (with
+    --format png), or 'pic.jpg.png' when another input is also called 'pic'; each line says which
+    input became which file. A file given twice is processed once; files inside DIR, hidden files
+    and files without an image extension are skipped and counted. Inputs are never overwritten;
+    existing outputs are found before any work (--overwrite to replace them). A file that cannot
+    be read is reported and the rest go on.
     """
-    chain = build_chain(chain_spec, ensure_safety=False, no_safety=no_safety)
+    chain = build_chain(chain_spec, ensure_safety=True, no_safety=no_safety, verb="process")
     reporter = Reporter(as_json)
-    run = dict(safety="off" if no_safety else "on", batch_size=batch_size, device=device, progress=progress,
-               on_result=reporter, warn=warn)
     output = OutputOptions(output_dir, fmt, quality, overwrite)
-    if executor == "local" and jobs == 1:
-        process_images(list(inputs), chain, output, **run)
-    else:
+    run = dict(safety="off" if no_safety else "on", batch_size=batch_size, device=device, progress=progress,
+               on_result=reporter, warn=warn, on_skipped=reporter.skipped)
+
+    def work() -> None:
+        if executor == "local" and jobs == 1:
+            process_images(list(inputs), chain, output, **run)
+            return
         from sdmark.core.executor import make_executor
         from sdmark.core.executor_steps import process_with
 
         with make_executor(executor, jobs, ray_address) as pool:
             process_with(pool, list(inputs), chain, output, **run)
-    sys.exit(reporter.finish(output_dir))
+
+    run_reported(work, reporter, output_dir)

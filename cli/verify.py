@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -11,6 +10,7 @@ import click
 
 from sdmark.cli.executor_options import executor_options
 from sdmark.cli.main import cli
+from sdmark.cli.text import json_line, printable
 from sdmark.plugins.c2pa.settings import trust_anchors_option
 
 EXIT_ALL_MARKED, EXIT_SOME_UNMARKED, EXIT_UNREADABLE = 0, 1, 2
@@ -82,7 +82,7 @@ def _list_schemes() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
 @click.option("--scheme", "schemes", multiple=True, metavar="NAME",
               help="Check only this scheme (repeatable); see --list-schemes.")
-@click.option("--all-schemes", is_flag=True, help="Also run costly schemes (rivaGan's network, ~0.6 s an image).")
+@click.option("--all-schemes", is_flag=True, help="Also run costly schemes (rivaGan's network: 2 to 4 s an image on a 2-core CPU, 30-50x the default schemes; benchmarks/verify_costly_schemes.py).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes for large folders (Ray actors with --executor ray).")
 @executor_options
@@ -121,9 +121,10 @@ def verify_command(inputs, as_json, schemes, all_schemes, jobs, executor, ray_ad
     if not inputs:
         raise click.UsageError("give at least one image or folder (or --list-schemes)")
     select_schemes(schemes, all_schemes)  # unknown scheme names fail here, before any work
-    entries = list(iter_inputs(inputs))
+    skipped: list[Path] = []
+    entries = list(iter_inputs(inputs, skipped=skipped))
     if not entries:
-        click.echo("no images found", err=True)
+        click.echo("no images found" + (f" ({len(skipped)} skipped: not image file names)" if skipped else ""), err=True)
         sys.exit(EXIT_UNREADABLE)
     work = [(str(e.path), e.error, tuple(schemes), all_schemes) for e in entries]
     counts = {"watermarked": 0, "unmarked": 0, "error": 0}
@@ -135,13 +136,15 @@ def verify_command(inputs, as_json, schemes, all_schemes, jobs, executor, ray_ad
             counts[key] += 1
             if require_credentials and not report["error"] and not meets_credentials(report):
                 lacking += 1
-            line = json.dumps(report, ensure_ascii=False, default=str) if as_json else _human(report)
+            line = json_line(report, default=str) if as_json else printable(_human(report))
             bar.clear()
             click.echo(line)
             bar.update(1)
     summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n) + f" ({len(work)} checked)"
     if require_credentials:
         summary += f"; {lacking} without credentials that pass --require-credentials" if lacking else "; all with credentials"
+    if skipped:
+        summary += f", {len(skipped)} skipped (not image file names: no or unknown extension, or hidden)"
     click.echo(summary, err=True)
     if counts["error"]:
         sys.exit(EXIT_UNREADABLE)

@@ -23,9 +23,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sdmark.core.errors import ChainError, StageError
-from sdmark.core.stages import DenoiseBatch, ImageItem, RunContext, Stage, StageRegistry, stage_registry
+from sdmark.core.stages import DenoiseBatch, ImageItem, RunContext, Stage, StageRegistry, shown, stage_registry
 
 _NAME = re.compile(r"[A-Za-z_][\w\-]*")
+MAX_CHAIN_FILE_BYTES = 64 * 1024
+"""A chain file is a handful of tables; anything bigger is refused unread."""
+MAX_TOML_DEPTH = 16
+MAX_TOML_KEY_PARTS = 32
+"""Caps checked before parsing: stdlib tomllib recurses per nesting level and is quadratic in the
+number of parts of one dotted key (100,000 parts took 24 GB)."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,9 @@ class StageSpec:
     options: dict[str, Any]
     typed: bool = False
     """True when values come typed (TOML): then "2" is not an int, as the user wrote a string."""
+    bare_last: str | None = None
+    """The last option if its value was not quoted (``text`` in ``caption:text=Hello``): a following
+    "stage" may really be the rest of that value, which the error message then says."""
 
 
 def parse_spec(text: str) -> list[StageSpec]:
@@ -52,6 +61,7 @@ def parse_spec(text: str) -> list[StageSpec]:
             raise ChainError(f"chain spec: expected a stage name at column {pos + 1}: {text[pos:pos + 20]!r}")
         name, pos = match.group(), match.end()
         options: dict[str, Any] = {}
+        bare: str | None = None
         if pos < n and text[pos] == ":":
             pos += 1
             while True:
@@ -59,6 +69,7 @@ def parse_spec(text: str) -> list[StageSpec]:
                 if not key or key.end() >= n or text[key.end()] != "=":
                     raise ChainError(f"chain spec: expected key=value after {name!r} at column {pos + 1}")
                 pos = key.end() + 1
+                bare = None if pos < n and text[pos] in "'\"" else key.group()
                 value, pos = _value(text, pos, name)
                 if key.group() in options:
                     raise ChainError(f"chain spec: option {name}:{key.group()} given twice")
@@ -69,7 +80,7 @@ def parse_spec(text: str) -> list[StageSpec]:
                 break
         if pos < n and not text[pos].isspace():
             raise ChainError(f"chain spec: unexpected {text[pos]!r} at column {pos + 1} (separate stages with spaces)")
-        specs.append(StageSpec(name, options))
+        specs.append(StageSpec(name, options, bare_last=bare))
 
 
 def _value(text: str, pos: int, stage: str) -> tuple[str, int]:
@@ -90,14 +101,70 @@ def _value(text: str, pos: int, stage: str) -> tuple[str, int]:
     return text[pos:end], end
 
 
+def _check_toml_shape(text: str, path: Path) -> None:
+    """Refuse, before tomllib sees it, nesting deeper than :data:`MAX_TOML_DEPTH` and dotted keys of
+    more than :data:`MAX_TOML_KEY_PARTS` parts (strings and comments are skipped, not parsed)."""
+    depth = max_depth = dots = 0
+    pos, n = 0, len(text)
+    while pos < n:
+        char = text[pos]
+        if char in "\"'":
+            quote = text[pos:pos + 3] if text.startswith(char * 3, pos) else char
+            pos += len(quote)
+            while pos < n and not text.startswith(quote, pos):
+                if char == '"' and text[pos] == "\\":
+                    pos += 1
+                elif len(quote) == 1 and text[pos] == "\n":
+                    break
+                pos += 1
+            pos += len(quote)
+            continue
+        if char == "#":
+            end = text.find("\n", pos)
+            pos = n if end < 0 else end
+            continue
+        if char in "[{":
+            depth += 1
+            max_depth = max(max_depth, depth)
+            if max_depth > MAX_TOML_DEPTH:
+                raise ChainError(f"chain file {path}: nested deeper than {MAX_TOML_DEPTH} levels; a chain needs 2")
+        if char in "]}":
+            depth = max(0, depth - 1)
+        if char == ".":
+            dots += 1
+            if dots >= MAX_TOML_KEY_PARTS:
+                raise ChainError(f"chain file {path}: a dotted key has more than {MAX_TOML_KEY_PARTS} parts")
+        elif char in "=,[]{}\n":
+            dots = 0
+        pos += 1
+
+
 def read_chain_file(path: Path) -> list[StageSpec]:
-    """Read ``[[stage]]`` tables from a TOML file; each has ``name`` and the stage's options."""
+    """Read ``[[stage]]`` tables from a TOML file; each has ``name`` and the stage's options.
+
+    Files over :data:`MAX_CHAIN_FILE_BYTES`, or nested or dotted beyond the caps, are refused
+    before parsing."""
+    path = Path(path)
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CHAIN_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ChainError(f"chain file {path}: no such file") from None
     except OSError as exc:
         raise ChainError(f"cannot read chain file {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CHAIN_FILE_BYTES:
+        raise ChainError(f"chain file {path} is over {MAX_CHAIN_FILE_BYTES // 1024} KiB; a chain file is a few [[stage]] tables")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ChainError(f"chain file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    _check_toml_shape(text, path)
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ChainError(f"chain file {path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ChainError(f"chain file {path}: nested too deeply") from None
     unknown = set(data) - {"stage"}
     if unknown:
         raise ChainError(f"chain file {path}: unknown top-level keys {sorted(unknown)}; use [[stage]] tables")
@@ -118,7 +185,10 @@ def specs_from(value: str | Path | None) -> list[StageSpec]:
     """Specs from a spec string, or from a TOML file when ``value`` names an existing ``.toml`` file."""
     if value is None:
         return []
-    if isinstance(value, Path) or (str(value).endswith(".toml") and Path(value).is_file()):
+    text = str(value)
+    # Something shaped like a file name is one: a missing file says so, rather than failing to
+    # parse as a chain spec.
+    if isinstance(value, Path) or (text.lower().endswith(".toml") and not any(c.isspace() or c in ":=" for c in text)):
         return read_chain_file(Path(value))
     if str(value).startswith("@"):
         return read_chain_file(Path(str(value)[1:]))
@@ -138,13 +208,20 @@ class Chain:
         if not isinstance(specs, list):
             specs = specs_from(specs)
         stages = []
-        for spec in specs:
-            cls_ = registry.get(spec.name)
+        for number, spec in enumerate(specs):
+            try:
+                cls_ = registry.get(spec.name)
+            except ChainError as exc:
+                before = specs[number - 1] if number else None
+                if before is not None and before.bare_last:
+                    raise ChainError(f"{exc}. If {spec.name!r} is part of the value of {before.name}:{before.bare_last}, "
+                                     f"quote the value: {before.name}:{before.bare_last}=\"... {spec.name}\"") from None
+                raise
             known = {option.name: option for option in cls_.options}
             unknown = set(spec.options) - set(known)
             if unknown:
                 valid = ", ".join(sorted(known)) or "none"
-                raise ChainError(f"stage {spec.name!r} has no option {', '.join(sorted(unknown))}; valid options: {valid}")
+                raise ChainError(f"stage {spec.name!r} has no option {', '.join(shown(u) if len(u) > 60 else u for u in sorted(unknown))}; valid options: {valid}")
             values = {name: option.default for name, option in known.items()}
             for key, raw in spec.options.items():
                 values[key] = known[key].coerce(raw, spec.name, strict=spec.typed)
@@ -183,22 +260,43 @@ class Chain:
                     f"output, not the generated image; put {stage.name!r} first"
                 )
         marked_by: Stage | None = None
-        for stage in self.stages:
-            if marked_by is not None and stage.changes_pixels and "process" in stage.active_phases():
+        seen: dict[str, int] = {}
+        for position, stage in enumerate(self.stages, 1):
+            if stage.name in seen:
+                warnings.append(
+                    f"stage {stage.name!r} appears twice (positions {seen[stage.name]} and {position}): "
+                    + ("the second mark is embedded over the first and may erase it; keep one watermark stage"
+                       if stage.embeds_watermark else "it runs twice; remove one unless that is what you want")
+                )
+            elif marked_by is not None and stage.changes_pixels and "process" in stage.active_phases():
                 warnings.append(
                     f"stage {stage.name!r} changes pixels after {marked_by.name!r}: the watermark may be "
                     f"lost; put {stage.name!r} before {marked_by.name!r}"
                 )
+            seen.setdefault(stage.name, position)
             if stage.embeds_watermark:
                 marked_by = stage
         return warnings
+
+    def check_size(self, width: int, height: int) -> None:
+        """Refuse, before any work, an image size some stage cannot handle (e.g. a watermark method's
+        minimum), following the size through stages that change it (``upscale``)."""
+        for stage in self.stages:
+            problem = stage.unfit_size(width, height)
+            if problem:
+                raise ChainError(f"{stage.name}: {problem}")
+            size = stage.output_size(width, height)
+            if size is None:
+                return
+            width, height = size
 
     def check_safety(self, mode: str, safety: str, warn: Callable[[str], None]) -> None:
         """Enforce the safety rules before any work.
 
         ``generate`` with ``safety="on"`` needs a safety-checking stage (sdmark fails closed);
         ``safety="off"`` is the explicit opt-out and must not contradict the chain. ``process``
-        without a safety stage runs, but says so (its records say ``not-run``).
+        without a safety stage runs, but says so (its records say ``not-run``); the command line
+        never gets there: ``sdmark process`` adds the stage unless ``--no-safety``.
         """
         has_safety = any(stage.checks_safety for stage in self.stages)
         if safety == "off":

@@ -11,7 +11,6 @@ and hand results to ``on_result`` in the order a local run would.
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 from sdmark.core.chain import Chain
 from sdmark.core.errors import ImageReadError
 from sdmark.core.executor import ChunkResult, Executor, chunked
-from sdmark.core.io import InputEntry, iter_inputs
+from sdmark.core.io import InputEntry
 from sdmark.core.output import ItemResult, OutputOptions, Writer, finish_batch
 from sdmark.core.stages import RunContext, default_warn
 
@@ -78,37 +77,22 @@ class VerifyStep:
 
 @dataclass(frozen=True)
 class ProcessJob:
-    """One input of ``sdmark process``: its place in the run, and the output file the driver gave it."""
+    """One input of ``sdmark process``: its place in the run, its output name (without extension)
+    and the output file the driver fixed for it (see :func:`sdmark.core.process.prepare_process`)."""
 
     index: int
     entry: InputEntry
+    name: str | None = None
     target: Path | None = None
-    protected: tuple[Path, ...] = ()
-
-
-class _AssignedWriter(Writer):
-    """A :class:`Writer` that writes each item to the file the driver assigned to it (when it did)."""
-
-    def __init__(self, options: OutputOptions, context: RunContext) -> None:
-        super().__init__(options, context)
-        self.assigned: dict[int, ProcessJob] = {}
-        self._next: Path | None = None
-
-    def write(self, item: Any) -> Path:
-        job = self.assigned.pop(item.index, None)
-        self._next = job.target if job is not None else None
-        self.protected = list(job.protected) if job is not None else [item.source] if item.source else []
-        return super().write(item)
-
-    def target(self, name: str) -> Path:
-        return self._next if self._next is not None else super().target(name)
 
 
 class ProcessStep:
-    """``sdmark process`` for chunks of :class:`ProcessJob`; results are ``(read_failed, ItemResult)``."""
+    """``sdmark process`` for chunks of :class:`ProcessJob`; results are ``(read_failed, ItemResult)``.
+
+    ``protected`` are the run's input files, which no output may replace (every worker guards all of them)."""
 
     def __init__(self, chain: Chain, output: OutputOptions | None, safety: str = "on", device: str | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, protected: Sequence[Path] = ()) -> None:
         from sdmark.core.pipeline import pick_device
         from sdmark.core.plugins import load_plugins
 
@@ -119,7 +103,7 @@ class ProcessStep:
         self.safety = safety
         self.context = RunContext(mode="process", device=pick_device(device), warn=self.warnings.append)
         chain.setup(self.context)
-        self.writer = _AssignedWriter(output, self.context) if output is not None else None
+        self.writer = Writer(output, self.context, protected=protected) if output is not None else None
 
     def __call__(self, chunk: list[ProcessJob]) -> ChunkResult:
         from sdmark.core.process import load_item
@@ -128,13 +112,13 @@ class ProcessStep:
         items, positions = [], []
         for position, job in enumerate(chunk):
             try:
-                items.append(load_item(job.entry, job.index, self.safety))
+                items.append(load_item(job.entry, job.index, self.safety, job.name))
                 positions.append(position)
             except ImageReadError as exc:
                 slots[position] = (True, ItemResult(name=job.entry.path.name, status="failed", source=job.entry.path,
                                                     error=str(exc)))
         if self.writer is not None:
-            self.writer.assigned = {job.index: job for job in chunk if job.target is not None}
+            self.writer.assign({job.index: job.target for job in chunk if job.target is not None})
         for position, result in zip(positions, finish_batch(items, self.chain, self.context, self.writer)):
             slots[position] = (False, _strip(result))
         warnings, self.warnings[:] = list(self.warnings), []
@@ -149,13 +133,14 @@ class GenerateStep:
     """``sdmark generate`` for chunks of image indices; one pipeline per worker (its own GPU on Ray)."""
 
     def __init__(self, settings: Any, chain: Chain, output: OutputOptions | None, safety: str = "on",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, names: Sequence[str] | None = None) -> None:
         from sdmark.core.pipeline import load_pipeline
         from sdmark.core.plugins import load_plugins
 
         _use_threads(threads)
         load_plugins()
         self.settings, self.chain, self.output, self.safety = settings, chain, output, safety
+        self.names = names
         self.pipeline = load_pipeline(
             settings.model, settings.device, settings.dtype, scheduler=settings.scheduler,
             cpu_offload=settings.cpu_offload, vae_slicing=settings.vae_slicing,
@@ -167,7 +152,7 @@ class GenerateStep:
 
         warnings: list[str] = []
         results = generate(self.settings, self.chain, self.output, safety=self.safety, pipeline=self.pipeline,
-                           progress=False, warn=warnings.append, indices=set(chunk))
+                           progress=False, warn=warnings.append, indices=set(chunk), names=self.names)
         return ChunkResult([_strip(result) for result in results], warnings)
 
     def fail(self, chunk: list[int], message: str) -> ChunkResult:
@@ -226,33 +211,9 @@ class _LocalOrder:
         return released
 
 
-def _output_name(entry: InputEntry) -> str:
-    """The output name of an input; the same rule as :func:`sdmark.core.process.load_item`."""
-    return str((entry.relative or Path(entry.path.name)).with_suffix(""))
-
-
-def process_jobs(entries: Sequence[InputEntry], output: OutputOptions | None) -> list[ProcessJob]:
-    """One job per input, each with its own output file: unique within the run, in input order."""
-    if output is None:
-        return [ProcessJob(index, entry) for index, entry in enumerate(entries)]
-    names = Writer(output, RunContext(mode="process"))
-    inputs = [entry.path for entry in entries if entry.error is None]
-    by_resolved: dict[Path, list[Path]] = {}
-    for path in inputs:
-        by_resolved.setdefault(path.resolve(), []).append(path)
-    jobs = []
-    for index, entry in enumerate(entries):
-        if entry.error is not None:
-            jobs.append(ProcessJob(index, entry))
-            continue
-        target = names.target(_output_name(entry))
-        protected = list(by_resolved.get(target.resolve(), []))
-        if target.exists():  # an input hard-linked as the output file: never replaced either
-            import os
-
-            protected += [path for path in inputs if path not in protected and os.path.samefile(path, target)]
-        jobs.append(ProcessJob(index, entry, target, tuple(protected)))
-    return jobs
+def process_jobs(run: Any) -> list[ProcessJob]:
+    """One job per input of a :class:`~sdmark.core.process.PreparedRun`, in input order."""
+    return [ProcessJob(index, entry, run.names[index], run.targets.get(index)) for index, entry in enumerate(run.entries)]
 
 
 def process_with(
@@ -267,20 +228,20 @@ def process_with(
     progress: bool | None = None,
     on_result: Callable[[ItemResult], None] | None = None,
     warn: Callable[[str], None] | None = None,
+    on_skipped: Callable[[Path, str], None] | None = None,
 ) -> list[ItemResult]:
     """:func:`sdmark.core.process.process_images` on ``executor``'s workers: the same results in
     the same order, the same files. Returned results carry no pixels (``item.image`` is ``None``)."""
     from tqdm.auto import tqdm
 
-    from sdmark.core.plugins import load_plugins
 
-    load_plugins()
+    from sdmark.core.process import prepare_process
+
     warnings = _Warnings(warn or default_warn)
-    warnings(chain.validate("process"))
-    chain.check_safety("process", safety, warnings.warn)
-    entries = list(iter_inputs(inputs))
-    jobs = process_jobs(entries, output)
-    factory = partial(ProcessStep, chain, output, safety, device, torch_threads())
+    run = prepare_process(inputs, chain, output, safety, warnings.warn, on_skipped)
+    entries = run.entries
+    jobs = process_jobs(run)
+    factory = partial(ProcessStep, chain, output, safety, device, torch_threads(), tuple(run.protected))
     order = _LocalOrder(batch_size)
     results: list[ItemResult] = []
 
@@ -324,19 +285,16 @@ def generate_with(
     the same images, names, records and order. Returned results carry no pixels."""
     from tqdm.auto import tqdm
 
-    from sdmark.core.plugins import load_plugins
 
-    load_plugins()
-    settings.check()
+    from sdmark.core.generate import plan_run
+
     chain = chain or Chain([])
     warnings = _Warnings(warn or default_warn)
-    warnings(chain.validate("generate"))
-    chain.check_safety("generate", safety, warnings.warn)
-    if settings.seed is None:
-        # Drawn here, once: every worker must number and seed the images of one run.
-        settings.seed = random.SystemRandom().randrange(2**32)
+    # Planned here, once (the seed drawn, names numbered, conflicts found): every worker makes
+    # and names its share of one run.
+    names = plan_run(settings, chain, output, safety, warnings.warn)
     total = len(settings.prompts) * settings.count
-    factory = partial(GenerateStep, settings, chain, output, safety, torch_threads())
+    factory = partial(GenerateStep, settings, chain, output, safety, torch_threads(), tuple(names))
     chunks = generate_chunks(total, settings.batch_size, executor.workers)
     results: list[ItemResult] = []
     with tqdm(total=total, unit="img", desc="generating", disable=None if progress is None else not progress) as bar:

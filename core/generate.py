@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Literal
+from typing import Any, Callable, Collection, Literal, Sequence
 
 from sdmark.core.chain import Chain
 from sdmark.core.errors import SdmarkError
-from sdmark.core.output import ItemResult, OutputOptions, Writer, finish_batch
+from sdmark.core.io import output_format
+from sdmark.core.output import ItemResult, OutputOptions, Writer, check_conflicts, finish_batch, next_number, remove_stale_temps
 from sdmark.core.pipeline import DEFAULT_MODEL, decode, default_size, initial_latents, load_pipeline, sampler_name
 from sdmark.core.plugins import load_plugins, pm
 from sdmark.core.records import ProvenanceRecord
@@ -61,6 +62,10 @@ class GenerationSettings:
                 raise SdmarkError(f"{name} must be at least 8 pixels; got {value}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise SdmarkError(f"seed must be between 0 and 2**63-1; got {self.seed}")
+        total = len(self.prompts) * self.count
+        if self.seed is not None and self.seed + total - 1 >= 2**63:
+            raise SdmarkError(f"seed {self.seed} is too large for {total} images (image i uses seed+i, at most "
+                              f"2**63-1): use a seed of at most {2**63 - total}")
 
 
 def _jobs(settings: GenerationSettings) -> list[tuple[int, str, int]]:
@@ -71,6 +76,35 @@ def _jobs(settings: GenerationSettings) -> list[tuple[int, str, int]]:
             index = len(jobs)
             jobs.append((index, prompt, settings.seed + index))
     return jobs
+
+
+def plan_run(settings: GenerationSettings, chain: Chain, output: OutputOptions | None, safety: SafetyMode,
+             warn: Callable[[str], None]) -> list[str]:
+    """What is checked once per run, before any work, and the output names it gives (image ``i``
+    is ``NNNNN-SEED``): settings and chain (image size included), the safety rule, existing output
+    files (an error unless ``output.overwrite``; ``output.append`` numbers after them), the plugins'
+    configuration. Draws ``settings.seed`` when it is unset; removes sdmark's own stale temp files.
+    """
+    load_plugins()
+    settings.check()
+    for message in chain.validate("generate"):
+        warn(message)
+    chain.check_safety("generate", safety, warn)
+    if settings.seed is None:
+        settings.seed = random.SystemRandom().randrange(2**32)
+    if settings.width is not None and settings.height is not None:
+        chain.check_size(settings.width, settings.height)
+    jobs = _jobs(settings)
+    first = next_number(output.directory) if output is not None and output.append else 0
+    names = [f"{first + index:05d}-{seed}" for index, _, seed in jobs]
+    if output is not None:
+        suffix = output_format(output.format)[1]
+        check_conflicts([output.directory / f"{name}{suffix}" for name in names], output.overwrite,
+                        " or --append to number new images after them")
+    pm.hook.sdmark_check_config(mode="generate", output=output)
+    if output is not None:
+        remove_stale_temps(output.directory, warn)
+    return names
 
 
 def generate(
@@ -84,27 +118,29 @@ def generate(
     on_result: Callable[[ItemResult], None] | None = None,
     warn: Callable[[str], None] | None = None,
     indices: Collection[int] | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[ItemResult]:
     """Generate images for ``settings`` through ``chain``; write them to ``output`` if given.
 
+    Before any work: settings and chain are validated (image size included), existing output
+    files are an error unless ``output.overwrite`` (``output.append`` numbers after them instead),
+    plugins check their configuration. Image ``i`` is written as ``NNNNN-SEED.ext``.
     ``safety="on"`` requires a safety-checking stage in the chain (sdmark fails closed);
     ``safety="off"`` is the explicit opt-out, recorded in every image's provenance. Pass an already
     loaded ``pipeline`` to reuse it across calls. Returns one :class:`ItemResult` per image.
-    ``indices`` (with a fixed seed) makes only those images of the run: how an executor's workers
-    share one run (see :mod:`sdmark.core.executor_steps`).
+    ``indices`` (with a fixed seed) makes only those images of the run, and ``names`` are the run's
+    output names from :func:`plan_run` (the checks then are not repeated): how an executor's workers
+    share one run that its driver planned (see :mod:`sdmark.core.executor_steps`).
     """
     import torch
     from tqdm.auto import tqdm
 
-    load_plugins()
-    settings.check()
     chain = chain or Chain([])
     warn = warn or default_warn
-    for message in chain.validate("generate"):
-        warn(message)
-    chain.check_safety("generate", safety, warn)
-    if settings.seed is None:
-        settings.seed = random.SystemRandom().randrange(2**32)
+    if names is None:
+        names = plan_run(settings, chain, output, safety, warn)
+    else:
+        load_plugins()
 
     pipe = pipeline or load_pipeline(
         settings.model, settings.device, settings.dtype, scheduler=settings.scheduler,
@@ -114,6 +150,7 @@ def generate(
     size = default_size(pipe)
     height = size if settings.height is None else settings.height
     width = size if settings.width is None else settings.width
+    chain.check_size(width, height)
     context = RunContext(mode="generate", device=str(pipe._execution_device), settings=settings,
                          pipeline=pipe, model=settings.model, warn=warn)
     chain.setup(context)
@@ -143,7 +180,7 @@ def generate(
             ]
             images = _denoise_and_decode(pipe, chain, context, settings, batch_jobs, records, height, width, bar, torch)
             items = [
-                ImageItem(image=image, record=record, name=f"{index:05d}-{seed}", index=index, seed=seed, prompt=prompt)
+                ImageItem(image=image, record=record, name=names[index], index=index, seed=seed, prompt=prompt)
                 for image, record, (index, prompt, seed) in zip(images, records, batch_jobs)
             ]
             pm.hook.sdmark_after_decode(items=items, context=context)

@@ -85,6 +85,23 @@ def sdmark_load_pipeline(model: str, device: str, dtype: Any, options: dict[str,
     """
 
 
+# -- runs: checked before any work -------------------------------------------------------------
+
+
+@hookspec
+def sdmark_check_config(mode: str, output: Any) -> None:
+    """Runs once per ``generate`` or ``process`` run, after the chain is validated and before any
+    model loads or image is read: the place to refuse a configuration that cannot work.
+
+    :param mode: ``generate`` or ``process``.
+    :param output: the run's :class:`~sdmark.core.output.OutputOptions`, or ``None`` when nothing
+        is written.
+
+    May change: nothing. Raise :class:`~sdmark.core.errors.SdmarkError` (exit code 2) naming the
+    setting to fix (the C2PA plugin does so for an incomplete signing identity).
+    """
+
+
 # -- generation events, in the order they happen -------------------------------------------------
 
 

@@ -151,11 +151,14 @@ class InputEntry:
     relative: Path | None = None
 
 
-def iter_inputs(paths: Iterable[Path | str], recursive: bool = True) -> Iterator[InputEntry]:
+def iter_inputs(
+    paths: Iterable[Path | str], recursive: bool = True, skipped: list[Path] | None = None
+) -> Iterator[InputEntry]:
     """Expand files and folders into image files, in a stable order; unreadable entries are reported.
 
     Files named explicitly are always tried (so a non-image gets a clear error); inside folders
-    only files with an image extension are taken. ``relative`` keeps the folder structure for output.
+    only files with an image extension are taken (the others are appended to ``skipped`` when it
+    is given). ``relative`` keeps the folder structure for output.
     """
     for raw in paths:
         path = Path(raw)
@@ -171,6 +174,8 @@ def iter_inputs(paths: Iterable[Path | str], recursive: bool = True) -> Iterator
                 for name in sorted(files):
                     if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
                         found.append(Path(root) / name)
+                    elif skipped is not None:
+                        skipped.append(Path(root) / name)
             for error in errors:
                 yield InputEntry(Path(error.filename or path), error=f"{error.filename}: cannot list ({error.strerror})")
             for file in found:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from sdmark.core.chain import Chain
 from sdmark.core.errors import SdmarkError
@@ -23,6 +26,8 @@ class OutputOptions:
     format: str = "png"
     quality: int = 95
     overwrite: bool = False
+    append: bool = False
+    """``generate`` only: number new images after the highest ``NNNNN-`` already in ``directory``."""
 
 
 @dataclass
@@ -54,11 +59,74 @@ class ItemResult:
         }
 
 
+class OutputConflictError(SdmarkError):
+    """Output files of this run already exist (found before any work, so nothing was wasted)."""
+
+
+# write_atomic's temporary names (``.NAME.<8 hex>.tmp.EXT``) and the C2PA signer's (``.signing``).
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.(?:tmp|signing)(?:\.[A-Za-z0-9]+)?$")
+STALE_TEMP_SECONDS = 120
+"""A temp file untouched this long is left by a killed run (a live write keeps touching its file)."""
+
+
+def remove_stale_temps(directory: Path, warn: Callable[[str], None] | None = None) -> int:
+    """Delete temporary files of sdmark's own naming left in ``directory`` (recursively) by a run
+    that was killed; files written in the last :data:`STALE_TEMP_SECONDS` are left to their run.
+    Returns how many were removed."""
+    if not directory.is_dir():
+        return 0
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    removed = 0
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            if not _TEMP_NAME.match(name):
+                continue
+            path = Path(root) / name
+            try:
+                if path.is_symlink() or not path.is_file() or path.stat().st_mtime > cutoff:
+                    continue
+                path.unlink()
+                removed += 1
+            except OSError:
+                continue
+    if removed and warn is not None:
+        warn(f"removed {removed} temporary file(s) left in {directory} by an interrupted run")
+    return removed
+
+
+def check_conflicts(paths: Sequence[Path], overwrite: bool, hint: str = "") -> None:
+    """Raise :class:`OutputConflictError` when any of ``paths`` exists, unless ``overwrite``."""
+    if overwrite:
+        return
+    existing = [path for path in paths if path.exists() or path.is_symlink()]
+    if not existing:
+        return
+    shown = ", ".join(str(path) for path in existing[:3]) + (", ..." if len(existing) > 3 else "")
+    raise OutputConflictError(
+        f"{len(existing)} of {len(paths)} output file(s) already exist ({shown}); nothing was done. "
+        f"Pass --overwrite to replace them{hint}, or choose another output folder"
+    )
+
+
+_NUMBERED = re.compile(r"^(\d{5,})-")
+
+
+def next_number(directory: Path) -> int:
+    """One more than the highest ``NNNNN-`` prefix of the files in ``directory`` (0 when none)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    numbers = [int(match.group(1)) for match in map(_NUMBERED.match, names) if match]
+    return max(numbers, default=-1) + 1
+
+
 class Writer:
     """Writes finished images atomically with ``parameters``, our record and XMP.
 
     ``protected`` are the run's input files, which are never overwritten. Names are made unique
-    within a run so two inputs never race for one output file.
+    within a run so two inputs never race for one output file; :meth:`reserve` fixes every
+    item's file before any work so that conflicts are found up front (:meth:`check_conflicts`).
     """
 
     def __init__(self, options: OutputOptions, context: RunContext, protected: Iterable[Path] = ()) -> None:
@@ -67,6 +135,7 @@ class Writer:
         self.format, self.suffix = output_format(options.format)
         self.protected = list(protected)
         self._taken: set[Path] = set()
+        self._reserved: dict[int, Path] = {}
 
     def target(self, name: str) -> Path:
         path = self.options.directory / f"{name}{self.suffix}"
@@ -77,11 +146,29 @@ class Writer:
         self._taken.add(path)
         return path
 
+    def reserve(self, names: Sequence[tuple[int, str]]) -> list[Path]:
+        """Fix the output file of each ``(index, name)`` now, in order; :meth:`write` then uses it."""
+        paths = []
+        for index, name in names:
+            path = self.target(name)
+            self._reserved[index] = path
+            paths.append(path)
+        return paths
+
+    def assign(self, targets: Mapping[int, Path]) -> None:
+        """Use files fixed earlier (by :meth:`reserve`, maybe in another process) for these item indices."""
+        self._reserved.update(targets)
+        self._taken.update(targets.values())
+
+    def check_conflicts(self, paths: Sequence[Path], hint: str = "") -> None:
+        """Raise :class:`OutputConflictError` when any of ``paths`` exists (unless ``--overwrite``)."""
+        check_conflicts(paths, self.options.overwrite, hint)
+
     def write(self, item: ImageItem) -> Path:
         record = item.record
         if record.kind == "generated" and record.generation:
             item.text["parameters"] = a1111_parameters(record.generation, record.software, record.stages)
-        path = self.target(item.name)
+        path = self._reserved.pop(item.index, None) or self.target(item.name)
         pm.hook.sdmark_before_save(item=item, path=path, context=self.context)
         # A processed image keeps the source type its input declared; we never claim we generated it.
         source_type = (
@@ -126,6 +213,8 @@ def finish_batch(
                 result = ItemResult(status="written", path=writer.write(item), **base)
             except SdmarkError as exc:
                 result = ItemResult(status="failed", error=str(exc), **base)
+            except (OSError, RuntimeError) as exc:  # e.g. a symlink loop met while resolving paths
+                result = ItemResult(status="failed", error=f"cannot write: {type(exc).__name__}: {exc}", **base)
         results.append(result)
         if on_result is not None:
             on_result(result)

@@ -42,6 +42,11 @@ def pick_device(requested: str | None = None) -> str:
     import torch
 
     if requested and requested != "auto":
+        if requested.partition(":")[0] not in ("cpu", "cuda", "mps"):
+            raise SdmarkError(f"unknown device {requested!r}: use cuda, cuda:N, mps, cpu or auto")
+        if requested.startswith("mps") and not (getattr(torch.backends, "mps", None) is not None
+                                                and torch.backends.mps.is_available()):
+            raise SdmarkError(f"device {requested!r} requested but MPS (Apple GPU) is not available (use --device cpu)")
         if requested.startswith("cuda") and not torch.cuda.is_available():
             raise SdmarkError(f"device {requested!r} requested but CUDA is not available (use --device cpu)")
         if requested.startswith("cuda:"):

@@ -1,21 +1,122 @@
-"""Running a chain on existing images: read each safely, process in batches, write atomically."""
+"""Running a chain on existing images: find the inputs, plan their outputs, read each safely,
+process in batches, write atomically."""
 
 from __future__ import annotations
 
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Literal
 
 from sdmark.core.chain import Chain
-from sdmark.core.errors import ImageReadError
-from sdmark.core.io import InputEntry, iter_inputs, read_image, sha256_file
-from sdmark.core.output import ItemResult, OutputOptions, Writer, finish_batch
-from sdmark.core.plugins import load_plugins
+from sdmark.core.errors import ImageReadError, SdmarkError
+from sdmark.core.io import InputEntry, iter_inputs, output_format, read_image, sha256_file
+from sdmark.core.output import ItemResult, OutputOptions, Writer, check_conflicts, finish_batch, remove_stale_temps
+from sdmark.core.plugins import load_plugins, pm
 from sdmark.core.records import ProvenanceRecord
 from sdmark.core.stages import ImageItem, RunContext, default_warn
 
+class NoImagesError(SdmarkError):
+    """The inputs hold no image to process (exit code 2, as ``verify`` gives for an empty folder)."""
 
-def load_item(entry: InputEntry, index: int, safety: str) -> ImageItem:
-    """Read one input into an :class:`ImageItem` with a ``processed`` record; raises ImageReadError."""
+
+SKIP_NOT_IMAGE = "not an image file name (no or unknown extension, or hidden)"
+SKIP_DUPLICATE = "given more than once"
+SKIP_IN_OUTPUT = "inside the output folder"
+
+
+@dataclass
+class InputPlan:
+    """The inputs of a run in order, each with the output name it will get, and what was skipped."""
+
+    entries: list[InputEntry] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _root_labels(inputs: list[Path]) -> list[str | None]:
+    """With several inputs each folder keeps its own subtree under its own name (``a/``, ``b/``,
+    ``b-2/`` for a second folder called ``b``); a single folder is written straight into ``-o``."""
+    if len(inputs) < 2:
+        return [None] * len(inputs)
+    labels: list[str | None] = []
+    used: set[str] = set()
+    for path in inputs:
+        if not path.is_dir():
+            labels.append(None)
+            continue
+        base = Path(os.path.realpath(path)).name or "root"
+        label, number = base, 2
+        while label in used:
+            label, number = f"{base}-{number}", number + 1
+        used.add(label)
+        labels.append(label)
+    return labels
+
+
+def plan_inputs(inputs: Iterable[Path | str], output: OutputOptions | None = None) -> InputPlan:
+    """Walk ``inputs`` into the files to process, once each, with their output names.
+
+    Skipped (and listed in ``skipped`` with the reason): files in folders whose names are not image
+    names, a file given more than once, and files inside the output folder (so a rerun never reads
+    its own outputs back). When two inputs would get one name (``pic.png`` and ``pic.jpg``), those
+    whose extension differs from the output's keep it in the name (``pic.jpg.png``).
+    """
+    paths = [Path(raw) for raw in inputs]
+    plan = InputPlan()
+    seen: set[str] = set()
+    out_dir = os.path.realpath(output.directory) if output is not None else None
+    suffix = output_format(output.format)[1] if output is not None else ".png"
+    relatives: list[Path] = []
+    for path, label in zip(paths, _root_labels(paths)):
+        not_images: list[Path] = []
+        walked = path.is_dir()
+        root = os.path.realpath(path) if walked else None
+        for entry in iter_inputs([path], skipped=not_images):
+            real = os.path.realpath(entry.path)
+            if real in seen and entry.error is None:
+                plan.skipped.append((entry.path, SKIP_DUPLICATE))
+                continue
+            if walked and out_dir is not None and out_dir != root and _inside(real, out_dir):
+                plan.skipped.append((entry.path, SKIP_IN_OUTPUT))
+                continue
+            seen.add(real)
+            relative = entry.relative or Path(entry.path.name)
+            if label is not None and entry.relative is not None:
+                relative = Path(label) / relative
+            plan.entries.append(entry)
+            relatives.append(relative)
+        plan.skipped += [(file, SKIP_NOT_IMAGE) for file in not_images
+                         if not (out_dir is not None and _inside(os.path.realpath(file), out_dir) and out_dir != root)]
+    groups: dict[str, list[int]] = defaultdict(list)
+    for position, relative in enumerate(relatives):
+        groups[str(relative.with_suffix(""))].append(position)
+    plan.names = [str(relative.with_suffix("")) for relative in relatives]
+    for name, members in groups.items():
+        if len(members) > 1:
+            for position in members:
+                if relatives[position].suffix.lower() != suffix:
+                    plan.names[position] = str(relatives[position])
+    return plan
+
+
+def _resolvable(path: Path) -> bool:
+    try:
+        path.resolve()
+        return True
+    except (OSError, RuntimeError):  # a symlink loop: it can be no one's output either
+        return False
+
+
+def load_item(entry: InputEntry, index: int, safety: str, name: str | None = None) -> ImageItem:
+    """Read one input into an :class:`ImageItem` with a ``processed`` record; raises ImageReadError.
+
+    ``name`` is the output name without extension (default: the entry's relative path)."""
     if entry.error:
         raise ImageReadError(entry.error)
     loaded = read_image(entry.path)
@@ -36,9 +137,59 @@ def load_item(entry: InputEntry, index: int, safety: str) -> ImageItem:
         text["parameters"] = loaded.metadata["parameters"]
     relative = entry.relative or Path(entry.path.name)
     return ImageItem(
-        image=loaded.image, record=record, name=str(relative.with_suffix("")), index=index,
+        image=loaded.image, record=record, name=name or str(relative.with_suffix("")), index=index,
         source=entry.path, text=text, source_metadata=loaded.metadata, notes=list(loaded.notes),
     )
+
+
+@dataclass
+class PreparedRun:
+    """A ``process`` run checked and planned before any work: the inputs in order, each readable
+    one's output file fixed (``targets``, by input index), and the input files nothing may replace."""
+
+    entries: list[InputEntry]
+    names: list[str]
+    targets: dict[int, Path]
+    protected: list[Path]
+
+
+def prepare_process(
+    inputs: Iterable[Path | str],
+    chain: Chain,
+    output: OutputOptions | None,
+    safety: Literal["on", "off"],
+    warn: Callable[[str], None],
+    on_skipped: Callable[[Path, str], None] | None = None,
+) -> PreparedRun:
+    """Everything ``process`` checks once per run, before any image is read: the chain (warnings
+    to ``warn``) and the safety rule, the inputs (:func:`plan_inputs`; skipped files go to
+    ``on_skipped``), existing output files (an error unless ``output.overwrite``) and the plugins'
+    configuration. Removes sdmark's own stale temp files from the output folder; writes nothing else.
+    Raises :class:`NoImagesError` when the inputs hold no image."""
+    load_plugins()
+    for message in chain.validate("process"):
+        warn(message)
+    chain.check_safety("process", safety, warn)
+    inputs = list(inputs)
+    plan = plan_inputs(inputs, output)
+    entries = plan.entries
+    if not entries:
+        skipped = f" ({len(plan.skipped)} file(s) skipped)" if plan.skipped else ""
+        raise NoImagesError(f"no images found in {', '.join(str(p) for p in inputs)}{skipped}")
+    for path, reason in plan.skipped:
+        if on_skipped is not None:
+            on_skipped(path, reason)
+    protected = [entry.path for entry in entries if entry.error is None and _resolvable(entry.path)]
+    targets: dict[int, Path] = {}
+    if output is not None:
+        readable = [(index, plan.names[index]) for index, entry in enumerate(entries) if entry.error is None]
+        paths = Writer(output, RunContext(mode="process")).reserve(readable)
+        check_conflicts(paths, output.overwrite)
+        targets = {index: path for (index, _), path in zip(readable, paths)}
+    pm.hook.sdmark_check_config(mode="process", output=output)
+    if output is not None:
+        remove_stale_temps(output.directory, warn)
+    return PreparedRun(entries, plan.names, targets, protected)
 
 
 def process_images(
@@ -52,26 +203,28 @@ def process_images(
     progress: bool | None = None,
     on_result: Callable[[ItemResult], None] | None = None,
     warn: Callable[[str], None] | None = None,
+    on_skipped: Callable[[Path, str], None] | None = None,
 ) -> list[ItemResult]:
     """Run ``chain`` on image files and folders (recursively); one :class:`ItemResult` per input.
 
     A file that cannot be read is reported as failed and the rest go on. ``safety="off"`` records
     that the user turned safety off; with ``"on"`` the record says whether a safety stage ran.
+    Before any work: the chain is validated, existing output files are an error (unless
+    ``output.overwrite``), plugins check their configuration. Files not processed (see
+    :func:`plan_inputs`) are passed to ``on_skipped`` with the reason.
     """
     from tqdm.auto import tqdm
 
     from sdmark.core.pipeline import pick_device
 
-    load_plugins()
     warn = warn or default_warn
-    for message in chain.validate("process"):
-        warn(message)
-    chain.check_safety("process", safety, warn)
-    entries = list(iter_inputs(inputs))
+    run = prepare_process(inputs, chain, output, safety, warn, on_skipped)
+    entries = run.entries
     context = RunContext(mode="process", device=pick_device(device), warn=warn)
+    writer = Writer(output, context, protected=run.protected) if output is not None else None
+    if writer is not None:
+        writer.assign(run.targets)
     chain.setup(context)
-    protected = [entry.path for entry in entries if entry.error is None]
-    writer = Writer(output, context, protected=protected) if output is not None else None
     results: list[ItemResult] = []
     pending: list[ImageItem] = []
     with tqdm(total=len(entries), unit="img", desc="processing", disable=None if progress is None else not progress) as bar:
@@ -85,7 +238,7 @@ def process_images(
 
         for index, entry in enumerate(entries):
             try:
-                pending.append(load_item(entry, index, safety))
+                pending.append(load_item(entry, index, safety, run.names[index]))
             except ImageReadError as exc:
                 result = ItemResult(name=entry.path.name, status="failed", source=entry.path, error=str(exc))
                 results.append(result)

@@ -20,8 +20,19 @@ if TYPE_CHECKING:
     from PIL import Image
 
 PHASES = ("before_denoise", "after_denoise", "process")
+MAX_OPTION_CHARS = 4096
+"""Longest option value accepted (a caption, a path or a hex id fit many times over)."""
+_SHOWN_CHARS = 60
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to a readable length, so an error never echoes a huge value back."""
+    text = repr(value)
+    if len(text) <= _SHOWN_CHARS:
+        return text
+    return f"{text[:_SHOWN_CHARS]}... ({len(str(value))} characters)"
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,8 @@ class Option:
         """
         where = f"option {stage}:{self.name}"
         expected = self.type.__name__
+        if isinstance(value, (str, Path)) and len(str(value)) > MAX_OPTION_CHARS:
+            raise ChainError(f"{where} is {len(str(value))} characters long; the limit is {MAX_OPTION_CHARS}")
         try:
             if strict and self.type in (bool, int, float) and isinstance(value, str):
                 raise ValueError
@@ -80,14 +93,14 @@ class Option:
                     raise ValueError
                 result = value
         except (TypeError, ValueError):
-            raise ChainError(f"{where} expects {expected}, got {value!r}") from None
+            raise ChainError(f"{where} expects {expected}, got {shown(value)}") from None
         allowed = self.allowed()
         if allowed is not None and result not in allowed:
-            raise ChainError(f"{where} must be one of {', '.join(allowed)}; got {value!r}")
+            raise ChainError(f"{where} must be one of {', '.join(allowed)}; got {shown(value)}")
         if self.minimum is not None and result < self.minimum:
-            raise ChainError(f"{where} must be >= {self.minimum}; got {value!r}")
+            raise ChainError(f"{where} must be >= {self.minimum}; got {shown(value)}")
         if self.maximum is not None and result > self.maximum:
-            raise ChainError(f"{where} must be <= {self.maximum}; got {value!r}")
+            raise ChainError(f"{where} must be <= {self.maximum}; got {shown(value)}")
         return result
 
 
@@ -188,6 +201,15 @@ class Stage:
     def check(self, mode: str) -> None:
         """Validate option combinations for ``mode`` before any work; raise :class:`ChainError`."""
 
+    def unfit_size(self, width: int, height: int) -> str | None:
+        """Why an image of this size cannot go through this stage (checked before any work), or ``None``."""
+        return None
+
+    def output_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """The size of a ``width`` x ``height`` image after this stage, or ``None`` when it cannot be
+        known before the run (then later stages are not size-checked up front)."""
+        return width, height
+
     def setup(self, context: RunContext) -> None:
         """Load what the stage needs (models, fonts), once per run, before the first image."""
 
@@ -246,7 +268,7 @@ class StageRegistry:
             return self._stages[name]
         except KeyError:
             valid = ", ".join(sorted(self._stages)) or "none (no plugins loaded)"
-            raise ChainError(f"unknown stage {name!r}; installed stages: {valid}") from None
+            raise ChainError(f"unknown stage {shown(name)}; installed stages: {valid}") from None
 
     def owner(self, name: str) -> str:
         return self._owners.get(name, "?")

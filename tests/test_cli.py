@@ -82,9 +82,18 @@ def test_bad_sizes_are_usage_errors(cli_runner):
         assert result.exit_code == 2 and "--size" in result.stderr and "Traceback" not in result.stderr, size
 
 
-def test_process_without_safety_says_so(cli_runner, photo_dir, tmp_path):
+def test_process_adds_safety_first_and_no_safety_is_the_only_way_out(cli_runner, photo_dir, tmp_path):
     runner, cli = cli_runner
-    result = runner.invoke(cli, ["process", str(photo_dir / "coffee.jpg"), "--chain", "", "-o", str(tmp_path), "--json"])
-    assert result.exit_code == 0
-    assert "no safety stage: images are not checked" in result.stderr
-    assert json.loads(result.stdout)["record"]["safety"] == "not-run"
+    result = runner.invoke(cli, ["process", str(photo_dir / "coffee.jpg"), "--chain", "", "-o", str(tmp_path / "a"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "adding the 'safety' stage first (use --no-safety to process unchecked)" in result.stderr
+    record = json.loads(result.stdout)["record"]
+    assert record["safety"] == "checked" and [s["stage"] for s in record["stages"]] == ["safety"]
+    # The README's own example: caption and watermark only; the image is still checked first.
+    readme = runner.invoke(cli, ["process", str(photo_dir / "coffee.jpg"), "--chain", "caption:text='Made with AI' watermark",
+                                 "-o", str(tmp_path / "b"), "--json"])
+    assert readme.exit_code == 0, readme.output
+    assert [s["stage"] for s in json.loads(readme.stdout)["record"]["stages"]] == ["safety", "caption", "watermark"]
+    off = runner.invoke(cli, ["process", str(photo_dir / "coffee.jpg"), "--chain", "", "--no-safety", "-o", str(tmp_path / "c"), "--json"])
+    assert off.exit_code == 0 and json.loads(off.stdout)["record"]["safety"] == "disabled"
+    assert "safety checking is OFF" in off.stderr

@@ -190,7 +190,7 @@ def test_third_party_plugin_is_discovered_and_its_stage_runs(third_party_site, p
     out = tmp_path / "out"
     run = sdmark("process", str(photo_dir / "astronaut.png"), "--chain", "mirror:times=1", "-o", str(out), env=env)
     assert run.returncode == 0, run.stderr
-    assert "[mirror: mirrored x1]" in run.stdout
+    assert "[safety: ok; mirror: mirrored x1]" in run.stdout  # process adds the safety stage first
     from PIL import Image, ImageOps
 
     original = Image.open(photo_dir / "astronaut.png").convert("RGB")

@@ -141,7 +141,7 @@ def test_write_never_overwrites_an_input_and_refuses_to_clobber(tmp_path, photos
     assert runner.invoke(cli, ["process", str(folder), "--chain", "", "--no-safety", "-o", str(out)]).exit_code == 0
     first = (out / "coffee.png").read_bytes()
     again = runner.invoke(cli, ["process", str(folder), "--chain", "", "--no-safety", "-o", str(out)])
-    assert again.exit_code == 1 and "already exists (pass --overwrite" in again.stdout
+    assert again.exit_code == 2 and "already exist" in again.stderr and "--overwrite" in again.stderr  # before any work
     assert (out / "coffee.png").read_bytes() == first
     assert runner.invoke(cli, ["process", str(folder), "--chain", "", "--no-safety", "-o", str(out), "--overwrite"]).exit_code == 0
     assert sorted(p.name for p in out.iterdir()) == ["coffee.png"]  # no temp files left behind
@@ -168,7 +168,7 @@ def test_same_stem_inputs_get_distinct_outputs(tmp_path, photos, cli_runner):
     out = tmp_path / "out"
     result = runner.invoke(cli, ["process", str(folder), "--chain", "", "--no-safety", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["pic-1.png", "pic.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["pic.jpg.png", "pic.png"]
 
 
 def test_encoder_error_fails_one_image_and_the_batch_goes_on(tmp_path, photos, cli_runner):

@@ -34,6 +34,15 @@ def sdmark_register_commands(cli: Any) -> None:
     cli.add_command(keys)
 
 
+@hookimpl
+def sdmark_check_config(mode: str, output: Any) -> None:
+    """An incomplete signing identity is a configuration error before any work, not one per image."""
+    if output is not None:
+        from sdmark.plugins.c2pa.settings import signing_config
+
+        signing_config()
+
+
 @hookimpl(trylast=True)
 def sdmark_finalize_output(path: Path, item: Any, context: Any) -> None:
     """Sign the file in place; ``trylast`` so that no other plugin's final write comes after it."""

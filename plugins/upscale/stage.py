@@ -22,6 +22,18 @@ from sdmark.plugins.upscale import diffusion, resample
 BACKENDS = ("lanczos", "opencv", "model", "sd-x4", "sd-latent-x2")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 _PLAIN_FACTOR = 2.0
+# Options that only mean something for some backends (the others take factor/width/height only).
+_BACKEND_OPTIONS = {
+    "interpolation": ("opencv",),
+    "model": ("model", "sd-x4", "sd-latent-x2"),
+    "tile": ("model",),
+    "overlap": ("model",),
+    "dtype": ("model", "sd-x4", "sd-latent-x2"),
+    "prompt": ("sd-x4", "sd-latent-x2"),
+    "noise_level": ("sd-x4",),
+    "steps": ("sd-x4", "sd-latent-x2"),
+    "guidance": ("sd-x4", "sd-latent-x2"),
+}
 
 
 def _size(size: tuple[int, int]) -> str:
@@ -57,8 +69,23 @@ class UpscaleStage(Stage):
     def active_phases(self) -> tuple[str, ...]:
         return ("after_denoise",) if self.backend == "sd-latent-x2" else ("process",)
 
+    def output_size(self, width: int, height: int) -> tuple[int, int] | None:
+        native = {"lanczos": _PLAIN_FACTOR, "opencv": _PLAIN_FACTOR, "sd-x4": 4, "sd-latent-x2": 2}.get(self.backend)
+        opts = self.options
+        if native is None and not (opts["factor"] or opts["width"] or opts["height"]):
+            return None  # a model file's own scale is known only once it is loaded
+        try:
+            return self._target((width, height), native or 1.0)
+        except Exception:
+            return None
+
     def check(self, mode: str) -> None:
         opts = self.options
+        defaults = {option.name: option.default for option in type(self).options}
+        for name, backends in _BACKEND_OPTIONS.items():
+            if self.backend not in backends and opts[name] != defaults[name]:
+                raise ChainError(f"option upscale:{name} does not apply to backend {self.backend!r} "
+                                 f"(it is for {', '.join(backends)})")
         if opts["factor"] and (opts["width"] or opts["height"]):
             raise ChainError("upscale: give either factor or width/height, not both")
         if self.backend == "sd-latent-x2" and (opts["factor"] not in (0, 2) or opts["width"] or opts["height"]):

@@ -52,6 +52,9 @@ class WatermarkStage(Stage):
             except ValueError as exc:
                 raise ChainError(f"option watermark:id: {exc}") from None
 
+    def unfit_size(self, width: int, height: int) -> str | None:
+        return get_method(self.options["method"]).unfit(width, height)
+
     def setup(self, context: RunContext) -> None:
         method = get_method(self.options["method"])
         try:
@@ -177,6 +180,14 @@ def check_written_mark(path: Any, item: ImageItem) -> None:
     expected = entry.result.get("payload")
     if detection is None or not detection.watermarked or detection.payload != expected:
         got = "nothing" if detection is None else f"{detection.band} (p={detection.p_value:.2g})"
+        position = max(i for i, e in enumerate(item.record.stages) if e is entry)
+        later = list(dict.fromkeys(e.stage for e in item.record.stages[position + 1:] if e.stage != "watermark"))
+        if later:
+            raise StageError(
+                f"watermark: the {entry.result.get('method')} mark was erased by {', '.join(map(repr, later))}, "
+                f"which changed the pixels after the watermark stage (read back {got}); put "
+                f"{', '.join(map(repr, later))} before 'watermark'; not written"
+            )
         raise StageError(
             f"watermark: the {entry.result.get('method')} mark does not survive encoding to {path.suffix} "
             f"(read back {got}); raise --quality, write PNG, or use a sturdier method; not written"
