@@ -79,7 +79,7 @@ def test_ray_process_and_verify_equal_local(cli_runner, ray_cluster, signing, in
     assert local.exit_code == ray_run.exit_code == 1, (local.output, ray_run.output)  # broken.png failed
     assert ray_lines == local_lines
     assert [line["status"] for line in local_lines].count("written") == 5
-    assert {Path(line["path"]).name for line in local_lines if line["path"]} >= {"chelsea.png", "chelsea-1.png"}
+    assert {Path(line["path"]).name for line in local_lines if line["path"]} >= {"chelsea.png", "chelsea.jpg.png"}  # the jpg keeps its extension in the name
     local_files = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local").rglob("*.png"))
     assert local_files == sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray").rglob("*.png"))
     for relative in local_files:
