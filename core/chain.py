@@ -30,6 +30,7 @@ MAX_CHAIN_FILE_BYTES = 64 * 1024
 """A chain file is a handful of tables; anything bigger is refused unread."""
 MAX_TOML_DEPTH = 16
 MAX_TOML_KEY_PARTS = 32
+MAX_TOML_DOTS = 4096
 """Caps checked before parsing: stdlib tomllib recurses per nesting level and is quadratic in the
 number of parts of one dotted key (100,000 parts took 24 GB)."""
 
@@ -104,6 +105,9 @@ def _value(text: str, pos: int, stage: str) -> tuple[str, int]:
 def _check_toml_shape(text: str, path: Path) -> None:
     """Refuse, before tomllib sees it, nesting deeper than :data:`MAX_TOML_DEPTH` and dotted keys of
     more than :data:`MAX_TOML_KEY_PARTS` parts (strings and comments are skipped, not parsed)."""
+    # Whatever the scan below makes of odd quoting, no key can have more parts than the file has dots.
+    if text.count(".") > MAX_TOML_DOTS:
+        raise ChainError(f"chain file {path} has more than {MAX_TOML_DOTS} dots; a chain file needs a few")
     depth = max_depth = dots = 0
     pos, n = 0, len(text)
     while pos < n:
@@ -117,6 +121,9 @@ def _check_toml_shape(text: str, path: Path) -> None:
                 elif len(quote) == 1 and text[pos] == "\n":
                     break
                 pos += 1
+            if len(quote) == 3:  # up to two more quotes belong to the content: a 4-quote run closes after one
+                while pos + 3 < n and text[pos + 3] == char:
+                    pos += 1
             pos += len(quote)
             continue
         if char == "#":

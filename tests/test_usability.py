@@ -303,12 +303,16 @@ def test_signals_exit_with_the_summary_and_leave_no_temp_file(tmp_path, signum, 
 def test_chain_files_are_capped_before_parsing(tmp_path):
     cases = {
         "big.toml": "# " + "x" * MAX_CHAIN_FILE_BYTES + "\n",
-        "dotted.toml": "[[stage]]\nname = \"safety\"\n" + ".".join(["a"] * 20000) + " = 1\n",
+        "dotted.toml": "[[stage]]\nname = \"safety\"\n" + ".".join(["a"] * 100) + " = 1\n",
         "deep.toml": "[[stage]]\nname = \"safety\"\nx = " + "[" * 5000 + "]" * 5000 + "\n",
         "inline.toml": "[[stage]]\nname = \"safety\"\nx = " + "{a = " * 100 + "1" + "}" * 100 + "\n",
+        # Odd quoting cannot hide a long key from the caps: a closing run of four quotes ends after the fourth.
+        "quotes.toml": "[[stage]]\nname = \"safety\"\nx = {a = " + '"' * 3 + "q" + '"' * 4 + ", " + ".".join(["b"] * 40) + " = 1}\n",
+        "dots.toml": "[[stage]]\nname = \"safety\"\n" + "".join(f'k{i} = "{"." * 30}"\n' for i in range(200)),
     }
     messages = {"big.toml": "KiB", "dotted.toml": "more than 32 parts", "deep.toml": "nested deeper than 16",
-                "inline.toml": "nested deeper than 16"}
+                "inline.toml": "nested deeper than 16", "quotes.toml": "more than 32 parts",
+                "dots.toml": "more than 4096 dots"}
     for name, text in cases.items():
         path = tmp_path / name
         path.write_text(text, encoding="utf-8")
@@ -319,6 +323,7 @@ def test_chain_files_are_capped_before_parsing(tmp_path):
     # What a real chain file uses passes: strings with dots and brackets, floats, comments.
     ok = tmp_path / "ok.toml"
     ok.write_text('# a.b.c.d [[[[\n[[stage]]\nname = "caption"\ntext = "v1.2.3 [x] {y} # not a comment"\n'
+                  'template = ' + '"' * 3 + 'say ""hi"" [[[' + '"' * 4 + '\n'
                   '[[stage]]\nname = "safety"\nthreshold = 0.75\n', encoding="utf-8")
     assert [spec.name for spec in specs_from(str(ok))] == ["caption", "safety"]
 
