@@ -16,11 +16,22 @@ if ! command -v tesseract >/dev/null 2>&1; then
     fi
 fi
 
+if ! command -v chromium >/dev/null 2>&1; then
+    # Debian's Chromium for the `sdmark serve` browser test (Playwright drives it; its own browser
+    # download cannot work offline).
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+            || echo "setup: could not install chromium; the serve browser test will fail" >&2
+    else
+        echo "setup: chromium not found (apt-get install chromium); the serve browser test will fail" >&2
+    fi
+fi
+
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=".venv/bin/python -m pip --disable-pip-version-check"
 $PIP install -q --upgrade pip
 $PIP install -q "$TORCH_SPEC"
-$PIP install -q -e ".[safety,c2pa,test]"
+$PIP install -q -e ".[safety,c2pa,serve,test]"
 # spandrel declares torchvision, whose PyPI build replaces the CPU torch: install it without deps.
 $PIP install -q einops
 $PIP install -q --no-deps "spandrel>=0.4"
