@@ -58,7 +58,8 @@ def create_app(settings: ServeSettings | None = None) -> Starlette:
 
     def reject_large(scope: dict[str, Any], exc: BodyTooLarge) -> Any:
         metrics.rejections.labels(reason="too_large").inc()
-        return _error(scope.get("path", ""), 413, str(exc), wants_html=_is_page(scope))
+        # Connection: close makes the server drop the connection instead of draining the rest of the body.
+        return _error(scope.get("path", ""), 413, str(exc), wants_html=_is_page(scope), headers={"connection": "close"})
 
     routes = [
         Route("/", index, methods=["GET"]),
