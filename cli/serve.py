@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import socket
@@ -82,7 +83,9 @@ def serve_command(host: str, port: int, workers: int, threads: int, queue: int, 
     server = uvicorn.Server(config)
     try:
         if workers > 1:
-            Multiprocess(config, target=server.run, sockets=[sock]).run()
+            # uvicorn's supervisor took the worker target until recent releases; it now builds it itself.
+            target = {"target": server.run} if "target" in inspect.signature(Multiprocess).parameters else {}
+            Multiprocess(config, sockets=[sock], **target).run()
         else:
             server.run(sockets=[sock])
     finally:

@@ -21,6 +21,7 @@ HERE = Path(__file__).parent
 STATIC = HERE / "static"
 TEMPLATES = HERE / "templates"
 THUMB_SIDE = 320
+MAX_GREY_SIDE = 256
 DATA_URI_PREFIXES = ("data:image/png;base64,", "data:image/jpeg;base64,", "data:image/webp;base64,")
 
 SOURCE_TYPES = {
@@ -40,13 +41,28 @@ STATUS_WORDS = {
     "untrusted": "intact, but the signer is not under any trust anchor of this server",
     "tampered": "tampered: the file changed after it was signed",
     "invalid": "invalid: the signature or certificate does not check out",
+    "absent": "none in the file",
+}
+RECOVERY_WORDS = {
+    "matched": "matched: this image's content matches the registered image, so the credentials below describe it "
+               "(as it was registered; later changes are not covered)",
+    "different-content": "DIFFERENT CONTENT: the watermark's payload is registered for another image; the mark was copied "
+                         "or forged onto this one, and those credentials do not apply to it",
+    "inconsistent": "inconsistent: the registry rows are contradicted by their own signed manifests, so they are ignored",
+    "ambiguous": "ambiguous: several registered images carry this payload and the content does not pick one",
+    "unverifiable": "unverifiable: the registered manifest cannot be compared with this image",
+    "not-registered": "not registered: the watermark's payload is in no row of this server's registry",
 }
 # Fields a section below already shows; anything else in the report is listed under "other findings".
 REPORT_SHOWN = {"path", "watermarked", "detections", "error", "checked", "content_credentials", "parameters",
                 "xmp_digital_source_type", "record"}
 DETECTION_SHOWN = {"scheme", "band", "p_value", "payload", "key"}
 CREDENTIALS_SHOWN = {"present", "status", "trusted", "signer", "digital_source_type", "actions", "ingredients",
-                     "summary", "error", "record", "recovered_from_registry", "trust_anchors", "binding"}
+                     "summary", "error", "record", "recovered_from_registry", "trust_anchors", "binding", "recovery",
+                     "embedded", "digital_source_type_inherited"}
+# In a report without a ``recovery`` object these describe the recovered manifest, shown in its section.
+RECOVERED_SHOWN = {"registry_entry", "registry", "soft_binding", "soft_binding_matches_watermark", "claim_generator",
+                   "manifest", "validation_state", "failures"}
 
 
 def _environment() -> Environment:
@@ -104,20 +120,43 @@ def thumbnail_data_uri(path: Path) -> str | None:
 
 
 def _safe_image(value: Any) -> str | None:
-    """A registered thumbnail as an inline image, only when it is an inline PNG/JPEG/WebP (never a URL)."""
+    """A registered thumbnail as an inline image: an inline PNG/JPEG/WebP data URI, or a signed
+    fingerprint's small greyscale thumbnail (``grey_zlib_b64``); never a URL."""
     if isinstance(value, dict):
         if isinstance(value.get("data_uri"), str):
             value = value["data_uri"]
         elif isinstance(value.get("mime"), str) and isinstance(value.get("base64"), str):
             value = f"data:{value['mime']};base64,{value['base64']}"
+        elif isinstance(value.get("grey_zlib_b64"), str):
+            return _grey_thumbnail(value)
     if isinstance(value, str) and value.startswith(DATA_URI_PREFIXES):
         return value
     return None
 
 
-def _registered_thumbnail(credentials: dict[str, Any]) -> str | None:
-    for holder in (credentials, credentials.get("registry_entry") or {}, credentials.get("content") or {},
-                   credentials.get("comparison") or {}):
+def _grey_thumbnail(value: dict[str, Any]) -> str | None:
+    import zlib
+
+    from PIL import Image
+
+    try:
+        width, height = int(value["width"]), int(value["height"])
+        if not (0 < width <= MAX_GREY_SIDE and 0 < height <= MAX_GREY_SIDE):
+            return None
+        raw = zlib.decompressobj().decompress(base64.b64decode(value["grey_zlib_b64"]), width * height + 1)
+        if len(raw) != width * height:
+            return None
+        image = Image.frombytes("L", (width, height), raw)
+        scale = max(1, THUMB_SIDE // max(width, height))
+        buffer = io.BytesIO()
+        image.resize((width * scale, height * scale), Image.Resampling.NEAREST).save(buffer, "PNG")
+    except (KeyError, TypeError, ValueError, zlib.error):
+        return None
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _find_thumbnail(*holders: Any) -> str | None:
+    for holder in holders:
         if not isinstance(holder, dict):
             continue
         for key, value in holder.items():
@@ -125,6 +164,32 @@ def _registered_thumbnail(credentials: dict[str, Any]) -> str | None:
                 found = _safe_image(value)
                 if found:
                     return found
+    return None
+
+
+def _recovery(credentials: dict[str, Any]) -> dict[str, Any] | None:
+    """The registry recovery, from a report with a ``recovery`` verdict or from one that only says
+    ``recovered_from_registry`` (then the recovered manifest's fields sit in the credentials)."""
+    recovery = credentials.get("recovery")
+    if isinstance(recovery, dict):
+        chosen = recovery.get("matched") if isinstance(recovery.get("matched"), dict) else None
+        verdict = recovery.get("verdict")
+        candidates = [c for c in recovery.get("candidates") or [] if isinstance(c, dict)]
+        shown = {"verdict", "matched", "candidates", "reason", "payload", "key", "scheme", "note"}
+        return {
+            "verdict": verdict, "words": RECOVERY_WORDS.get(verdict, verdict or "no verdict"),
+            "reason": recovery.get("reason"), "note": recovery.get("note"), "payload": recovery.get("payload"),
+            "key": recovery.get("key"), "scheme": recovery.get("scheme"), "manifest": chosen,
+            "content": (chosen or {}).get("content") if isinstance((chosen or {}).get("content"), dict) else None,
+            "candidates": candidates if not chosen or len(candidates) > 1 else [],
+            "extra": {k: v for k, v in recovery.items() if k not in shown and v not in (None, [], {})},
+            "thumbnail": _find_thumbnail(chosen, (chosen or {}).get("content"), recovery, *candidates),
+        }
+    if credentials.get("recovered_from_registry"):
+        return {"verdict": None, "words": "recovered (this report has no content comparison)", "reason": None,
+                "note": credentials.get("note"), "payload": (credentials.get("soft_binding") or {}).get("payload"),
+                "key": None, "scheme": None, "manifest": credentials, "content": None, "candidates": [], "extra": {},
+                "thumbnail": _find_thumbnail(credentials, credentials.get("registry_entry"))}
     return None
 
 
@@ -152,8 +217,10 @@ def view(report: dict[str, Any], upload_thumbnail: str | None = None) -> dict[st
     detections = [d for d in report.get("detections") or [] if isinstance(d, dict)]
     credentials = report.get("content_credentials")
     credentials = credentials if isinstance(credentials, dict) else {}
-    recovered = bool(credentials.get("recovered_from_registry"))
-    record = report.get("record") or credentials.get("record")
+    recovery = _recovery(credentials)
+    recovered_manifest = (recovery or {}).get("manifest") or {}
+    record = report.get("record") or credentials.get("record") or recovered_manifest.get("record")
+    hidden = CREDENTIALS_SHOWN | (RECOVERED_SHOWN if recovery else set())
     return {
         "uid": secrets.token_hex(6),  # element ids stay unique when the script adds reports to the page
         "report": report,
@@ -162,12 +229,12 @@ def view(report: dict[str, Any], upload_thumbnail: str | None = None) -> dict[st
         "detections": [{**d, "extra": {k: v for k, v in d.items() if k not in DETECTION_SHOWN}} for d in detections],
         "checked": report.get("checked") or [],
         "credentials": credentials,
-        "credentials_state": ("recovered" if recovered else "embedded" if credentials.get("present") else "none"),
-        "status_words": STATUS_WORDS.get(credentials.get("status"), credentials.get("status") or "not reported"),
-        "credentials_extra": {k: v for k, v in credentials.items() if k not in CREDENTIALS_SHOWN and v not in (None, [], {})},
+        "embedded": bool(credentials.get("present")),
+        "recovery": recovery,
+        "status_words": STATUS_WORDS,
+        "credentials_extra": {k: v for k, v in credentials.items() if k not in hidden and v not in (None, [], {})},
         "record": record if isinstance(record, dict) else None,
         "file_metadata": {k: report.get(k) for k in ("xmp_digital_source_type", "parameters") if report.get(k)},
         "other": {k: v for k, v in report.items() if k not in REPORT_SHOWN and v not in (None, [], {})},
         "upload_thumbnail": upload_thumbnail,
-        "registered_thumbnail": _registered_thumbnail(credentials) if recovered else None,
     }

@@ -3,6 +3,7 @@ page in a real browser (Playwright driving Debian's Chromium)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -262,13 +263,21 @@ def test_page_renders_unknown_and_missing_fields_without_breaking():
         {"path": "evil.png", "watermarked": False, "detections": None,
          "content_credentials": {"recovered_from_registry": True, "thumbnail": "javascript:alert(1)",
                                  "actions": ["odd", {"action": "<script>x</script>"}]}},
+        {"path": "copied.png", "watermarked": True, "detections": [{"scheme": "sdmark", "band": "very likely", "payload": "cd"}],
+         "content_credentials": {"present": False, "status": "absent", "recovery": {
+             "verdict": "different-content", "payload": "cd", "key": "public", "reason": "registered for another image",
+             "candidates": [{"verdict": "different-content", "content": {"distance": 0.48}}],
+             "matched": {"signer": {"common_name": "Registered Signer"}, "signature": "valid", "trusted": True,
+                         "thumbnail": {"width": 2, "height": 1, "grey_zlib_b64": base64.b64encode(zlib.compress(b"\0\xff")).decode()}}}}},
         {"path": "broken.png", "watermarked": None, "error": "cannot decode"},
         {},
     ]
     html = page.render_reports([page.view(r) for r in reports])
     assert "different-content" in html and "novel" in html and "private" in html and f'src="{tiny}"' in html
     assert 'src="javascript:' not in html and "<script>x" not in html and "&lt;script&gt;x" in html
-    assert "Could not check this image" in html and html.count("<article") == 4
+    assert "DIFFERENT CONTENT" in html and "Registered Signer" in html and "0.48" in html
+    assert html.count('<img src="data:image/png;base64,') == 2  # the data URI and the signed grey thumbnail
+    assert "Could not check this image" in html and html.count("<article") == 5
 
 
 # -- a real server, and the page in a real browser ----------------------------------------------

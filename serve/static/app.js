@@ -29,7 +29,7 @@
     line.textContent = "Checking\u2026";
     article.appendChild(heading);
     article.appendChild(line);
-    reports.insertBefore(article, reports.firstChild);
+    reports.appendChild(article);
     return article;
   }
 
@@ -80,6 +80,7 @@
       pending += 1;
     }
     say(pending + " image(s) being checked");
+    queue[0].article.scrollIntoView({ block: "nearest" });
     next();
   }
 
