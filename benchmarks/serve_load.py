@@ -217,7 +217,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1, help="server worker processes")
     parser.add_argument("--max-requests", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=3, help="in-process rounds over the good images")
+    parser.add_argument("--rounds", type=int, default=10, help="in-process rounds over the good images")
     args = parser.parse_args()
     if not (1 <= args.clients <= 64 and 0 < args.duration <= 600 and 1 <= args.workers <= 8):
         raise SystemExit("keep it bounded: 1-64 clients, at most 600 s, 1-8 workers")

@@ -6,6 +6,7 @@ never on the event loop; the body limit and the admission gate act before the bo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -161,7 +162,13 @@ async def _checked(request: Request, ticket: Ticket, max_files: int, html: bool 
     """The uploads of an admitted request, or the error response that refuses them."""
     settings: ServeSettings = request.app.state.settings
     try:
-        uploads = await receive_uploads(request, ticket.folder, max_files, settings.max_upload_bytes)
+        # A body trickled in slowly would hold its admission place for ever: it gets the same timeout.
+        uploads = await asyncio.wait_for(receive_uploads(request, ticket.folder, max_files, settings.max_upload_bytes),
+                                         timeout=settings.timeout_s)
+    except asyncio.TimeoutError:
+        _metrics(request).rejections.labels(reason="timeout").inc()
+        return _error(request.url.path, 408, f"the upload took longer than {settings.timeout_s:g} s", wants_html=html,
+                      headers={"connection": "close"})
     except UploadRejected as exc:
         _metrics(request).rejections.labels(reason=exc.reason).inc()
         return _error(request.url.path, exc.status, exc.message, wants_html=html)
@@ -254,18 +261,12 @@ async def mark(request: Request) -> Response:
         if isinstance(uploads, Response):
             return uploads
         folder = ticket.folder
-
-        def job() -> Any:
-            try:
-                return engine.mark(uploads[0], folder, fmt)
-            except SdmarkError as exc:
-                return exc
-
-        done = await _run(request, ticket, job)
+        try:
+            done = await _run(request, ticket, lambda: engine.mark(uploads[0], folder, fmt))
+        except SdmarkError as exc:  # the chain refused or failed this image
+            return _error(request.url.path, 422, str(exc))
         if isinstance(done, Response):
             return done
-        if isinstance(done, SdmarkError):
-            return _error(request.url.path, 422, str(done))
         data, summary = done
         stages = ",".join(stage.get("stage", "?") for stage in (summary.get("record") or {}).get("stages") or [])
         return Response(data, media_type=MARK_FORMATS[fmt], headers={

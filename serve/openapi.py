@@ -51,6 +51,7 @@ def _upload_body(description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     words = {400: "Malformed multipart body", 401: "Missing or wrong bearer token", 404: "Marking is off on this server",
+             408: "The upload took longer than the timeout",
              413: "Upload over the size limit (refused while streaming)", 415: "Not an image (judged by content)",
              422: "Decompression bomb, unreadable image, or no field `file`", 503: "Saturated; retry after Retry-After seconds",
              504: "The per-request timeout passed"}
@@ -68,7 +69,7 @@ def openapi_document(settings: ServeSettings) -> dict[str, Any]:
         "requestBody": _upload_body("The image (PNG, JPEG, WebP, TIFF, BMP or GIF)"),
         "responses": {"200": {"description": "The verify report",
                               "content": {"application/json": {"schema": {"$ref": "#/components/schemas/VerifyReport"}}}},
-                      **_errors(400, 413, 415, 422, 503, 504)},
+                      **_errors(400, 408, 413, 415, 422, 503, 504)},
     }
     mark = {
         "summary": "Mark one image (needs the operator's token)", "operationId": "mark",
@@ -81,7 +82,7 @@ def openapi_document(settings: ServeSettings) -> dict[str, Any]:
         "responses": {"200": {"description": "The marked image",
                               "content": {f"image/{f}": {"schema": {"type": "string", "format": "binary"}}
                                           for f in ("png", "jpeg", "webp")}},
-                      **_errors(400, 401, 404, 413, 415, 422, 503, 504)},
+                      **_errors(400, 401, 404, 408, 413, 415, 422, 503, 504)},
     }
     return {
         "openapi": "3.1.0",

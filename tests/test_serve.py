@@ -241,6 +241,38 @@ def test_per_request_timeout_is_504(images):
         assert response.status_code == 504 and "longer than" in response.json()["error"]
 
 
+def test_a_trickled_upload_is_408_within_the_timeout(images):
+    """Driven through the ASGI interface: the body's first bytes arrive, the rest never does."""
+    import asyncio
+
+    async def trickle(app) -> list[dict]:
+        head = b'--zz\r\nContent-Disposition: form-data; name="file"; filename="slow.png"\r\n\r\n\x89PNG'
+        chunks = [{"type": "http.request", "body": head, "more_body": True}]
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            if chunks:
+                return chunks.pop()
+            await asyncio.sleep(30)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+                 "path": "/v1/verify", "raw_path": b"/v1/verify", "query_string": b"", "root_path": "",
+                 "headers": [(b"content-type", b"multipart/form-data; boundary=zz"), (b"host", b"test")],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+        await asyncio.wait_for(app(scope, receive, send), timeout=10)
+        return sent
+
+    with TestClient(create_app(ServeSettings(timeout_s=0.5))) as slow:
+        started = time.monotonic()
+        sent = asyncio.run(trickle(slow.app))
+        assert sent[0]["status"] == 408 and time.monotonic() - started < 5
+        assert slow.app.state.engine.gate.held == 0  # its admission place was given back
+
+
 def test_metrics_count_requests_verdicts_and_rejections(client, images):
     upload(client, images["unmarked"])
     client.post("/v1/verify", files={"file": ("bomb.png", png_bomb(40_000, 40_000))})
