@@ -6,13 +6,13 @@ Makes a private identity and registry in a temp folder, marks and signs four pho
 keeps four unmarked ones and three bad uploads (text named .png, a PNG bomb header, a truncated
 PNG). Then, on the same images:
 
-* in-process: ``verify_file`` on each good image, one after another (what ``sdmark verify`` runs),
-  timed for images per second and per CPU-second of this process;
+* in-process: ``verify_file`` on the same mix, one file after another (what ``sdmark verify`` runs),
+  timed for verified images per second and per CPU-second of this process;
 * service: ``sdmark serve --port 0`` on 127.0.0.1 in a subprocess, ``--clients`` threads posting
   the mix (8 good : 3 bad) with keep-alive for ``--duration`` seconds (or ``--max-requests``).
 
 Prints throughput, p50/p99 latency, status counts (5xx, 503 apart), the server's RSS (after start,
-after a warm-up round, at the end) and the ratio of verified images per server CPU-second to
+after a concurrent warm-up of two requests per client, through the run, at the end) and the ratio of verified images per server CPU-second to
 in-process images per CPU-second: the target is >= 0.8x per core. Loopback only; bounded in time
 and count.
 """
@@ -24,7 +24,6 @@ import http.client
 import io
 import os
 import re
-import statistics
 import struct
 import subprocess
 import sys
@@ -79,7 +78,8 @@ def make_images(folder: Path) -> tuple[list[Path], list[tuple[str, bytes]]]:
     return good, bad
 
 
-def in_process(good: list[Path], rounds: int) -> dict[str, float]:
+def in_process(good: list[Path], bad: list[Path], rounds: int) -> dict[str, float]:
+    """``verify_file`` over the same mix as the service gets (8 good : 3 bad), one after another."""
     from sdmark.core.plugins import load_plugins
     from sdmark.plugins.watermark.verify import select_schemes, verify_file
 
@@ -93,6 +93,8 @@ def in_process(good: list[Path], rounds: int) -> dict[str, float]:
         for path in good:
             assert verify_file(path, schemes)["error"] is None
             count += 1
+        for path in bad:
+            assert verify_file(path, schemes)["error"] is not None
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return {"images": count, "wall_s": wall, "cpu_s": cpu, "per_s": count / wall, "per_cpu_s": count / cpu}
 
@@ -230,17 +232,34 @@ def main() -> None:
         good, bad = make_images(folder)
         mix = [(p.name, body(p.name, p.read_bytes()), True) for p in good] + [(n, body(n, d), False) for n, d in bad]
         print("in-process verify ...", file=sys.stderr)
-        local = in_process(good, args.rounds)
+        bad_paths = []
+        for name, data in bad:
+            (folder / "bad").mkdir(exist_ok=True)
+            (folder / "bad" / name).write_bytes(data)
+            bad_paths.append(folder / "bad" / name)
+        local = in_process(good, bad_paths, args.rounds)
 
         env = dict(os.environ)
         server = Server(env, args.workers, queue=max(32, 2 * args.clients))
         try:
             rss_idle, _ = server.usage()
-            for name, payload, _good in mix:  # one warm-up round, as in-process had
-                server.request("POST", "/v1/verify", payload)
+            # Warm-up, as in-process had: every upload at least once, with all clients at once, so that "start"
+            # already holds the working set of concurrent uploads and RSS growth after it measures leaks.
+            load(server.port, mix, args.clients, 60.0, max_requests=2 * max(len(mix), args.clients))
             rss_start, cpu_start = server.usage()
             print(f"load: {args.clients} clients for {args.duration:g} s ...", file=sys.stderr)
+            samples: list[float] = []
+            stop = threading.Event()
+
+            def sample() -> None:  # RSS through the run: a plateau is caches and allocator arenas, a slope a leak
+                while not stop.wait(args.duration / 6):
+                    samples.append(server.usage()[0])
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
             run = load(server.port, mix, args.clients, args.duration, args.max_requests)
+            stop.set()
+            sampler.join()
             rss_end, cpu_end = server.usage()
         finally:
             server.stop()
@@ -271,8 +290,9 @@ def main() -> None:
     print(f"5xx (other than 503): {five_xx}; 503 (saturated, by design): {statuses.get(503, 0)}; "
           f"failed connections: {statuses.get(-1, 0)}")
     growth = (rss_end / rss_start - 1) * 100
-    print(f"server RSS: {rss_idle:.0f} MB after start, {rss_start:.0f} MB after one warm-up round, {rss_end:.0f} MB at the end "
+    print(f"server RSS: {rss_idle:.0f} MB after start, {rss_start:.0f} MB after the warm-up, {rss_end:.0f} MB at the end "
           f"({growth:+.1f}%, target <= +10%)")
+    print(f"server RSS during the load (every {args.duration / 6:g} s): {', '.join(f'{mb:.0f}' for mb in samples)} MB")
     ratio = per_cpu / local["per_cpu_s"]
     print(f"service / in-process, images per CPU-second (per core): {ratio:.2f}x (target >= 0.8x)")
     print(f"service / in-process, wall throughput per server worker: {verified / run['wall_s'] / args.workers / local['per_s']:.2f}x")

@@ -31,7 +31,7 @@ from sdmark.serve.uploads import UploadRejected, keep_copy, receive_uploads
 from sdmark.serve.work import Engine, Ticket, WorkTimeout
 
 log = logging.getLogger("sdmark.serve")
-ROUTES = {"/", "/v1/verify", "/v1/mark", "/v1/schemes", "/healthz", "/metrics", "/docs", "/openapi.json"}
+ROUTES = frozenset({"/", "/v1/verify", "/v1/mark", "/v1/schemes", "/healthz", "/metrics", "/docs", "/openapi.json"})
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                                "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
@@ -60,7 +60,7 @@ def create_app(settings: ServeSettings | None = None) -> Starlette:
     def reject_large(scope: dict[str, Any], exc: BodyTooLarge) -> Any:
         metrics.rejections.labels(reason="too_large").inc()
         # Connection: close makes the server drop the connection instead of draining the rest of the body.
-        return _error(scope.get("path", ""), 413, str(exc), wants_html=_is_page(scope), headers={"connection": "close"})
+        return _error(413, str(exc), wants_html=_is_page(scope), headers={"connection": "close"})
 
     routes = [
         Route("/", index, methods=["GET"]),
@@ -127,7 +127,7 @@ def _is_page(scope: dict[str, Any]) -> bool:
     return scope.get("path") == "/"
 
 
-def _error(path: str, status: int, message: str, *, wants_html: bool = False,
+def _error(status: int, message: str, *, wants_html: bool = False,
            headers: dict[str, str] | None = None) -> Response:
     """The one error shape: ``{"error": message, "status": code}``, or the page with the message."""
     if wants_html:
@@ -136,11 +136,11 @@ def _error(path: str, status: int, message: str, *, wants_html: bool = False,
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
-    return _error(request.url.path, 404, "not found")
+    return _error(404, "not found")
 
 
 async def _not_allowed(request: Request, exc: Exception) -> Response:
-    return _error(request.url.path, 405, f"{request.method} is not allowed here")
+    return _error(405, f"{request.method} is not allowed here")
 
 
 def _engine(request: Request) -> Engine:
@@ -154,7 +154,7 @@ def _metrics(request: Request) -> Metrics:
 def _busy(request: Request, html: bool = False) -> Response:
     settings: ServeSettings = request.app.state.settings
     _metrics(request).rejections.labels(reason="busy").inc()
-    return _error(request.url.path, 503, "the server is busy; try again shortly", wants_html=html,
+    return _error(503, "the server is busy; try again shortly", wants_html=html,
                   headers={"Retry-After": str(settings.retry_after_s)})
 
 
@@ -167,11 +167,11 @@ async def _checked(request: Request, ticket: Ticket, max_files: int, html: bool 
                                          timeout=settings.timeout_s)
     except asyncio.TimeoutError:
         _metrics(request).rejections.labels(reason="timeout").inc()
-        return _error(request.url.path, 408, f"the upload took longer than {settings.timeout_s:g} s", wants_html=html,
+        return _error(408, f"the upload took longer than {settings.timeout_s:g} s", wants_html=html,
                       headers={"connection": "close"})
     except UploadRejected as exc:
         _metrics(request).rejections.labels(reason=exc.reason).inc()
-        return _error(request.url.path, exc.status, exc.message, wants_html=html)
+        return _error(exc.status, exc.message, wants_html=html)
     for upload in uploads:
         if settings.log_images:  # the operator's opt-in; names are repr()'d so they cannot forge log lines
             log.info("upload %r %s %d bytes sha256=%s", upload.name, upload.format, upload.size, upload.sha256)
@@ -185,7 +185,7 @@ async def _run(request: Request, ticket: Ticket, job: Any, html: bool = False) -
         return await _engine(request).run(ticket, job)
     except WorkTimeout as exc:
         _metrics(request).rejections.labels(reason="timeout").inc()
-        return _error(request.url.path, 504, str(exc), wants_html=html)
+        return _error(504, str(exc), wants_html=html)
 
 
 async def verify(request: Request) -> Response:
@@ -242,16 +242,16 @@ async def mark(request: Request) -> Response:
     """``POST /v1/mark``: run the operator's chain on the upload; off without a configured token."""
     settings: ServeSettings = request.app.state.settings
     if not settings.token:
-        return _error(request.url.path, 404, "marking is off on this server (the operator has set no token)")
+        return _error(404, "marking is off on this server (the operator has set no token)")
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), settings.token.encode()):
         _metrics(request).rejections.labels(reason="unauthorized").inc()
-        return _error(request.url.path, 401, "a valid bearer token is required",
+        return _error(401, "a valid bearer token is required",
                       headers={"WWW-Authenticate": 'Bearer realm="sdmark"'})
     fmt = request.query_params.get("format", "png").lower()
     if fmt not in MARK_FORMATS:
-        return _error(request.url.path, 422, f"format must be one of {', '.join(MARK_FORMATS)}")
+        return _error(422, f"format must be one of {', '.join(MARK_FORMATS)}")
     engine = _engine(request)
     ticket = engine.admit()
     if ticket is None:
@@ -264,7 +264,7 @@ async def mark(request: Request) -> Response:
         try:
             done = await _run(request, ticket, lambda: engine.mark(uploads[0], folder, fmt))
         except SdmarkError as exc:  # the chain refused or failed this image
-            return _error(request.url.path, 422, str(exc))
+            return _error(422, str(exc))
         if isinstance(done, Response):
             return done
         data, summary = done
