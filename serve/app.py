@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import time
 from typing import Any, AsyncIterator
@@ -204,8 +205,9 @@ async def verify(request: Request) -> Response:
         _metrics(request).count_reports(reports)
         report = reports[0]
         # The image passed sniffing but could not be decoded or checked: the report says why.
-        return JSONResponse(report, status_code=422 if report.get("error") else 200,
-                            headers={"cache-control": "no-store"})
+        # Serialised exactly as `sdmark verify --json` prints it (non-JSON values as str, not a 500).
+        return Response(json.dumps(report, ensure_ascii=False, default=str), status_code=422 if report.get("error") else 200,
+                        media_type="application/json", headers={"cache-control": "no-store"})
     finally:
         if not ticket.submitted:
             ticket.release()
