@@ -30,7 +30,7 @@ MISSING = "sdmark serve needs its extra: pip install 'sdmark[serve]'"
 @click.option("--max-upload-mb", type=click.FloatRange(min=0.001), default=25.0, show_default=True,
               help="Largest upload; a larger body is answered 413 as soon as it passes the limit.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
-              help="Seconds a request may take (upload, queue and check) before 504.")
+              help="Seconds an upload may take to arrive (else 408), and its check, queue included (else 504).")
 @click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="File with the bearer token that turns on POST /v1/mark (or set SDMARK_SERVE_TOKEN).")
 @click.option("--mark-chain", default="watermark", show_default=True, help="The chain POST /v1/mark runs.")

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-pytest.importorskip("starlette", reason="sdmark[serve] is installed by scripts/setup.sh")
-from starlette.testclient import TestClient  # noqa: E402
+from playwright import sync_api as playwright  # the test extra; scripts/setup.sh installs it and chromium
+from starlette.testclient import TestClient  # the serve extra
 
-from sdmark.serve.app import create_app  # noqa: E402
-from sdmark.serve.settings import ServeSettings  # noqa: E402
+from sdmark.serve.app import create_app
+from sdmark.serve.settings import ServeSettings
 
 TOKEN = "correct horse battery staple"
 CHROMIUM = "/usr/bin/chromium"
@@ -404,7 +404,6 @@ def report_for(page, name: str):
 
 
 def test_browser_shows_payload_signer_and_no_watermark(server, images, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api")
     assert Path(CHROMIUM).exists(), "scripts/setup.sh installs Debian's chromium"
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
