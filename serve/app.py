@@ -89,8 +89,16 @@ def create_app(settings: ServeSettings | None = None) -> Starlette:
 
 
 def app_from_environment() -> Starlette:
-    """The factory uvicorn calls in each worker (``--workers``): settings from ``SDMARK_SERVE_*``."""
-    return create_app(ServeSettings.from_env())
+    """The factory uvicorn calls in each worker (``--workers``): settings from ``SDMARK_SERVE_*``.
+
+    With ``log_images`` it also sends the ``sdmark.serve`` log to stderr (uvicorn configures only its own)."""
+    settings = ServeSettings.from_env()
+    if settings.log_images and not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s sdmark.serve: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    return create_app(settings)
 
 
 class Observed:

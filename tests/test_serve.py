@@ -121,6 +121,23 @@ def test_client_file_names_are_only_shown_never_used_as_paths(client, images):
     assert server_temp_dirs() <= before  # the upload's private folder is gone when the request ends
 
 
+def test_uploads_are_kept_and_logged_only_when_the_operator_opts_in(images, tmp_path, caplog):
+    import hashlib
+    import logging
+
+    data = images["unmarked"].read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    with caplog.at_level(logging.INFO, logger="sdmark.serve"):
+        with TestClient(create_app(ServeSettings())) as plain:
+            assert upload(plain, images["unmarked"]).status_code == 200
+        assert digest not in caplog.text
+        with TestClient(create_app(ServeSettings(store_dir=tmp_path / "kept", log_images=True))) as keeping:
+            assert upload(keeping, images["unmarked"], name="holiday.png").status_code == 200
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == [f"{digest}.png"]
+    assert (tmp_path / "kept" / f"{digest}.png").read_bytes() == data
+    assert digest in caplog.text and "'holiday.png'" in caplog.text
+
+
 def test_schemes_health_and_openapi(client):
     schemes = client.get("/v1/schemes").json()["schemes"]
     assert {"sdmark", "sdxl"} <= {s["name"] for s in schemes}
