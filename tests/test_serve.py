@@ -335,9 +335,9 @@ def test_page_renders_unknown_and_missing_fields_without_breaking():
 
 @pytest.fixture(scope="module")
 def server(images):
-    """``sdmark serve --port 0`` in a subprocess on 127.0.0.1; yields its base URL."""
+    """``sdmark serve --port 0 --workers 2`` in a subprocess on 127.0.0.1; yields its base URL."""
     env = dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", str(ROOT.parent)), SDMARK_SERVE_TOKEN="")
-    process = subprocess.Popen([sys.executable, "-m", "sdmark.cli", "serve", "--port", "0", "--max-upload-mb", "2"],
+    process = subprocess.Popen([sys.executable, "-m", "sdmark.cli", "serve", "--port", "0", "--workers", "2", "--max-upload-mb", "2"],
                                env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     url = None
     try:
@@ -414,6 +414,13 @@ def test_real_server_verifies_and_refuses_a_stream_past_the_limit(server, images
         answer = bytes(received).decode("latin-1")
     assert answer.startswith("HTTP/1.1 413"), answer[:200]
     assert sent < 64 * 1024 * 1024
+    for _ in range(4):  # spread over both workers; /metrics adds them up
+        assert _post_file(server + "/v1/verify", images["unmarked"].read_bytes(), "plain.png")[0] == 200
+    with urllib.request.urlopen(server + "/metrics", timeout=30) as answer:
+        text = answer.read().decode()
+    unmarked = re.search(r'sdmark_serve_verdicts_total\{verdict="unmarked"\} ([0-9.]+)', text)
+    assert unmarked and float(unmarked.group(1)) >= 4, text[:2000]
+    assert re.search(r'sdmark_serve_rejections_total\{reason="too_large"\} [1-9]', text)
 
 
 def report_for(page, name: str):
