@@ -88,7 +88,7 @@ def plugins(as_json: bool) -> None:
 
 
 def _register_commands() -> None:
-    from sdmark.cli import generate, process, verify  # noqa: F401  (they attach themselves to `cli`)
+    from sdmark.cli import generate, process, serve, verify  # noqa: F401  (they attach themselves to `cli`)
     from sdmark.core.plugins import load_plugins, pm
 
     load_plugins()

@@ -6,6 +6,17 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${SDMARK_TORCH:-torch==2.13.0}
 
+if ! command -v chromium >/dev/null 2>&1; then
+    # Debian's Chromium for the `sdmark serve` browser test (Playwright drives it; its own browser
+    # download cannot work offline).
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+            || echo "setup: could not install chromium; the serve browser test will fail" >&2
+    else
+        echo "setup: chromium not found (apt-get install chromium); the serve browser test will fail" >&2
+    fi
+fi
+
 if ! command -v tesseract >/dev/null 2>&1; then
     # OCR for the caption legibility tests (Debian package); optional outside CI.
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -35,5 +46,7 @@ $PIP install -q -e ".[safety,c2pa,test,ray,postgres]"
 # spandrel declares torchvision, whose PyPI build replaces the CPU torch: install it without deps.
 $PIP install -q einops
 $PIP install -q --no-deps "spandrel>=0.4"
+# `sdmark serve` and its tests (Starlette's test client, Playwright driving the chromium above).
+$PIP install -q -e ".[serve-test]"
 # Both opencv-python (invisible-watermark) and opencv-python-headless (nudenet) provide cv2.
 .venv/bin/python -c "import cv2, torch, diffusers, imwatermark, ray.data, psycopg, sdmark.core; print('setup: ok, torch', torch.__version__, 'cv2', cv2.__version__)"

@@ -19,7 +19,8 @@ import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 tops = {n.split("/")[0] for n in names if not n.startswith("sdmark-")}
 assert tops == {"sdmark"}, f"wheel installs unexpected top-level names: {sorted(tops)}"
-for required in ("sdmark/core/plugins.py", "sdmark/cli/main.py", "sdmark/plugins/watermark/__init__.py"):
+for required in ("sdmark/core/plugins.py", "sdmark/cli/main.py", "sdmark/plugins/watermark/__init__.py",
+                 "sdmark/serve/app.py", "sdmark/serve/templates/index.html", "sdmark/serve/static/app.js"):
     assert required in names, f"{required} missing from the wheel"
 assert not any(n.startswith("sdmark/tests/") for n in names), "tests leaked into the wheel"
 print(f"wheel-check: {len(names)} files, top level {sorted(tops)}")

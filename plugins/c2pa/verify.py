@@ -92,7 +92,8 @@ def inspect_credentials(path: Path, detections: list[dict[str, Any]] | None = No
             with open(path, "rb") as stream:
                 reader = c2pa.Reader.try_create(mime, stream, context=context)
                 if reader is not None:
-                    found.update(describe_store(json.loads(reader.json())), present=True, binding="embedded")
+                    store = json.loads(reader.json())
+                    found.update(describe_store(store), present=True, binding="embedded", record=_record(store))
                     reader.close()
                     _add_certificate(found.get("signer"), store_from_file(path), found.get("manifest"))
         except c2pa.C2paError as exc:

@@ -1,0 +1,94 @@
+"""What an operator configures for ``sdmark serve``.
+
+Settings travel through ``SDMARK_SERVE_*`` environment variables because ``--workers N`` starts
+N fresh processes that each build their own app; ``sdmark serve`` sets them from its options.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Mapping
+
+from sdmark.core.errors import SdmarkError
+
+PREFIX = "SDMARK_SERVE_"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits and switches of one server. ``token`` enables ``POST /v1/mark``; ``store_dir`` and
+    ``log_images`` are the operator's opt-ins to keep uploads or name them in the log."""
+
+    max_upload_bytes: int = 25 * 1024 * 1024
+    max_files: int = 16  # per page upload; the API takes one file per request
+    timeout_s: float = 60.0
+    threads: int = 1  # verifications at once per worker process
+    queue: int = 32  # requests that may wait for a thread before 503
+    retry_after_s: int = 2
+    token: str | None = field(default=None, repr=False)
+    mark_chain: str = "watermark"
+    store_dir: Path | None = None
+    log_images: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServeSettings:
+        """Settings from ``SDMARK_SERVE_<FIELD>`` (upper case); a bad value is an error naming it."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for spec in fields(cls):
+            raw = env.get(PREFIX + spec.name.upper())
+            if raw is None or raw == "":
+                continue
+            try:
+                values[spec.name] = _parse(spec.name, raw)
+            except ValueError:
+                raise SdmarkError(f"{PREFIX}{spec.name.upper()}={raw!r} is not a valid value") from None
+        token_file = env.get(PREFIX + "TOKEN_FILE")
+        if token_file and "token" not in values:
+            values["token"] = read_token_file(Path(token_file))
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse settings that would make the server unsafe or useless."""
+        if self.max_upload_bytes < 1 or self.threads < 1 or self.queue < 0 or self.timeout_s <= 0 or self.max_files < 1:
+            raise SdmarkError("serve: limits must be positive (max upload, threads, timeout, max files; queue >= 0)")
+        if self.token is not None and len(self.token) < 16:
+            raise SdmarkError("serve: the mark token must be at least 16 characters")
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes :meth:`from_env` return these settings (for worker processes)."""
+        env = {}
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if value is not None:
+                env[PREFIX + spec.name.upper()] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+        return env
+
+
+def _parse(name: str, raw: str) -> object:
+    if name in ("max_upload_bytes", "max_files", "threads", "queue", "retry_after_s"):
+        return int(raw)
+    if name == "timeout_s":
+        return float(raw)
+    if name == "log_images":
+        if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ValueError(raw)
+        return raw.lower() in ("1", "true", "yes")
+    if name == "store_dir":
+        return Path(raw)
+    return raw
+
+
+def read_token_file(path: Path) -> str:
+    """The bearer token in ``path`` (first line, stripped)."""
+    try:
+        token = path.read_text(encoding="utf-8").strip().splitlines()
+    except OSError as exc:
+        raise SdmarkError(f"{path}: cannot read the token file ({exc.strerror or exc})") from None
+    if not token or not token[0].strip():
+        raise SdmarkError(f"{path}: the token file is empty")
+    return token[0].strip()

@@ -1,0 +1,141 @@
+"""The per-worker engine: schemes loaded once, CPU work in a bounded thread pool, each request's
+temp folder and admission place released when its work ends."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from sdmark.serve.limits import Gate
+from sdmark.serve.settings import ServeSettings
+from sdmark.serve.uploads import Upload
+
+T = TypeVar("T")
+
+
+class WorkTimeout(Exception):
+    """The request's work did not finish within the per-request timeout."""
+
+
+class Ticket:
+    """One admitted request: its place at the gate and its private temp folder, both released once
+    (by the request if its work never started, else when the work ends, even after a timeout)."""
+
+    def __init__(self, gate: Gate) -> None:
+        self._gate = gate
+        self._folder: Path | None = None
+        self._lock = threading.Lock()
+        self._released = False
+        self.submitted = False
+
+    @property
+    def folder(self) -> Path:
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix="sdmark-serve-"))  # mode 0700
+        return self._folder
+
+    def release(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+        self._gate.leave()
+
+
+class Engine:
+    """What one worker process loads once and every request shares: the schemes, the pool, the gate."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        from sdmark.core.plugins import load_plugins
+        from sdmark.plugins.watermark.verify import select_schemes
+
+        load_plugins()
+        self.settings = settings
+        self.schemes = select_schemes()
+        self.gate = Gate(settings.threads, settings.queue)
+        self.pool = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="sdmark-serve")
+        self.mark_chain = _checked_chain(settings.mark_chain) if settings.token else None
+
+    def warm_up(self) -> None:
+        """Run one verification so that lazy imports and caches are paid for before the first request."""
+        import numpy as np
+        from PIL import Image
+
+        with tempfile.TemporaryDirectory(prefix="sdmark-serve-warm-") as folder:
+            path = Path(folder) / "warm.png"
+            Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(path)
+            self.verify_path(path, "warm.png")
+
+    def admit(self) -> Ticket | None:
+        """A ticket for one request, or None when the server is saturated (answer 503)."""
+        return Ticket(self.gate) if self.gate.try_enter() else None
+
+    async def run(self, ticket: Ticket, job: Callable[[], T]) -> T:
+        """Run ``job`` in the pool; the ticket is released when it ends. Raises :class:`WorkTimeout`."""
+        future: Future[T] = self.pool.submit(job)
+        ticket.submitted = True
+        future.add_done_callback(lambda _: ticket.release())
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=self.settings.timeout_s)
+        except asyncio.TimeoutError:
+            future.cancel()  # drops it if still queued; a running verification finishes on its own
+            raise WorkTimeout(f"the check took longer than {self.settings.timeout_s:g} s") from None
+
+    def verify_path(self, path: Path, name: str) -> dict[str, Any]:
+        """``sdmark verify --json``'s report for the file at ``path``, shown under ``name``."""
+        from sdmark.plugins.watermark.verify import verify_file
+
+        return renamed(verify_file(path, self.schemes), str(path), name)
+
+    def verify_uploads(self, uploads: list[Upload]) -> list[dict[str, Any]]:
+        return [self.verify_path(upload.path, upload.name) for upload in uploads]
+
+    def mark(self, upload: Upload, folder: Path, fmt: str) -> tuple[bytes, dict[str, Any]]:
+        """Run the operator's mark chain on the upload; the written file's bytes and its record."""
+        from sdmark.core.chain import parse_chain
+        from sdmark.core.errors import SdmarkError
+        from sdmark.core.output import OutputOptions
+        from sdmark.core.process import process_images
+
+        warnings: list[str] = []
+        out = folder / "out"
+        results = process_images([upload.path], parse_chain(self.settings.mark_chain), OutputOptions(directory=out, format=fmt),
+                                 safety="on", batch_size=1, device="cpu", progress=False, warn=warnings.append)
+        result = results[0]
+        if result.status != "written" or result.path is None:
+            raise SdmarkError(renamed(result.error or f"not written ({result.status})", str(upload.path), upload.name))
+        record = result.record.to_dict() if result.record else None
+        summary = {"name": upload.name, "status": result.status, "record": record,
+                   "notes": renamed(result.item.notes if result.item else [], str(upload.path), upload.name),
+                   "warnings": renamed(warnings, str(upload.path), upload.name)}
+        return Path(result.path).read_bytes(), summary
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _checked_chain(spec: str) -> str:
+    """Fail at start-up, not on the first request, when the mark chain names an unknown stage or option."""
+    from sdmark.core.chain import parse_chain
+
+    parse_chain(spec)
+    return spec
+
+
+def renamed(value: Any, private: str, public: str) -> Any:
+    """``value`` with every mention of the private temp path replaced by the client's display name,
+    so no server path reaches a response and the report reads like ``verify`` on that file."""
+    if isinstance(value, str):
+        return value.replace(private, public)
+    if isinstance(value, dict):
+        return {key: renamed(item, private, public) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [renamed(item, private, public) for item in value]
+    return value

@@ -1,0 +1,473 @@
+"""``sdmark serve``: the API through Starlette's test client, a real server in a subprocess, and the
+page in a real browser (Playwright driving Debian's Chromium)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from playwright import sync_api as playwright  # the test extra; scripts/setup.sh installs it and chromium
+from starlette.testclient import TestClient  # the serve extra
+
+from sdmark.serve.app import create_app
+from sdmark.serve.settings import ServeSettings
+
+TOKEN = "correct horse battery staple"
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, photos):
+    """A marked and signed image, a stripped copy of it (credentials only through the registry), an
+    unmarked photo; keys, registry and trust anchor in a private folder for this module."""
+    from click.testing import CliRunner
+
+    from sdmark.cli.main import get_cli
+    from sdmark.plugins.c2pa import set_signing_config, set_trust_anchors
+
+    folder = tmp_path_factory.mktemp("serve")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.startswith("SDMARK_SIGN") or name in ("SDMARK_TRUST_ANCHORS", "SDMARK_TSA_URL"):
+                patch.delenv(name)
+        patch.setenv("SDMARK_KEYS_DIR", str(folder / "keys"))
+        patch.setenv("SDMARK_REGISTRY", str(folder / "registry.sqlite"))
+        set_signing_config(None)
+        set_trust_anchors(None)
+        runner, cli = CliRunner(), get_cli()
+        result = runner.invoke(cli, ["keys", "init", "--name", "Serve Test Signer", "--org", "sdmark tests"])
+        assert result.exit_code == 0, result.output
+        photos["astronaut"].save(folder / "astronaut.png")
+        result = runner.invoke(cli, ["process", str(folder / "astronaut.png"), "--chain", "watermark", "--no-safety",
+                                     "-o", str(folder / "out"), "--json"])
+        assert result.exit_code == 0, result.output
+        line = json.loads(result.stdout.splitlines()[0])
+        marked = Path(line["path"])
+        stripped = folder / "platform-copy.jpg"
+        Image.open(marked).convert("RGB").save(stripped, quality=90)
+        unmarked = folder / "coffee.png"
+        photos["coffee"].save(unmarked)
+        patch.setenv("SDMARK_TRUST_ANCHORS", str(folder / "keys" / "ca.pem"))
+        yield {"folder": folder, "marked": marked, "stripped": stripped, "unmarked": unmarked,
+               "payload": line["record"]["stages"][0]["result"]["payload"], "cli": (runner, cli)}
+        set_signing_config(None)
+        set_trust_anchors(None)
+
+
+@pytest.fixture(scope="module")
+def client(images):
+    with TestClient(create_app(ServeSettings(token=TOKEN, max_upload_bytes=2 * 1024 * 1024))) as test_client:
+        yield test_client
+
+
+def upload(client, path: Path, name: str | None = None, url: str = "/v1/verify", **kwargs):
+    return client.post(url, files={"file": (name or path.name, path.read_bytes(), "application/octet-stream")}, **kwargs)
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid PNG header declaring ``width x height`` pixels, with almost no data behind it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
+
+
+def server_temp_dirs() -> set[str]:
+    return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("sdmark-serve-")}
+
+
+# -- the API ----------------------------------------------------------------------------------
+
+
+def test_verify_returns_exactly_what_verify_json_prints(client, images):
+    runner, cli = images["cli"]
+    for key in ("marked", "stripped", "unmarked"):
+        result = runner.invoke(cli, ["verify", "--json", str(images[key])])
+        expected = json.loads(result.stdout.splitlines()[0])
+        response = upload(client, images[key])
+        assert response.status_code == 200, response.text
+        expected["path"] = images[key].name  # over HTTP the path is the uploaded file's name
+        assert response.json() == expected
+    marked = upload(client, images["marked"]).json()
+    assert marked["watermarked"] is True and marked["detections"][0]["payload"] == images["payload"]
+    assert marked["content_credentials"]["status"] == "valid"
+    assert upload(client, images["stripped"]).json()["content_credentials"]["recovered_from_registry"] is True
+    assert upload(client, images["unmarked"]).json()["watermarked"] is False
+
+
+def test_client_file_names_are_only_shown_never_used_as_paths(client, images):
+    before = server_temp_dirs()
+    report = upload(client, images["unmarked"], name="../../../../tmp/evil.png").json()
+    assert report["path"] == "evil.png" and not Path("/tmp/evil.png").exists()
+    assert upload(client, images["unmarked"], name="..\\..\\windows\\evil.png").json()["path"] == "evil.png"
+    assert "sdmark-serve-" not in json.dumps(report)  # the private temp path never reaches the answer
+    assert server_temp_dirs() <= before  # the upload's private folder is gone when the request ends
+
+
+def test_uploads_are_kept_and_logged_only_when_the_operator_opts_in(images, tmp_path, caplog):
+    import hashlib
+    import logging
+
+    data = images["unmarked"].read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    with caplog.at_level(logging.INFO, logger="sdmark.serve"):
+        with TestClient(create_app(ServeSettings())) as plain:
+            assert upload(plain, images["unmarked"]).status_code == 200
+        assert digest not in caplog.text
+        with TestClient(create_app(ServeSettings(store_dir=tmp_path / "kept", log_images=True))) as keeping:
+            assert upload(keeping, images["unmarked"], name="holiday.png").status_code == 200
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == [f"{digest}.png"]
+    assert (tmp_path / "kept" / f"{digest}.png").read_bytes() == data
+    assert digest in caplog.text and "'holiday.png'" in caplog.text
+
+
+def test_schemes_health_and_openapi(client):
+    schemes = client.get("/v1/schemes").json()["schemes"]
+    assert {"sdmark", "sdxl"} <= {s["name"] for s in schemes}
+    assert all(s["checked"] != s["costly"] for s in schemes)
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["mark"] is True and "sdmark" in health["schemes"]
+    document = client.get("/openapi.json").json()
+    routes = {route.path for route in client.app.routes if route.path != "/static"}
+    assert set(document["paths"]) == routes - {"/openapi.json", "/docs"}
+    assert set(document["components"]["schemas"]["VerifyReport"]["required"]) == {"path", "watermarked", "detections", "error"}
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/v1/verify" in docs.text and "VerifyReport" in docs.text
+
+
+def _external_references(html: str) -> list[str]:
+    return [url for url in re.findall(r'(?:src|href|action)="([^"]*)"', html)
+            if not (url.startswith("/") and not url.startswith("//")) and not url.startswith(("#", "data:image/"))]
+
+
+def test_page_and_docs_load_nothing_from_elsewhere(client, images):
+    for path in ("/", "/docs"):
+        response = client.get(path)
+        assert _external_references(response.text) == []
+        assert "default-src 'none'" in response.headers["content-security-policy"]
+    report = client.post("/", files=[("file", ("m.png", images["marked"].read_bytes()))])
+    assert _external_references(report.text) == []
+
+
+def test_plain_form_post_gives_the_report_as_html(client, images):
+    response = client.post("/", files=[("file", ("marked.png", images["marked"].read_bytes())),
+                                       ("file", ("copy.jpg", images["stripped"].read_bytes())),
+                                       ("file", ("coffee.png", images["unmarked"].read_bytes()))])
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    html = response.text
+    assert html.count('<article class="report') == 3
+    assert "Watermark found" in html and images["payload"] in html and "No watermark found" in html
+    assert "Serve Test Signer" in html and "Recovered from the registry" in html
+    assert "<td>watermark</td>" in html  # the sdmark record's stages
+
+
+def test_mark_needs_the_token_and_returns_a_marked_image(client, images):
+    assert upload(client, images["unmarked"], url="/v1/mark").status_code == 401
+    wrong = upload(client, images["unmarked"], url="/v1/mark", headers={"Authorization": "Bearer " + TOKEN[:-1] + "X"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"].startswith("Bearer")
+    assert upload(client, images["unmarked"], url="/v1/mark", headers={"Authorization": TOKEN}).status_code == 401
+    marked = upload(client, images["unmarked"], url="/v1/mark?format=webp", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert marked.status_code == 200, marked.text
+    assert marked.headers["content-type"] == "image/webp" and marked.headers["x-sdmark-stages"] == "watermark"
+    check = client.post("/v1/verify", files={"file": ("marked.webp", marked.content)}).json()
+    assert check["watermarked"] is True and check["content_credentials"]["status"] == "valid"
+
+
+def test_mark_is_off_without_a_token(images):
+    with TestClient(create_app(ServeSettings())) as plain:
+        response = upload(plain, images["unmarked"], url="/v1/mark", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert response.status_code == 404 and "off" in response.json()["error"]
+
+
+# -- hostile and broken uploads ----------------------------------------------------------------
+
+
+def test_decompression_bomb_is_422_json(client):
+    response = client.post("/v1/verify", files={"file": ("bomb.png", png_bomb(40_000, 40_000))})
+    assert response.status_code == 422
+    assert "decompression bomb" in response.json()["error"] and response.json()["status"] == 422
+
+
+def test_text_named_png_is_refused_by_content(client):
+    response = client.post("/v1/verify", files={"file": ("photo.png", b"just some text, not an image\n", "image/png")})
+    assert response.status_code == 415 and "not an image" in response.json()["error"]
+    assert client.post("/v1/verify", content=b"{}", headers={"content-type": "application/json"}).status_code == 415
+
+
+def test_truncated_image_is_422_with_the_report(client, images):
+    data = images["unmarked"].read_bytes()
+    response = client.post("/v1/verify", files={"file": ("cut.png", data[: len(data) // 3])})
+    assert response.status_code == 422
+    assert response.json()["watermarked"] is None and "cut.png" in response.json()["error"]
+
+
+def test_malformed_multipart_and_missing_field(client, images):
+    bad = client.post("/v1/verify", content=b"--zz\r\nbroken header line\r\n\r\nx\r\n--zz--\r\n",
+                      headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert bad.status_code == 400 and "malformed multipart" in bad.json()["error"]
+    no_boundary = client.post("/v1/verify", content=b"abc", headers={"content-type": "multipart/form-data"})
+    assert no_boundary.status_code == 400
+    missing = client.post("/v1/verify", files={"picture": ("a.png", images["unmarked"].read_bytes())})
+    assert missing.status_code == 422 and "'file'" in missing.json()["error"]
+
+
+def test_oversized_body_is_413(client):
+    big = b"\0" * (3 * 1024 * 1024)
+    response = client.post("/v1/verify", files={"file": ("big.png", big)})
+    assert response.status_code == 413 and "limit" in response.json()["error"]
+    # Without Content-Length (chunked), the limit holds while the body streams in.
+    chunks = iter([b"--zz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n"]
+                  + [b"\0" * 65536] * 64)
+    streamed = client.post("/v1/verify", content=chunks, headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert streamed.status_code == 413
+    page = client.post("/", files=[("file", ("big.png", big))])
+    assert page.status_code == 413 and "limit" in page.text and page.headers["content-type"].startswith("text/html")
+
+
+def test_saturated_server_answers_503_with_retry_after(images):
+    with TestClient(create_app(ServeSettings(threads=1, queue=0, retry_after_s=3))) as busy:
+        gate = busy.app.state.engine.gate
+        assert gate.try_enter()  # the one place is taken, as by a verification in progress
+        try:
+            response = upload(busy, images["unmarked"])
+        finally:
+            gate.leave()
+        assert response.status_code == 503 and response.headers["retry-after"] == "3"
+        assert upload(busy, images["unmarked"]).status_code == 200
+
+
+def test_per_request_timeout_is_504(images):
+    with TestClient(create_app(ServeSettings(timeout_s=0.001))) as slow:
+        response = upload(slow, images["marked"])
+        assert response.status_code == 504 and "longer than" in response.json()["error"]
+
+
+def test_a_trickled_upload_is_408_within_the_timeout(images):
+    """Driven through the ASGI interface: the body's first bytes arrive, the rest never does."""
+    import asyncio
+
+    async def trickle(app) -> list[dict]:
+        head = b'--zz\r\nContent-Disposition: form-data; name="file"; filename="slow.png"\r\n\r\n\x89PNG'
+        chunks = [{"type": "http.request", "body": head, "more_body": True}]
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            if chunks:
+                return chunks.pop()
+            await asyncio.sleep(30)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+                 "path": "/v1/verify", "raw_path": b"/v1/verify", "query_string": b"", "root_path": "",
+                 "headers": [(b"content-type", b"multipart/form-data; boundary=zz"), (b"host", b"test")],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+        await asyncio.wait_for(app(scope, receive, send), timeout=10)
+        return sent
+
+    with TestClient(create_app(ServeSettings(timeout_s=0.5))) as slow:
+        started = time.monotonic()
+        sent = asyncio.run(trickle(slow.app))
+        assert sent[0]["status"] == 408 and time.monotonic() - started < 5
+        assert slow.app.state.engine.gate.held == 0  # its admission place was given back
+
+
+def test_metrics_count_requests_verdicts_and_rejections(client, images):
+    upload(client, images["unmarked"])
+    client.post("/v1/verify", files={"file": ("bomb.png", png_bomb(40_000, 40_000))})
+    text = client.get("/metrics").text
+    assert re.search(r'sdmark_serve_requests_total\{method="POST",route="/v1/verify",status="200"\} [1-9]', text)
+    assert re.search(r'sdmark_serve_verdicts_total\{verdict="unmarked"\} [1-9]', text)
+    assert re.search(r'sdmark_serve_rejections_total\{reason="bomb"\} [1-9]', text)
+    assert 'sdmark_serve_request_seconds_bucket{le="0.5",route="/v1/verify"}' in text
+
+
+def test_page_renders_unknown_and_missing_fields_without_breaking():
+    from sdmark.serve import page
+
+    tiny = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgAB4iG8MwAAAABJRU5ErkJggg=="
+    reports = [
+        {"path": "new.png", "watermarked": True, "detections": [{"scheme": "future", "band": "likely", "payload": "ab",
+                                                                "key": "private", "novel": {"depth": [1, 2]}}],
+         "content_credentials": {"recovered_from_registry": True, "status": "valid", "content_match": "different-content",
+                                 "registered_thumbnail": tiny, "signer": "a string, not an object"}},
+        {"path": "evil.png", "watermarked": False, "detections": None,
+         "content_credentials": {"recovered_from_registry": True, "thumbnail": "javascript:alert(1)",
+                                 "actions": ["odd", {"action": "<script>x</script>"}]}},
+        {"path": "copied.png", "watermarked": True, "detections": [{"scheme": "sdmark", "band": "very likely", "payload": "cd"}],
+         "content_credentials": {"present": False, "status": "absent", "recovery": {
+             "verdict": "different-content", "payload": "cd", "key": "public", "reason": "registered for another image",
+             "candidates": [{"verdict": "different-content", "content": {"distance": 0.48}}],
+             "matched": {"signer": {"common_name": "Registered Signer"}, "signature": "valid", "trusted": True,
+                         "thumbnail": {"width": 2, "height": 1, "grey_zlib_b64": base64.b64encode(zlib.compress(b"\0\xff")).decode()}}}}},
+        {"path": "broken.png", "watermarked": None, "error": "cannot decode"},
+        {},
+    ]
+    html = page.render_reports([page.view(r) for r in reports])
+    assert "different-content" in html and "novel" in html and "private" in html and f'src="{tiny}"' in html
+    assert 'src="javascript:' not in html and "<script>x" not in html and "&lt;script&gt;x" in html
+    assert "DIFFERENT CONTENT" in html and "Registered Signer" in html and "0.48" in html
+    assert html.count('<img src="data:image/png;base64,') == 2  # the data URI and the signed grey thumbnail
+    assert "Could not check this image" in html and html.count("<article") == 5
+
+
+# -- a real server, and the page in a real browser ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(images):
+    """``sdmark serve --port 0 --workers 2`` in a subprocess on 127.0.0.1; yields its base URL."""
+    env = dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", str(ROOT.parent)), SDMARK_SERVE_TOKEN="")
+    process = subprocess.Popen([sys.executable, "-m", "sdmark.cli", "serve", "--port", "0", "--workers", "2", "--max-upload-mb", "2"],
+                               env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    url = None
+    try:
+        deadline = time.monotonic() + 60
+        lines = []
+        while url is None and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
+            url = found.group(1) if found else None
+        assert url, "".join(lines)
+        while time.monotonic() < deadline:  # the engine warms up before the server accepts
+            try:
+                with urllib.request.urlopen(url + "/healthz", timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stderr:
+            process.stderr.close()
+
+
+def _post_file(url: str, data: bytes, name: str) -> tuple[int, dict]:
+    boundary = "sdmarktestboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_real_server_verifies_and_refuses_a_stream_past_the_limit(server, images):
+    status, report = _post_file(server + "/v1/verify", images["marked"].read_bytes(), "marked.png")
+    assert status == 200 and report["detections"][0]["payload"] == images["payload"]
+    assert _post_file(server + "/v1/verify", png_bomb(40_000, 40_000), "bomb.png")[0] == 422
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        received = bytearray()
+
+        def read_answer() -> None:  # concurrently, so the answer is read before the server's reset can drop it
+            try:
+                while b"\r\n\r\n" not in received and (chunk := conn.recv(65536)):
+                    received.extend(chunk)
+            except OSError:
+                pass
+
+        reader = threading.Thread(target=read_answer)
+        reader.start()
+        conn.sendall(b"POST /v1/verify HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                     b"Content-Type: multipart/form-data; boundary=zz\r\n\r\n")
+        head = b"--zz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.png\"\r\n\r\n"
+        conn.sendall(b"%x\r\n" % len(head) + head + b"\r\n")
+        sent, chunk = 0, b"\0" * 65536
+        try:
+            while sent < 64 * 1024 * 1024:  # 64 MB offered against the 2 MB limit
+                conn.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                sent += len(chunk)
+        except OSError:  # the server answered and closed before taking it all
+            pass
+        reader.join(timeout=30)
+        answer = bytes(received).decode("latin-1")
+    assert answer.startswith("HTTP/1.1 413"), answer[:200]
+    assert sent < 64 * 1024 * 1024
+    for _ in range(4):  # spread over both workers; /metrics adds them up
+        assert _post_file(server + "/v1/verify", images["unmarked"].read_bytes(), "plain.png")[0] == 200
+    with urllib.request.urlopen(server + "/metrics", timeout=30) as answer:
+        text = answer.read().decode()
+    unmarked = re.search(r'sdmark_serve_verdicts_total\{verdict="unmarked"\} ([0-9.]+)', text)
+    assert unmarked and float(unmarked.group(1)) >= 4, text[:2000]
+    assert re.search(r'sdmark_serve_rejections_total\{reason="too_large"\} [1-9]', text)
+
+
+def report_for(page, name: str):
+    return page.locator("article.report").filter(has=page.locator("h2", has_text=name))
+
+
+def test_browser_shows_payload_signer_and_no_watermark(server, images, tmp_path):
+    assert Path(CHROMIUM).exists(), "scripts/setup.sh installs Debian's chromium"
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(server + "/")
+            page.keyboard.press("Tab")
+            page.keyboard.press("Tab")
+            page.keyboard.press("Tab")
+            page.keyboard.press("Tab")
+            focused = page.evaluate("document.activeElement && document.activeElement.id")
+            assert focused == "file", "the file input is reachable by keyboard"
+            assert page.get_by_label(re.compile("Images to check")).count() == 1
+            page.set_input_files("#file", [str(images["marked"]), str(images["stripped"]), str(images["unmarked"])])
+            # (the page's CSP forbids eval, so wait with locators rather than wait_for_function)
+            playwright.expect(page.locator("article.report:not(.checking)")).to_have_count(3, timeout=30000)
+            marked = report_for(page, images["marked"].name)
+            assert "Watermark found" in marked.locator(".verdict").inner_text()
+            assert images["payload"] in marked.inner_text() and "Serve Test Signer" in marked.locator(".signer").inner_text()
+            copy = report_for(page, images["stripped"].name)
+            assert "Recovered from the registry" in copy.inner_text()
+            plain = report_for(page, images["unmarked"].name)
+            assert "No watermark found" in plain.locator(".verdict").inner_text()
+            shot = Path(os.environ.get("SDMARK_SERVE_SCREENSHOT") or tmp_path / "serve.png")
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            assert all(url.startswith((server, "data:")) for url in requested), requested
+
+            # Without JavaScript the form posts and the server answers with the whole page.
+            context = browser.new_context(java_script_enabled=False)
+            nojs = context.new_page()
+            nojs.goto(server + "/")
+            nojs.set_input_files("#file", [str(images["unmarked"])])
+            nojs.click("button[type=submit]")
+            nojs.wait_for_selector("article.report")
+            assert "No watermark found" in nojs.locator("article.report .verdict").inner_text()
+            context.close()
+        finally:
+            browser.close()
