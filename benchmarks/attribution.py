@@ -327,7 +327,7 @@ def fingerprints(count: int) -> str:
         import iscc_core
 
         algorithms["ISCC image code, 256 bits (iscc-core)"] = lambda rgb: iscc_core.soft_hash_image_v0(
-            list(np.asarray(Image.fromarray(rgb).convert("L").resize((32, 32), Image.BICUBIC)).ravel()), 256)
+            np.asarray(Image.fromarray(rgb).convert("L").resize((32, 32), Image.BICUBIC)).ravel().astype(int).tolist(), 256)
     images = photos(count // 2) + illustrations(count - count // 2)
     rng = np.random.default_rng(5)
     attacked = {a: [np.ascontiguousarray(ATTACKS[a](x, rng)) for _, x in images] for a in GENUINE_ATTACKS}
