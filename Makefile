@@ -5,7 +5,7 @@ setup:
 	./scripts/setup.sh
 
 demo: setup
-	.venv/bin/python -m sdmark.demo
+	.venv/bin/python scripts/demo.py
 
 test: setup
 	.venv/bin/python -m pytest

@@ -149,7 +149,7 @@ def verdict(report: dict) -> str:
 
 def check(rgb: np.ndarray, folder: Path, name: str, schemes: list) -> tuple[str, dict]:
     """Save pixels only, verify, and return the verdict with the report."""
-    from sdmark.cli.verify import meets_credentials
+    from sdmark.plugins.watermark.command import meets_credentials
     from sdmark.plugins.watermark.verify import verify_file
 
     path = folder / f"{name}.png"

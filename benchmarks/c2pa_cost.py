@@ -53,7 +53,9 @@ def main() -> None:
     base = np.stack([np.sin(6 * x + 3 * y), np.cos(5 * y), np.sin(4 * x * y + 1)], axis=-1)
     pixels = ((base + 1) * 110 + rng.normal(0, 6, base.shape)).clip(0, 255).astype(np.uint8)
     image = Image.fromarray(pixels)
-    context = RunContext(mode="generate", warn=lambda message: print(message, file=sys.stderr))
+    from sdmark.core.runtime import Runtime
+
+    context = RunContext(mode="generate", warn=lambda message: print(message, file=sys.stderr), runtime=Runtime.load())
 
     print(f"{args.size}x{args.size}, {args.rounds} rounds, median ms per image (c2pa-python, ES256, no thumbnails)")
     print(f"{'format':<6} {'encode':>8} {'+sign':>8} {'sign/enc':>9} {'decode':>8} {'+verify':>8} {'recover':>8} {'bytes+':>8}")
@@ -75,7 +77,7 @@ def main() -> None:
             unsigned = path.stat().st_size
 
             start = time.perf_counter()
-            assert sign_output(path, item, context)
+            assert sign_output(path, item, context, work / f"img{index}{suffix}")
             times["sign"].append(time.perf_counter() - start)
             growth.append(path.stat().st_size - unsigned)
 

@@ -24,7 +24,7 @@ from diffusers import StableDiffusionPipeline  # noqa: E402
 
 from sdmark.core.generate import GenerationSettings, generate  # noqa: E402
 from sdmark.core.pipeline import load_pipeline  # noqa: E402
-from sdmark.tiny import save_tiny_model  # noqa: E402
+from sdmark.testing.tiny import save_tiny_model  # noqa: E402
 
 
 def main() -> None:

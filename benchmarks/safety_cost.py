@@ -62,7 +62,9 @@ def main() -> None:
 
     import torch
 
-    context = RunContext(mode="process", device=args.device)
+    from sdmark.core.runtime import Runtime
+
+    context = RunContext(mode="process", device=args.device, runtime=Runtime.load())
     started = time.perf_counter()
     nudenet = NudeNetBackend({"classes": "+".join(DEFAULT_CLASSES), "threshold": DEFAULT_THRESHOLD}, context)
     loaded_nudenet = time.perf_counter() - started

@@ -91,7 +91,6 @@ def main() -> None:
     from sdmark.core.executor_ray import RayExecutor
     from sdmark.core.executor_steps import ProcessStep, VerifyStep, process_jobs, torch_threads, verify_chunk_size
     from sdmark.core.output import OutputOptions
-    from sdmark.core.plugins import load_plugins
     from sdmark.core.process import prepare_process, process_images
     from sdmark.plugins.c2pa.identity import create_identity
 
@@ -100,7 +99,6 @@ def main() -> None:
         os.environ["SDMARK_KEYS_DIR"] = str(scratch / "keys")
         os.environ["SDMARK_REGISTRY"] = str(scratch / "registry.sqlite")
         create_identity(scratch / "keys", "Scale Benchmark", "sdmark")
-        load_plugins()
         inputs = make_inputs(scratch / "in", args.images, args.size)
         chain_spec = "watermark"
         runs = iter(range(10**6))
@@ -148,7 +146,7 @@ def main() -> None:
             # Rounds in alternating order; each configuration keeps its best round, so a burst of
             # load from elsewhere on a shared machine hits one round, not the figure.
             order = [config for round_ in range(args.rounds) for config in (configs if round_ % 2 == 0 else configs[::-1])]
-            for name, make, workers in order:
+            for name, make, _workers in order:
                 began = time.time()
                 with make() as executor:
                     chunks = work(executor, files)

@@ -80,10 +80,8 @@ def make_images(folder: Path) -> tuple[list[Path], list[tuple[str, bytes]]]:
 
 def in_process(good: list[Path], bad: list[Path], rounds: int) -> dict[str, float]:
     """``verify_file`` over the same mix as the service gets (8 good : 3 bad), one after another."""
-    from sdmark.core.plugins import load_plugins
     from sdmark.plugins.watermark.verify import select_schemes, verify_file
 
-    load_plugins()
     schemes = select_schemes()
     for path in good:  # warm-up: lazy imports and caches, as the server's start-up does
         verify_file(path, schemes)

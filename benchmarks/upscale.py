@@ -36,7 +36,7 @@ from skimage import data  # noqa: E402
 from sdmark.core.chain import Chain  # noqa: E402
 from sdmark.core.records import ProvenanceRecord  # noqa: E402
 from sdmark.core.stages import DenoiseBatch, ImageItem, RunContext  # noqa: E402
-from sdmark.tiny_upscalers import save_tiny_esrgan, save_tiny_latent_upscaler, save_tiny_sd_x4_upscaler  # noqa: E402
+from sdmark.testing.tiny_upscalers import save_tiny_esrgan, save_tiny_latent_upscaler, save_tiny_sd_x4_upscaler  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera")
 SLOW = {"sd-x4 (tiny, random)"}  # timed on the first repeat only (20 denoising steps per photo)
@@ -130,7 +130,7 @@ def main() -> None:
         # sd-latent-x2 works on latents during generation: timed on SD latents of each shrunk photo's size.
         latent_pipe = stage_for(f"upscale:backend=sd-latent-x2,model={latent_dir}", RunContext(mode="generate", device="cpu"))
         latent_runs = []
-        for name, (_, small) in images.items():
+        for _name, (_, small) in images.items():
             h, w = small.height // 64 * 8, small.width // 64 * 8  # the latent UNet halves 3 times
             batch = DenoiseBatch(latents=torch.randn(1, 4, h, w, generator=torch.Generator().manual_seed(0)), seeds=[0], prompts=["a photo"])
             start = time.perf_counter()

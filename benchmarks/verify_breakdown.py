@@ -55,7 +55,7 @@ def main() -> None:
     images = robustness.photos(args.images) + robustness.illustrations(args.images)
     rows: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="verify-breakdown-") as folder:
-        for index, (name, rgb) in enumerate(images):
+        for index, (_name, rgb) in enumerate(images):
             for label, pixels in (("unmarked", rgb), ("marked", spectral.embed(rgb, robustness.PAYLOAD))):
                 path = Path(folder) / f"{index}-{label}.png"
                 Image.fromarray(pixels).save(path)

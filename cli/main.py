@@ -12,11 +12,23 @@ import click
 from sdmark import __version__
 from sdmark.cli.text import printable
 from sdmark.core.errors import SdmarkError
+from sdmark.core.runtime import Runtime
 
 
 class SdmarkGroup(click.Group):
     """Turns :class:`SdmarkError` into one line on stderr and its exit code (``SDMARK_DEBUG=1``
-    shows the traceback instead)."""
+    shows the traceback instead). ``runtime`` is the :class:`Runtime` its commands use."""
+
+    runtime: Runtime | None = None
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and self.runtime is not None and self.runtime.skipped:
+            # Commands come from plugins (verify from the watermark plugin): say which are off.
+            raise click.UsageError(
+                f"no command {cmd_name!r}: plugins add commands, and these are turned off: "
+                f"{', '.join(self.runtime.skipped)} (SDMARK_DISABLE_PLUGINS / SDMARK_LOAD_PLUGINS)", ctx)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -38,8 +50,18 @@ def cli() -> None:
     """
 
 
-def _option_type(option: Any) -> str:
-    allowed = option.allowed()
+def current_runtime() -> Runtime:
+    """The runtime of the ``sdmark`` command being run (for commands that plugins add, too)."""
+    root = click.get_current_context().find_root().command
+    runtime = getattr(root, "runtime", None)
+    if runtime is None:  # a command invoked on its own, outside make_cli()
+        runtime = Runtime.load()
+        root.runtime = runtime  # type: ignore[attr-defined]
+    return runtime
+
+
+def _option_type(option: Any, runtime: Runtime) -> str:
+    allowed = option.allowed(runtime)
     return "|".join(allowed) if allowed else option.type.__name__
 
 
@@ -47,13 +69,12 @@ def _option_type(option: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per stage.")
 def stages(as_json: bool) -> None:
     """List the installed stages with their phases and options."""
-    from sdmark.core.stages import stage_registry
-
-    registry = stage_registry()
+    runtime = current_runtime()
+    registry = runtime.stages
     for stage in registry:
         options = [
             {"name": o.name, "type": o.type.__name__, "default": o.default if not hasattr(o.default, "__fspath__") else str(o.default),
-             "choices": list(o.allowed() or []) or None, "help": o.help}
+             "choices": list(o.allowed(runtime) or []) or None, "help": o.help}
             for o in stage.options
         ]
         if as_json:
@@ -65,7 +86,7 @@ def stages(as_json: bool) -> None:
             click.echo(f"    {stage.description}")
         for option, data in zip(stage.options, options):
             default = "" if data["default"] in (None, "") else f", default {data['default']}"
-            click.echo(f"    {option.name}  ({_option_type(option)}{default})")
+            click.echo(f"    {option.name}  ({_option_type(option, runtime)}{default})")
             click.echo(f"        {option.help}")
     if not as_json and not registry.names():
         click.echo("no stages installed (check SDMARK_LOAD_PLUGINS / SDMARK_DISABLE_PLUGINS)")
@@ -75,9 +96,7 @@ def stages(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per plugin.")
 def plugins(as_json: bool) -> None:
     """List the loaded plugins and the hooks each implements."""
-    from sdmark.core.plugins import plugin_summary
-
-    for plugin in plugin_summary():
+    for plugin in current_runtime().summary():
         if as_json:
             click.echo(json.dumps(plugin))
         else:
@@ -87,39 +106,35 @@ def plugins(as_json: bool) -> None:
                 click.echo(f"    {hook}")
 
 
-def _register_commands() -> None:
-    from sdmark.cli import generate, process, serve, verify  # noqa: F401  (they attach themselves to `cli`)
-    from sdmark.core.plugins import load_plugins, pm
+def make_cli(runtime: Runtime | None = None) -> click.Group:
+    """A fresh ``sdmark`` group: the core commands, then every command ``runtime``'s plugins add
+    (the installed plugins when ``runtime`` is ``None``). Raises :class:`PluginError` when a plugin
+    cannot load."""
+    from sdmark.cli import generate, process, serve  # noqa: F401  (they attach themselves to `cli`)
 
-    load_plugins()
-    pm.hook.sdmark_register_commands(cli=cli)
-
-
-_commands_registered = False
+    runtime = runtime if runtime is not None else Runtime.load()
+    group = SdmarkGroup(name=cli.name, commands=dict(cli.commands), callback=cli.callback, params=list(cli.params),
+                        help=cli.help, context_settings=dict(cli.context_settings))
+    group.runtime = runtime
+    runtime.register_commands(cli=group)
+    return group
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    global _commands_registered
     if not os.environ.get("SDMARK_DEBUG"):
         # transformers warns at import that CLIPImageProcessor prefers torchvision; users can do nothing about it.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        if not _commands_registered:
-            _register_commands()
-            _commands_registered = True
+        group = make_cli()
     except SdmarkError as exc:
         if os.environ.get("SDMARK_DEBUG"):
             raise
         click.echo(f"Error: {printable(exc)}", err=True)
         sys.exit(exc.exit_code)
-    cli.main(args=argv, prog_name="sdmark")
+    group.main(args=argv, prog_name="sdmark")
 
 
-def get_cli() -> click.Group:
+def get_cli(runtime: Runtime | None = None) -> click.Group:
     """The click group with every plugin command attached (what tests drive with CliRunner)."""
-    global _commands_registered
-    if not _commands_registered:
-        _register_commands()
-        _commands_registered = True
-    return cli
+    return make_cli(runtime)

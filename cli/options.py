@@ -50,14 +50,17 @@ EXIT_CODES = ("Exit codes: 0 every image written (or dropped by the safety polic
 
 def build_chain(spec: str, *, ensure_safety: bool, no_safety: bool, verb: str = "generate") -> Chain:
     """Build the user's chain; a chain without safety gets it first unless ``--no-safety``."""
+    from sdmark.cli.main import current_runtime
+
+    runtime = current_runtime()
     specs = specs_from(spec)
     if no_safety:
         specs = [s for s in specs if s.name != "safety"]
     elif ensure_safety and not any(s.name == "safety" for s in specs):
-        chain = Chain.build([StageSpec("safety", {}), *specs])
+        chain = Chain.build([StageSpec("safety", {}), *specs], runtime)
         click.echo(f"note: adding the 'safety' stage first (use --no-safety to {verb} unchecked)", err=True)
         return chain
-    return Chain.build(specs)
+    return Chain.build(specs, runtime)
 
 
 def warn(message: str) -> None:

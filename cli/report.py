@@ -12,6 +12,7 @@ from typing import Callable, Iterator, NoReturn
 
 import click
 
+from sdmark.core.results import flagged
 from sdmark.cli.text import json_line, printable
 from sdmark.core.output import ItemResult
 
@@ -47,10 +48,14 @@ class Reporter:
         self.as_json = as_json
         self.counts: Counter[str] = Counter()
         self.skips: Counter[str] = Counter()
+        from sdmark.cli.main import current_runtime
+        from sdmark.core.results import stage_kinds
+
+        self.kinds = stage_kinds(current_runtime())
 
     def __call__(self, result: ItemResult) -> None:
         self.counts[result.status] += 1
-        if result.record is not None and any(entry.result.get("flagged") for entry in result.record.stages):
+        if result.record is not None and flagged(result.record, self.kinds):
             self.counts["flagged"] += 1
         if self.as_json:
             click.echo(json_line(result.to_json()))

@@ -1,8 +1,8 @@
-"""The sdmark core: plugin manager, hooks, stages and chains, the generation runner, image I/O.
+"""The sdmark core: the plugin runtime, hooks, stages and chains, the generation runner, image I/O.
 
 Library users import from here::
 
-    from sdmark.core import Chain, GenerationSettings, generate, process_images
+    from sdmark.core import Chain, GenerationSettings, Runtime, generate, process_images
 """
 
 from sdmark.core.errors import (
@@ -16,7 +16,7 @@ from sdmark.core.errors import (
 )
 from sdmark.core.generate import GenerationSettings, generate
 from sdmark.core.output import ItemResult, OutputOptions
-from sdmark.core.plugins import hookimpl, load_plugins, pm
+from sdmark.core.runtime import Runtime, hookimpl
 from sdmark.core.process import process_images
 from sdmark.core.records import ProvenanceRecord
 from sdmark.core.chain import Chain, parse_chain
@@ -37,13 +37,12 @@ __all__ = [
     "PluginError",
     "ProvenanceRecord",
     "RunContext",
+    "Runtime",
     "SdmarkError",
     "Stage",
     "StageError",
     "generate",
     "hookimpl",
-    "load_plugins",
     "parse_chain",
-    "pm",
     "process_images",
 ]

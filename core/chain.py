@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sdmark.core.errors import ChainError, StageError
-from sdmark.core.stages import DenoiseBatch, ImageItem, RunContext, Stage, StageRegistry, shown, stage_registry
+from sdmark.core.runtime import Runtime
+from sdmark.core.stages import DenoiseBatch, ImageItem, RunContext, Stage, shown
 
 _NAME = re.compile(r"[A-Za-z_][\w\-]*")
 MAX_CHAIN_FILE_BYTES = 64 * 1024
@@ -203,15 +204,23 @@ def specs_from(value: str | Path | None) -> list[StageSpec]:
 
 
 class Chain:
-    """An ordered, validated list of configured stages."""
+    """An ordered, validated list of configured stages, and the :class:`Runtime` they come from.
 
-    def __init__(self, stages: list[Stage]) -> None:
+    Without a ``runtime``, one is loaded from the installed plugins (:meth:`Runtime.load`); the
+    runs of a chain (``generate``, ``process_images``) use the chain's runtime for every hook.
+    """
+
+    def __init__(self, stages: list[Stage], runtime: Runtime | None = None) -> None:
         self.stages = stages
+        self.runtime = runtime if runtime is not None else Runtime.load()
+        for stage in stages:
+            stage.runtime = self.runtime
 
     @classmethod
-    def build(cls, specs: list[StageSpec] | str | Path | None, registry: StageRegistry | None = None) -> Chain:
+    def build(cls, specs: list[StageSpec] | str | Path | None, runtime: Runtime | None = None) -> Chain:
         """Turn specs into stage instances, typing every option; errors list the valid choices."""
-        registry = registry or stage_registry()
+        runtime = runtime if runtime is not None else Runtime.load()
+        registry = runtime.stages
         if not isinstance(specs, list):
             specs = specs_from(specs)
         stages = []
@@ -231,9 +240,11 @@ class Chain:
                 raise ChainError(f"stage {spec.name!r} has no option {', '.join(shown(u) if len(u) > 60 else u for u in sorted(unknown))}; valid options: {valid}")
             values = {name: option.default for name, option in known.items()}
             for key, raw in spec.options.items():
-                values[key] = known[key].coerce(raw, spec.name, strict=spec.typed)
-            stages.append(cls_(**values))
-        return cls(stages)
+                values[key] = known[key].coerce(raw, spec.name, runtime, strict=spec.typed)
+            stage = cls_(**values)
+            stage.runtime = runtime
+            stages.append(stage)
+        return cls(stages, runtime)
 
     @property
     def names(self) -> list[str]:
@@ -344,6 +355,7 @@ class Chain:
                         item.fail(f"{stage.name}: {message}")
 
 
-def parse_chain(value: str | Path | None) -> Chain:
-    """Build a :class:`Chain` from a spec string or a TOML file path (plugins load on first use)."""
-    return Chain.build(specs_from(value))
+def parse_chain(value: str | Path | None, runtime: Runtime | None = None) -> Chain:
+    """Build a :class:`Chain` from a spec string or a TOML file path (plugins load from the
+    entry points when no ``runtime`` is given)."""
+    return Chain.build(specs_from(value), runtime)

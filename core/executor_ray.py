@@ -203,9 +203,6 @@ class ProcessImages:
         from sdmark.core.chain import Chain
         from sdmark.core.executor_steps import ProcessStep
         from sdmark.core.output import OutputOptions
-        from sdmark.core.plugins import load_plugins
-
-        load_plugins()
         built = Chain.build(chain)
         output = OutputOptions(Path(output_dir), format, quality, overwrite)
         self.step = ProcessStep(built, output, safety, device)

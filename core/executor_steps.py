@@ -21,6 +21,7 @@ from sdmark.core.errors import ImageReadError
 from sdmark.core.executor import ChunkResult, Executor, chunked
 from sdmark.core.io import InputEntry
 from sdmark.core.output import ItemResult, OutputOptions, Writer, finish_batch
+from sdmark.core.runtime import Runtime
 from sdmark.core.stages import RunContext, default_warn
 
 VerifyJob = tuple[str, "str | None"]  # (path, error found while listing the inputs)
@@ -52,12 +53,11 @@ def _strip(result: ItemResult) -> ItemResult:
 class VerifyStep:
     """``sdmark verify`` for chunks of ``(path, error)``; one report per item (see ``verify_file``)."""
 
-    def __init__(self, schemes: Sequence[str] = (), all_schemes: bool = False) -> None:
-        from sdmark.core.plugins import load_plugins
+    def __init__(self, schemes: Sequence[str] = (), all_schemes: bool = False, runtime: Runtime | None = None) -> None:
         from sdmark.plugins.watermark.verify import select_schemes
 
-        load_plugins()
-        self.schemes = select_schemes(tuple(schemes), all_schemes)
+        self.runtime = runtime if runtime is not None else Runtime.load()
+        self.schemes = select_schemes(tuple(schemes), all_schemes, self.runtime)
 
     def __call__(self, chunk: list[VerifyJob]) -> ChunkResult:
         from sdmark.plugins.watermark.verify import verify_file
@@ -67,7 +67,7 @@ class VerifyStep:
             if error:
                 reports.append({"path": path, "watermarked": None, "detections": [], "error": error})
             else:
-                reports.append(verify_file(path, self.schemes))
+                reports.append(verify_file(path, self.schemes, runtime=self.runtime))
         return ChunkResult(reports)
 
     def fail(self, chunk: list[VerifyJob], message: str) -> ChunkResult:
@@ -94,14 +94,13 @@ class ProcessStep:
     def __init__(self, chain: Chain, output: OutputOptions | None, safety: str = "on", device: str | None = None,
                  threads: int | None = None, protected: Sequence[Path] = ()) -> None:
         from sdmark.core.pipeline import pick_device
-        from sdmark.core.plugins import load_plugins
 
         _use_threads(threads)
-        load_plugins()
         self.warnings: list[str] = []
         self.chain = chain
         self.safety = safety
-        self.context = RunContext(mode="process", device=pick_device(device), warn=self.warnings.append)
+        self.context = RunContext(mode="process", device=pick_device(device), warn=self.warnings.append,
+                                  runtime=chain.runtime)
         chain.setup(self.context)
         self.writer = Writer(output, self.context, protected=protected) if output is not None else None
 
@@ -135,16 +134,14 @@ class GenerateStep:
     def __init__(self, settings: Any, chain: Chain, output: OutputOptions | None, safety: str = "on",
                  threads: int | None = None, names: Sequence[str] | None = None) -> None:
         from sdmark.core.pipeline import load_pipeline
-        from sdmark.core.plugins import load_plugins
 
         _use_threads(threads)
-        load_plugins()
         self.settings, self.chain, self.output, self.safety = settings, chain, output, safety
         self.names = names
         self.pipeline = load_pipeline(
             settings.model, settings.device, settings.dtype, scheduler=settings.scheduler,
             cpu_offload=settings.cpu_offload, vae_slicing=settings.vae_slicing,
-            vae_tiling=settings.vae_tiling, attention_slicing=settings.attention_slicing,
+            vae_tiling=settings.vae_tiling, attention_slicing=settings.attention_slicing, runtime=chain.runtime,
         )
 
     def __call__(self, chunk: list[int]) -> ChunkResult:
@@ -182,9 +179,10 @@ def verify_chunk_size(count: int, workers: int) -> int:
 
 
 def verify_reports(work: Sequence[VerifyJob], executor: Executor, schemes: Sequence[str] = (),
-                   all_schemes: bool = False) -> Iterator[dict[str, Any]]:
-    """Reports for ``work`` in input order, computed on ``executor``'s workers."""
-    factory = partial(VerifyStep, tuple(schemes), all_schemes)
+                   all_schemes: bool = False, runtime: Runtime | None = None) -> Iterator[dict[str, Any]]:
+    """Reports for ``work`` in input order, computed on ``executor``'s workers (with ``runtime``'s
+    plugins; a worker process loads the same plugins itself)."""
+    factory = partial(VerifyStep, tuple(schemes), all_schemes, runtime)
     for done in executor.map(factory, chunked(work, verify_chunk_size(len(work), executor.workers))):
         yield from done.results
 
@@ -243,11 +241,10 @@ def process_with(
     jobs = process_jobs(run)
     factory = partial(ProcessStep, chain, output, safety, device, torch_threads(), tuple(run.protected))
     order = _LocalOrder(batch_size)
-    results: list[ItemResult] = []
+    results: list[ItemResult] = []  # input order: chunks come back in job order
 
     def release(batch: list[ItemResult]) -> None:
         for result in batch:
-            results.append(result)
             if on_result is not None:
                 on_result(result)
         bar.update(len(batch))
@@ -256,6 +253,7 @@ def process_with(
         for done in executor.map(factory, chunked(jobs, batch_size)):
             warnings(done.warnings)
             for read_failed, result in done.results:
+                results.append(result)
                 release(order.push(read_failed, result))
         release(order.finish())
     return results
@@ -292,6 +290,7 @@ def generate_with(
     warnings = _Warnings(warn or default_warn)
     # Planned here, once (the seed drawn, names numbered, conflicts found): every worker makes
     # and names its share of one run.
+    settings = replace(settings, prompts=list(settings.prompts))  # the caller's seed stays as given
     names = plan_run(settings, chain, output, safety, warnings.warn)
     total = len(settings.prompts) * settings.count
     factory = partial(GenerateStep, settings, chain, output, safety, torch_threads(), tuple(names))

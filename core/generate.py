@@ -9,7 +9,7 @@ chain's ``process`` phases and write each image.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Collection, Literal, Sequence
 
 from sdmark.core.chain import Chain
@@ -17,8 +17,8 @@ from sdmark.core.errors import SdmarkError
 from sdmark.core.io import output_format
 from sdmark.core.output import ItemResult, OutputOptions, Writer, check_conflicts, finish_batch, next_number, remove_stale_temps
 from sdmark.core.pipeline import DEFAULT_MODEL, decode, default_size, initial_latents, load_pipeline, sampler_name
-from sdmark.core.plugins import load_plugins, pm
 from sdmark.core.records import ProvenanceRecord
+from sdmark.core.runtime import Runtime
 from sdmark.core.stages import DenoiseBatch, ImageItem, RunContext, default_warn
 
 SafetyMode = Literal["on", "off"]
@@ -49,7 +49,6 @@ class GenerationSettings:
     vae_slicing: bool = False
     vae_tiling: bool = False
     attention_slicing: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         if not self.prompts or any(not isinstance(p, str) for p in self.prompts):
@@ -83,9 +82,9 @@ def plan_run(settings: GenerationSettings, chain: Chain, output: OutputOptions |
     """What is checked once per run, before any work, and the output names it gives (image ``i``
     is ``NNNNN-SEED``): settings and chain (image size included), the safety rule, existing output
     files (an error unless ``output.overwrite``; ``output.append`` numbers after them), the plugins'
-    configuration. Draws ``settings.seed`` when it is unset; removes sdmark's own stale temp files.
+    configuration. Draws ``settings.seed`` when it is unset (pass a copy to keep yours unset);
+    removes sdmark's own stale temp files.
     """
-    load_plugins()
     settings.check()
     for message in chain.validate("generate"):
         warn(message)
@@ -101,7 +100,7 @@ def plan_run(settings: GenerationSettings, chain: Chain, output: OutputOptions |
         suffix = output_format(output.format)[1]
         check_conflicts([output.directory / f"{name}{suffix}" for name in names], output.overwrite,
                         " or --append to number new images after them")
-    pm.hook.sdmark_check_config(mode="generate", output=output)
+    chain.runtime.check_config(mode="generate", output=output)
     if output is not None:
         remove_stale_temps(output.directory, warn)
     return names
@@ -119,6 +118,7 @@ def generate(
     warn: Callable[[str], None] | None = None,
     indices: Collection[int] | None = None,
     names: Sequence[str] | None = None,
+    runtime: Runtime | None = None,
 ) -> list[ItemResult]:
     """Generate images for ``settings`` through ``chain``; write them to ``output`` if given.
 
@@ -131,31 +131,36 @@ def generate(
     ``indices`` (with a fixed seed) makes only those images of the run, and ``names`` are the run's
     output names from :func:`plan_run` (the checks then are not repeated): how an executor's workers
     share one run that its driver planned (see :mod:`sdmark.core.executor_steps`).
+    Hooks run on the chain's runtime; ``runtime`` is the one an empty chain gets when ``chain`` is
+    ``None`` (the installed plugins when that is ``None`` too).
     """
     import torch
     from tqdm.auto import tqdm
 
-    chain = chain or Chain([])
+    chain = chain if chain is not None else Chain([], runtime)
     warn = warn or default_warn
+    runtime = chain.runtime
     if names is None:
+        # The caller's settings stay as given: the seed drawn for this run lives in the records.
+        settings = replace(settings, prompts=list(settings.prompts))
         names = plan_run(settings, chain, output, safety, warn)
-    else:
-        load_plugins()
 
     pipe = pipeline or load_pipeline(
         settings.model, settings.device, settings.dtype, scheduler=settings.scheduler,
         cpu_offload=settings.cpu_offload, vae_slicing=settings.vae_slicing,
-        vae_tiling=settings.vae_tiling, attention_slicing=settings.attention_slicing,
+        vae_tiling=settings.vae_tiling, attention_slicing=settings.attention_slicing, runtime=runtime,
     )
     size = default_size(pipe)
     height = size if settings.height is None else settings.height
     width = size if settings.width is None else settings.width
     chain.check_size(width, height)
+    # What ran, not what was asked: a pipeline the caller passed in keeps its own scheduler and model.
+    model = settings.model if pipeline is None else (pipe.config.get("_name_or_path") or settings.model)
     context = RunContext(mode="generate", device=str(pipe._execution_device), settings=settings,
-                         pipeline=pipe, model=settings.model, warn=warn)
+                         pipeline=pipe, model=model, warn=warn, runtime=runtime)
     chain.setup(context)
     writer = Writer(output, context) if output is not None else None
-    sampler = sampler_name(pipe, settings.scheduler)
+    sampler = sampler_name(pipe, settings.scheduler if pipeline is None else None)
     jobs = [job for job in _jobs(settings) if indices is None or job[0] in indices]
     results: list[ItemResult] = []
     pipe.scheduler.set_timesteps(settings.steps)  # some schedulers (PLMS) take more steps than asked
@@ -172,7 +177,7 @@ def generate(
                     generation={
                         "prompt": prompt, "negative_prompt": settings.negative_prompt, "seed": seed,
                         "steps": settings.steps, "guidance_scale": settings.guidance_scale,
-                        "sampler": sampler, "width": width, "height": height, "model": settings.model,
+                        "sampler": sampler, "width": width, "height": height, "model": model,
                         "dtype": str(pipe.unet.dtype).removeprefix("torch."),
                     },
                 )
@@ -183,7 +188,7 @@ def generate(
                 ImageItem(image=image, record=record, name=names[index], index=index, seed=seed, prompt=prompt)
                 for image, record, (index, prompt, seed) in zip(images, records, batch_jobs)
             ]
-            pm.hook.sdmark_after_decode(items=items, context=context)
+            runtime.after_decode(items=items, context=context)
             results += finish_batch(items, chain, context, writer, on_result)
     finally:
         bar.close()
@@ -197,11 +202,11 @@ def _denoise_and_decode(pipe, chain, context, settings, jobs, records, height, w
     batch = DenoiseBatch(latents=latents, seeds=seeds, prompts=prompts)
     with torch.inference_mode():
         chain.run_latent_phase("before_denoise", batch, context, records)
-        pm.hook.sdmark_before_denoise(batch=batch, context=context)
+        chain.runtime.before_denoise(batch=batch, context=context)
 
     def on_step_end(_pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        batch.latents, batch.step = tensors["latents"], step
-        pm.hook.sdmark_on_step_end(batch=batch, step=step, timestep=timestep, context=context)
+        batch.latents = tensors["latents"]
+        chain.runtime.on_step_end(batch=batch, step=step, timestep=timestep, context=context)
         bar.update(len(seeds))
         return {"latents": batch.latents}
 
@@ -220,5 +225,5 @@ def _denoise_and_decode(pipe, chain, context, settings, jobs, records, height, w
             callback_on_step_end_tensor_inputs=["latents"],
         ).images
         chain.run_latent_phase("after_denoise", batch, context, records)
-        pm.hook.sdmark_after_denoise(batch=batch, context=context)
+        chain.runtime.after_denoise(batch=batch, context=context)
         return decode(pipe, batch.latents)

@@ -23,11 +23,26 @@ hookspec = pluggy.HookspecMarker("sdmark")
 # -- registration: run once, when the plugin manager first needs what they provide ---------------
 
 
+@hookspec(historic=True)
+def sdmark_add_hookspecs(pluginmanager: pluggy.PluginManager) -> None:
+    """Declare the hooks a plugin owns (pytest's ``pytest_addhooks``).
+
+    Runs for each plugin as it is registered (historic: a plugin registered later is asked too).
+    Hooks a plugin declares are called by that plugin, never by the core; another plugin that
+    implements one marks its implementation ``@hookimpl(optionalhook=True)`` so it loads whether
+    or not the declaring plugin does.
+
+    :param pluginmanager: the runtime's :class:`pluggy.PluginManager`; call
+        ``pluginmanager.add_hookspecs(module)`` with a module of ``@hookspec`` functions.
+    """
+
+
+
 @hookspec
 def sdmark_register_stages(register: Callable[[type[Stage]], None]) -> None:
     """Contribute stages that users can put in a chain.
 
-    Runs once, the first time the stage registry is built.
+    Runs once per runtime, the first time its stage registry is built.
 
     :param register: call ``register(StageClass)`` for each :class:`~sdmark.core.stages.Stage`
         subclass the plugin provides. Registering a name that is already taken is an error that
@@ -39,31 +54,11 @@ def sdmark_register_stages(register: Callable[[type[Stage]], None]) -> None:
 def sdmark_register_commands(cli: click.Group) -> None:
     """Add subcommands to the ``sdmark`` command line.
 
-    Runs once, when the CLI starts.
+    Runs once each time the command line is built (:func:`sdmark.cli.main.make_cli`).
 
-    :param cli: the top-level click group; use ``@cli.command()`` to add commands to it.
-    """
-
-
-@hookspec
-def sdmark_register_watermark_schemes(register: Callable[[Any], None]) -> None:
-    """Contribute watermark schemes that ``sdmark verify`` checks for.
-
-    Runs once, the first time the scheme registry is built.
-
-    :param register: call ``register(scheme)`` with an object implementing the watermark plugin's
-        ``Scheme`` protocol (a name, the decoder it needs and a verdict from decoded bits).
-    """
-
-
-@hookspec
-def sdmark_register_safety_backends(register: Callable[[Any], None]) -> None:
-    """Contribute NSFW-checker backends that the ``safety`` stage can use (``safety:backend=NAME``).
-
-    Runs once, the first time the backend registry is built.
-
-    :param register: call ``register(BackendClass)`` with a class implementing the safety plugin's
-        ``SafetyBackend`` protocol.
+    :param cli: the top-level click group; use ``@cli.command()`` or ``cli.add_command`` to add
+        commands to it. ``cli.runtime`` is the :class:`~sdmark.core.runtime.Runtime` the commands
+        run with (inside a command, :func:`sdmark.cli.main.current_runtime` returns it).
     """
 
 
@@ -170,11 +165,12 @@ def sdmark_before_save(item: ImageItem, path: Path, context: RunContext) -> None
 
 
 @hookspec
-def sdmark_finalize_output(path: Path, item: ImageItem, context: RunContext) -> None:
+def sdmark_finalize_output(path: Path, final: Path, item: ImageItem, context: RunContext) -> None:
     """Runs after an image and its metadata are written to a temporary file, before the file is
     moved atomically to its final name. This is the last write (e.g. a signature).
 
     :param path: the temporary file, in the output folder, with the final file's extension.
+    :param final: where the file will be once moved (its name is the one to sign, never the temp name's).
     :param item: the image that was written.
     :param context: the run.
 
@@ -193,22 +189,4 @@ def sdmark_after_save(path: Path, item: ImageItem, context: RunContext) -> None:
     :param context: the run.
 
     May change: nothing of the file; raise nothing for ordinary problems (the file is already written).
-    """
-
-
-# -- verification ------------------------------------------------------------------------------
-
-
-@hookspec
-def sdmark_inspect_image(path: Path, image: Any, metadata: dict[str, Any], report: dict[str, Any]) -> None:
-    """Runs in ``sdmark verify`` for each readable image, after watermark detection.
-
-    :param path: the image file.
-    :param image: the decoded image (PIL, RGB or RGBA, EXIF orientation applied).
-    :param metadata: what the file carried (:func:`sdmark.core.metadata.read_metadata`).
-    :param report: the image's verify report: ``path``, ``watermarked``, ``detections`` (each with
-        ``scheme``, ``p_value``, ``payload``, ``band``) and ``error``.
-
-    May change: ``report``: add keys of your own (e.g. ``content_credentials``); do not remove or
-    rewrite the keys above. Printed in ``--json`` output as they are.
     """

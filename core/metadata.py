@@ -17,7 +17,7 @@ import json
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 from xml.sax.saxutils import escape, quoteattr
 
 from PIL import Image, PngImagePlugin
@@ -42,7 +42,8 @@ PNG_XMP_KEY = "XML:com.adobe.xmp"
 PNG_RECORD_KEY = "sdmark"
 
 
-def a1111_parameters(generation: dict[str, Any], software: str, stages: Sequence[StageRecord] = ()) -> str:
+def a1111_parameters(generation: dict[str, Any], software: str, stages: Sequence[StageRecord] = (),
+                     kinds: Mapping[str, str] | None = None) -> str:
     """The ``parameters`` text that AUTOMATIC1111, ComfyUI readers and civitai parse.
 
     ``Size`` is the generation size, as A1111 writes it; an ``upscale`` that ran later is described
@@ -50,6 +51,8 @@ def a1111_parameters(generation: dict[str, Any], software: str, stages: Sequence
     upscaler`` for one in latent space, ``Postprocess upscale to``/``Postprocess upscaler`` (its
     Extras tab) for one on the decoded image. Several upscales of one kind become one entry: their
     factors multiplied (hires) or the last size (postprocess), with their upscalers joined by " + ".
+    A resizing stage is any stage of kind ``resize`` in ``kinds`` (:func:`sdmark.core.results.stage_kinds`),
+    whatever it is called; without ``kinds``, sdmark's own ``upscale``.
     """
     lines = [generation.get("prompt", "")]
     if generation.get("negative_prompt"):
@@ -61,31 +64,35 @@ def a1111_parameters(generation: dict[str, Any], software: str, stages: Sequence
         "Seed": generation.get("seed"),
         "Size": f"{generation.get('width')}x{generation.get('height')}",
         "Model": generation.get("model"),
-        **_upscale_fields(stages),
+        **_upscale_fields(stages, kinds),
         "Version": software,
     }
     lines.append(", ".join(f"{key}: {_a1111_value(value)}" for key, value in fields.items() if value is not None))
     return "\n".join(lines)
 
 
-def _upscale_fields(stages: Sequence[StageRecord]) -> dict[str, Any]:
+def _upscale_fields(stages: Sequence[StageRecord], kinds: Mapping[str, str] | None) -> dict[str, Any]:
+    from sdmark.core.results import RESIZE, ResizeResult, entries_of_kind
+
+    # Without a runtime's kinds, sdmark's own resizing stage is the one to read.
+    resizing = entries_of_kind(stages, RESIZE, {"upscale": RESIZE} if kinds is None else kinds)
     hires = False
     hires_factor: float | None = 1.0
     hires_by: list[str] = []
     post_by: list[str] = []
     post_size = None
-    for entry in stages:
-        result = entry.result
-        if entry.stage != "upscale" or "output_size" not in result:
+    for entry in resizing:
+        resized = ResizeResult.from_result(entry.result)
+        if resized is None:
             continue
         if entry.phase == "after_denoise":
-            before, after = result.get("input_size") or [0, 0], result["output_size"]
+            before, after = resized.input_size or (0, 0), resized.output_size
             hires = True
             hires_factor = hires_factor * after[0] / before[0] if before[0] and hires_factor else None
-            hires_by += [str(result["backend"])] if result.get("backend") else []
+            hires_by += [resized.backend] if resized.backend else []
         else:
-            post_size = "x".join(str(v) for v in result["output_size"])
-            post_by += [str(result["backend"])] if result.get("backend") else []
+            post_size = "x".join(str(v) for v in resized.output_size)
+            post_by += [resized.backend] if resized.backend else []
     fields: dict[str, Any] = {}
     if hires:
         fields["Hires upscale"] = hires_factor

@@ -7,15 +7,17 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from sdmark.core.chain import Chain
 from sdmark.core.errors import SdmarkError
 from sdmark.core.io import output_format, write_atomic
 from sdmark.core.metadata import TRAINED_ALGORITHMIC_MEDIA, a1111_parameters, build_xmp, save_with_metadata
-from sdmark.core.plugins import pm
 from sdmark.core.records import ProvenanceRecord
 from sdmark.core.stages import ImageItem, RunContext
+
+if TYPE_CHECKING:
+    from sdmark.core.runtime import Runtime
 
 
 @dataclass
@@ -55,6 +57,7 @@ class ItemResult:
             "source": str(self.source) if self.source else None,
             "error": self.error,
             "notes": self.item.notes if self.item else [],
+            "checks": self.item.checks if self.item else {},
             "record": self.record.to_dict() if self.record else None,
         }
 
@@ -137,6 +140,10 @@ class Writer:
         self._taken: set[Path] = set()
         self._reserved: dict[int, Path] = {}
 
+    @property
+    def _runtime(self) -> Runtime:
+        return self.context.require_runtime()
+
     def target(self, name: str) -> Path:
         path = self.options.directory / f"{name}{self.suffix}"
         number = 1
@@ -167,9 +174,12 @@ class Writer:
     def write(self, item: ImageItem) -> Path:
         record = item.record
         if record.kind == "generated" and record.generation:
-            item.text["parameters"] = a1111_parameters(record.generation, record.software, record.stages)
+            from sdmark.core.results import stage_kinds
+
+            kinds = stage_kinds(self._runtime)
+            item.text["parameters"] = a1111_parameters(record.generation, record.software, record.stages, kinds)
         path = self._reserved.pop(item.index, None) or self.target(item.name)
-        pm.hook.sdmark_before_save(item=item, path=path, context=self.context)
+        self._runtime.before_save(item=item, path=path, context=self.context)
         # A processed image keeps the source type its input declared; we never claim we generated it.
         source_type = (
             TRAINED_ALGORITHMIC_MEDIA if record.kind == "generated" else item.source_metadata.get("digital_source_type")
@@ -183,10 +193,10 @@ class Writer:
                                extra_text=text, quality=self.options.quality)
 
         def finalize(tmp: Path) -> None:
-            pm.hook.sdmark_finalize_output(path=tmp, item=item, context=self.context)
+            self._runtime.finalize_output(path=tmp, final=path, item=item, context=self.context)
 
         written = write_atomic(path, encode, overwrite=self.options.overwrite, protected=self.protected, finalize=finalize)
-        pm.hook.sdmark_after_save(path=written, item=item, context=self.context)
+        self._runtime.after_save(path=written, item=item, context=self.context)
         return written
 
 

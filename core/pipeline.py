@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdmark.core.errors import ModelLoadError, SdmarkError, first_line
-from sdmark.core.plugins import hookimpl
+from sdmark.core.runtime import hookimpl
 
 if TYPE_CHECKING:
     import torch
     from diffusers import DiffusionPipeline
     from PIL import Image
+
+    from sdmark.core.runtime import Runtime
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
@@ -145,17 +147,19 @@ def load_pipeline(
     vae_slicing: bool = False,
     vae_tiling: bool = False,
     attention_slicing: bool = False,
+    runtime: Runtime | None = None,
 ) -> DiffusionPipeline:
-    """Load a pipeline through the ``sdmark_load_pipeline`` hook and apply device and memory options."""
-    from sdmark.core.plugins import load_plugins, pm
+    """Load a pipeline through ``runtime``'s ``sdmark_load_pipeline`` hook (the installed plugins'
+    when ``runtime`` is ``None``) and apply device and memory options."""
+    from sdmark.core.runtime import Runtime
 
-    load_plugins()
+    runtime = runtime if runtime is not None else Runtime.load()
     quiet_loading()
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
     options = {"scheduler": scheduler, "cpu_offload": cpu_offload, "vae_slicing": vae_slicing,
                "vae_tiling": vae_tiling, "attention_slicing": attention_slicing}
-    pipe = pm.hook.sdmark_load_pipeline(model=model, device=device, dtype=torch_dtype, options=options)
+    pipe = runtime.load_pipeline(model=model, device=device, dtype=torch_dtype, options=options)
     drop_builtin_watermarker(pipe)
     if scheduler:
         set_scheduler(pipe, scheduler)

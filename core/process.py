@@ -13,7 +13,6 @@ from sdmark.core.chain import Chain
 from sdmark.core.errors import ImageReadError, SdmarkError
 from sdmark.core.io import InputEntry, iter_inputs, output_format, read_image, sha256_file
 from sdmark.core.output import ItemResult, OutputOptions, Writer, check_conflicts, finish_batch, remove_stale_temps
-from sdmark.core.plugins import load_plugins, pm
 from sdmark.core.records import ProvenanceRecord
 from sdmark.core.stages import ImageItem, RunContext, default_warn
 
@@ -97,7 +96,7 @@ def plan_inputs(inputs: Iterable[Path | str], output: OutputOptions | None = Non
     for position, relative in enumerate(relatives):
         groups[str(relative.with_suffix(""))].append(position)
     plan.names = [str(relative.with_suffix("")) for relative in relatives]
-    for name, members in groups.items():
+    for members in groups.values():
         if len(members) > 1:
             for position in members:
                 if relatives[position].suffix.lower() != suffix:
@@ -166,7 +165,6 @@ def prepare_process(
     ``on_skipped``), existing output files (an error unless ``output.overwrite``) and the plugins'
     configuration. Removes sdmark's own stale temp files from the output folder; writes nothing else.
     Raises :class:`NoImagesError` when the inputs hold no image."""
-    load_plugins()
     for message in chain.validate("process"):
         warn(message)
     chain.check_safety("process", safety, warn)
@@ -186,7 +184,7 @@ def prepare_process(
         paths = Writer(output, RunContext(mode="process")).reserve(readable)
         check_conflicts(paths, output.overwrite)
         targets = {index: path for (index, _), path in zip(readable, paths)}
-    pm.hook.sdmark_check_config(mode="process", output=output)
+    chain.runtime.check_config(mode="process", output=output)
     if output is not None:
         remove_stale_temps(output.directory, warn)
     return PreparedRun(entries, plan.names, targets, protected)
@@ -211,7 +209,9 @@ def process_images(
     that the user turned safety off; with ``"on"`` the record says whether a safety stage ran.
     Before any work: the chain is validated, existing output files are an error (unless
     ``output.overwrite``), plugins check their configuration. Files not processed (see
-    :func:`plan_inputs`) are passed to ``on_skipped`` with the reason.
+    :func:`plan_inputs`) are passed to ``on_skipped`` with the reason. The returned results are in
+    input order; ``on_result`` sees each as it is finished (a file that cannot be read at once, the
+    others batch by batch).
     """
     from tqdm.auto import tqdm
 
@@ -220,19 +220,18 @@ def process_images(
     warn = warn or default_warn
     run = prepare_process(inputs, chain, output, safety, warn, on_skipped)
     entries = run.entries
-    context = RunContext(mode="process", device=pick_device(device), warn=warn)
+    context = RunContext(mode="process", device=pick_device(device), warn=warn, runtime=chain.runtime)
     writer = Writer(output, context, protected=run.protected) if output is not None else None
     if writer is not None:
         writer.assign(run.targets)
     chain.setup(context)
-    results: list[ItemResult] = []
+    results: dict[int, ItemResult] = {}
     pending: list[ImageItem] = []
     with tqdm(total=len(entries), unit="img", desc="processing", disable=None if progress is None else not progress) as bar:
 
         def flush() -> None:
-            nonlocal results
-            batch_results = finish_batch(pending, chain, context, writer, on_result)
-            results += batch_results
+            for item, result in zip(list(pending), finish_batch(pending, chain, context, writer, on_result)):
+                results[item.index] = result
             bar.update(len(pending))
             pending.clear()
 
@@ -241,7 +240,7 @@ def process_images(
                 pending.append(load_item(entry, index, safety, run.names[index]))
             except ImageReadError as exc:
                 result = ItemResult(name=entry.path.name, status="failed", source=entry.path, error=str(exc))
-                results.append(result)
+                results[index] = result
                 bar.update(1)
                 if on_result is not None:
                     on_result(result)
@@ -250,4 +249,4 @@ def process_images(
                 flush()
         if pending:
             flush()
-    return results
+    return [results[index] for index in sorted(results)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 
 from sdmark.core.errors import ChainError, StageError
 from sdmark.core.records import ProvenanceRecord
@@ -18,6 +18,8 @@ from sdmark.core.records import ProvenanceRecord
 if TYPE_CHECKING:
     import torch
     from PIL import Image
+
+    from sdmark.core.runtime import Runtime
 
 PHASES = ("before_denoise", "after_denoise", "process")
 MAX_OPTION_CHARS = 4096
@@ -40,23 +42,25 @@ class Option:
     """A typed stage option with a default.
 
     ``type`` is one of ``str``, ``int``, ``float``, ``bool`` or ``Path``. ``choices`` is a tuple of
-    allowed strings, or a callable returning one (for choices that plugins extend).
+    allowed strings, or a callable taking the :class:`~sdmark.core.runtime.Runtime` and returning
+    one (for choices that plugins extend, such as ``watermark:method``).
     """
 
     name: str
     type: type
     default: Any
     help: str
-    choices: tuple[str, ...] | Callable[[], Sequence[str]] | None = None
+    choices: tuple[str, ...] | Callable[[Runtime], Sequence[str]] | None = None
     minimum: float | None = None
     maximum: float | None = None
 
-    def allowed(self) -> tuple[str, ...] | None:
+    def allowed(self, runtime: Runtime) -> tuple[str, ...] | None:
+        """The allowed values (what ``runtime``'s plugins offer, for extensible choices), or ``None``."""
         if self.choices is None:
             return None
-        return tuple(self.choices() if callable(self.choices) else self.choices)
+        return tuple(self.choices(runtime) if callable(self.choices) else self.choices)
 
-    def coerce(self, value: Any, stage: str, strict: bool = False) -> Any:
+    def coerce(self, value: Any, stage: str, runtime: Runtime, strict: bool = False) -> Any:
         """Turn ``value`` into this option's type.
 
         Strings from the command line are parsed; with ``strict`` (typed sources such as TOML) a
@@ -94,7 +98,7 @@ class Option:
                 result = value
         except (TypeError, ValueError):
             raise ChainError(f"{where} expects {expected}, got {shown(value)}") from None
-        allowed = self.allowed()
+        allowed = self.allowed(runtime)
         if allowed is not None and result not in allowed:
             raise ChainError(f"{where} must be one of {', '.join(allowed)}; got {shown(value)}")
         if self.minimum is not None and result < self.minimum:
@@ -111,7 +115,6 @@ class DenoiseBatch:
     latents: torch.Tensor
     seeds: list[int]
     prompts: list[str]
-    step: int = -1
 
 
 @dataclass
@@ -121,7 +124,8 @@ class ImageItem:
     ``text`` holds the text metadata that will be written (``parameters`` and friends);
     ``source_metadata`` what an input file carried (see :func:`sdmark.core.metadata.read_metadata`);
     ``error`` or ``dropped`` say why it will not be written. Stages change ``image`` and add to
-    ``record``; ``notes`` are short remarks shown to the user.
+    ``record``; ``notes`` are short remarks shown to the user; ``checks`` what was verified on the
+    written file.
     """
 
     image: Image.Image
@@ -136,6 +140,9 @@ class ImageItem:
     error: str | None = None
     dropped: str | None = None
     notes: list[str] = field(default_factory=list)
+    checks: dict[str, Any] = field(default_factory=dict)
+    """Checks made on the written file (the watermark read-back): reported with the result, never
+    added to ``record``, which is already in the file by then (the file's records must agree)."""
 
     @property
     def alive(self) -> bool:
@@ -158,6 +165,8 @@ class RunContext:
     ``mode`` is ``generate`` or ``process``. ``settings`` is the generation settings (``None`` in
     ``process``); ``pipeline`` the loaded diffusers pipeline (``None`` in ``process``).
     ``cache`` is shared by stages that load models, so a model loads once per run.
+    ``runtime`` is the :class:`~sdmark.core.runtime.Runtime` whose plugins run (its registries and
+    hook calls); ``None`` only for contexts that run no hook (reserving output names).
     """
 
     mode: str
@@ -167,14 +176,25 @@ class RunContext:
     model: str | None = None
     cache: dict[str, Any] = field(default_factory=dict)
     warn: Callable[[str], None] = default_warn
+    runtime: Runtime | None = None
+
+    def require_runtime(self) -> Runtime:
+        """The run's runtime; an error when the context was built without one."""
+        if self.runtime is None:
+            raise StageError("this run context has no runtime (build it from a Chain)")
+        return self.runtime
 
 
 class Stage:
     """Base class of every stage.
 
     Subclasses set the class attributes and override the phase methods they list in ``phases``.
-    The constructor receives validated options as keyword arguments (``self.options``).
+    The constructor receives validated options as keyword arguments (``self.options``);
+    :meth:`~sdmark.core.chain.Chain.build` then sets ``self.runtime`` to the runtime the stage was
+    found in, so a stage can look up what other plugins registered before a run context exists.
     """
+
+    runtime: Runtime | None = None
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
@@ -186,9 +206,22 @@ class Stage:
     """Whether this stage embeds an invisible watermark (pixel changes after it trigger a warning)."""
     checks_safety: ClassVar[bool] = False
     """Whether this stage is a safety check (``generate`` refuses to run without one unless told)."""
+    kind: ClassVar[str | None] = None
+    """What other plugins may read from this stage's results (:mod:`sdmark.core.results`):
+    ``watermark``, ``safety`` or ``resize``; by default ``watermark`` when ``embeds_watermark``,
+    ``safety`` when ``checks_safety``, else ``None``."""
 
     def __init__(self, **options: Any) -> None:
         self.options: dict[str, Any] = options
+
+    @classmethod
+    def declared_kind(cls) -> str | None:
+        """:attr:`kind`, or the kind the ``embeds_watermark`` / ``checks_safety`` flags imply."""
+        if cls.kind is not None:
+            return cls.kind
+        if cls.embeds_watermark:
+            return "watermark"
+        return "safety" if cls.checks_safety else None
 
     def __repr__(self) -> str:
         opts = ",".join(f"{k}={v}" for k, v in self.options.items())
@@ -276,30 +309,8 @@ class StageRegistry:
     def names(self) -> list[str]:
         return sorted(self._stages)
 
-    def __iter__(self) -> Iterable[type[Stage]]:
+    def __iter__(self) -> Iterator[type[Stage]]:
         return iter(self._stages[name] for name in self.names())
 
     def __contains__(self, name: object) -> bool:
         return name in self._stages
-
-
-_registry: StageRegistry | None = None
-
-
-def stage_registry() -> StageRegistry:
-    """The registry of every installed stage (plugins load on first use)."""
-    global _registry
-    if _registry is None:
-        from sdmark.core.plugins import load_plugins, pm
-
-        load_plugins()
-        registry = StageRegistry()
-        pm.hook.sdmark_register_stages(register=lambda stage: registry.register(stage, stage.__module__))
-        _registry = registry
-    return _registry
-
-
-def reset_registries() -> None:
-    """Forget the stage registry so it is rebuilt from the plugins (for tests and plugin authors)."""
-    global _registry
-    _registry = None

@@ -48,5 +48,7 @@ $PIP install -q einops
 $PIP install -q --no-deps "spandrel>=0.4"
 # `sdmark serve` and its tests (Starlette's test client, Playwright driving the chromium above).
 $PIP install -q -e ".[serve-test]"
+# ruff and mypy for the static checks .ci/run makes.
+$PIP install -q -e ".[lint]"
 # Both opencv-python (invisible-watermark) and opencv-python-headless (nudenet) provide cv2.
 .venv/bin/python -c "import cv2, torch, diffusers, imwatermark, ray.data, psycopg, sdmark.core; print('setup: ok, torch', torch.__version__, 'cv2', cv2.__version__)"

@@ -19,10 +19,13 @@ import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 tops = {n.split("/")[0] for n in names if not n.startswith("sdmark-")}
 assert tops == {"sdmark"}, f"wheel installs unexpected top-level names: {sorted(tops)}"
-for required in ("sdmark/core/plugins.py", "sdmark/cli/main.py", "sdmark/plugins/watermark/__init__.py",
+for required in ("sdmark/core/runtime.py", "sdmark/cli/main.py", "sdmark/plugins/watermark/__init__.py",
                  "sdmark/serve/app.py", "sdmark/serve/templates/index.html", "sdmark/serve/static/app.js"):
     assert required in names, f"{required} missing from the wheel"
 assert not any(n.startswith("sdmark/tests/") for n in names), "tests leaked into the wheel"
+assert "sdmark/testing/__init__.py" in names and "sdmark/testing/fixtures.py" in names, "sdmark.testing missing"
+for scaffolding in ("sdmark/tiny.py", "sdmark/tiny_upscalers.py", "sdmark/demo.py", "sdmark/scripts/demo.py"):
+    assert scaffolding not in names, f"{scaffolding}: demo and test scaffolding must not ship at the package root"
 print(f"wheel-check: {len(names)} files, top level {sorted(tops)}")
 PY
 # Install it into a bare folder that shadows the editable install, and import from outside the tree.

@@ -294,7 +294,7 @@ async def schemes(request: Request) -> Response:
     checked = {scheme.name for scheme in _engine(request).schemes}
     return JSONResponse({"schemes": [
         {"name": s.name, "decoder": s.decoder, "description": s.description, "costly": bool(s.costly),
-         "checked": s.name in checked} for s in scheme_registry()]})
+         "checked": s.name in checked} for s in scheme_registry(_engine(request).runtime)]})
 
 
 async def healthz(request: Request) -> Response:

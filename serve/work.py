@@ -53,12 +53,12 @@ class Engine:
     """What one worker process loads once and every request shares: the schemes, the pool, the gate."""
 
     def __init__(self, settings: ServeSettings) -> None:
-        from sdmark.core.plugins import load_plugins
+        from sdmark.core.runtime import Runtime
         from sdmark.plugins.watermark.verify import select_schemes
 
-        load_plugins()
+        self.runtime = Runtime.load()
         self.settings = settings
-        self.schemes = select_schemes()
+        self.schemes = select_schemes(runtime=self.runtime)
         self.gate = Gate(settings.threads, settings.queue)
         self.pool = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="sdmark-serve")
         self.mark_chain = _checked_chain(settings.mark_chain) if settings.token else None
@@ -92,7 +92,7 @@ class Engine:
         """``sdmark verify --json``'s report for the file at ``path``, shown under ``name``."""
         from sdmark.plugins.watermark.verify import verify_file
 
-        return renamed(verify_file(path, self.schemes), str(path), name)
+        return renamed(verify_file(path, self.schemes, runtime=self.runtime), str(path), name)
 
     def verify_uploads(self, uploads: list[Upload]) -> list[dict[str, Any]]:
         return [self.verify_path(upload.path, upload.name) for upload in uploads]
@@ -106,7 +106,7 @@ class Engine:
 
         warnings: list[str] = []
         out = folder / "out"
-        results = process_images([upload.path], parse_chain(self.settings.mark_chain), OutputOptions(directory=out, format=fmt),
+        results = process_images([upload.path], parse_chain(self.settings.mark_chain, self.runtime), OutputOptions(directory=out, format=fmt),
                                  safety="on", batch_size=1, device="cpu", progress=False, warn=warnings.append)
         result = results[0]
         if result.status != "written" or result.path is None:

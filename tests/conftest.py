@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from sdmark.testing import fixtures
+
+# The kit's fixtures, as a plugin author's conftest.py would take them.
+runtime = fixtures.runtime
+register_plugin = fixtures.register_plugin
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
@@ -32,7 +38,7 @@ def _isolated_user_state(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A diffusers model folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
-    from sdmark.tiny import save_tiny_model
+    from sdmark.testing.tiny import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny-sd") / "model")
 
@@ -40,9 +46,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_pipe(tiny_model_dir: Path):
     """The tiny model loaded through sdmark's real loader (``from_pretrained`` on the folder), on CPU."""
-    from sdmark.core.pipeline import load_pipeline
+    from sdmark.testing import tiny_pipeline
 
-    return load_pipeline(str(tiny_model_dir), device="cpu", dtype="fp32")
+    return tiny_pipeline(tiny_model_dir)
 
 
 @pytest.fixture(scope="session")
@@ -76,34 +82,13 @@ def photo_dir(tmp_path: Path, photos) -> Path:
 
 
 @pytest.fixture
-def register_plugin():
-    """Register plugin objects with sdmark's plugin manager for one test (registries rebuilt)."""
-    from sdmark.core.plugins import load_plugins, pm
-    from sdmark.core.stages import reset_registries
-
-    load_plugins()
-    registered = []
-
-    def register(plugin, name: str | None = None):
-        pm.register(plugin, name=name)
-        registered.append(plugin)
-        reset_registries()
-        return plugin
-
-    yield register
-    for plugin in registered:
-        pm.unregister(plugin)
-    reset_registries()
-
-
-@pytest.fixture
-def cli_runner():
-    """A CliRunner and the sdmark click group with every plugin command attached."""
+def cli_runner(runtime):
+    """A CliRunner and the sdmark click group with every plugin command attached, on this test's runtime."""
     from click.testing import CliRunner
 
     from sdmark.cli.main import get_cli
 
-    return CliRunner(), get_cli()
+    return CliRunner(), get_cli(runtime)
 
 
 @pytest.fixture(scope="session")

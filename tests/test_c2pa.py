@@ -19,7 +19,7 @@ pytest.importorskip("c2pa")
 
 from sdmark.core.io import read_image  # noqa: E402
 from sdmark.core.metadata import TRAINED_ALGORITHMIC_MEDIA  # noqa: E402
-from sdmark.core.plugins import hookimpl, load_plugins, pm  # noqa: E402
+from sdmark.core.runtime import Runtime, hookimpl  # noqa: E402
 from sdmark.core.stages import Option, Stage  # noqa: E402
 from sdmark.plugins.c2pa import set_signing_config, set_trust_anchors  # noqa: E402
 
@@ -60,10 +60,9 @@ def run_process(cli_runner, inputs, out: Path, *extra: str, chain: str = ""):
 
 def inspect(path: Path, detections: list | None = None) -> dict:
     """What `sdmark verify` reports for ``path`` (through the verify hook, with given detections)."""
-    load_plugins()
     loaded = read_image(path)
     report = {"path": str(path), "watermarked": bool(detections), "detections": detections or [], "error": None}
-    pm.hook.sdmark_inspect_image(path=loaded.path, image=loaded.image, metadata=loaded.metadata, report=report)
+    Runtime.load().pm.hook.sdmark_inspect_image(path=loaded.path, image=loaded.image, metadata=loaded.metadata, report=report)
     return report
 
 
@@ -168,11 +167,11 @@ class _TestMarkPlugin:
 
 
 def test_the_plugin_adds_the_keys_command_through_the_hook():
-    import click
+    from sdmark.cli.main import SdmarkGroup
 
-    group = click.Group("sdmark-test")
-    load_plugins()
-    pm.hook.sdmark_register_commands(cli=group)
+    group = SdmarkGroup("sdmark-test")
+    group.runtime = runtime = Runtime.load()
+    runtime.register_commands(cli=group)
     assert {"init", "show"} <= set(group.commands["keys"].commands)
 
 
@@ -416,10 +415,7 @@ def test_untrusted_anchor_file_is_a_clear_error(tmp_path):
 
 
 def _has_watermark_stage() -> bool:
-    from sdmark.core.stages import stage_registry
-
-    load_plugins()
-    return "watermark" in stage_registry()
+    return "watermark" in Runtime.load().stages
 
 
 needs_watermark = pytest.mark.skipif(not _has_watermark_stage(), reason="needs the watermark stage (sdmark stages)")
@@ -659,14 +655,14 @@ def test_a_look_alike_identity_is_told_apart_by_its_certificate(cli_runner, iden
 
 
 def test_an_unreadable_registry_is_named_in_the_text_output(cli_runner, photos, tmp_path, monkeypatch):
-    from sdmark.plugins.watermark.methods import get_method
+    from sdmark.plugins.watermark.methods import builtin_method
 
     runner, cli = cli_runner
     garbage = tmp_path / "broken-registry.sqlite"
     garbage.write_bytes(b"not a database" * 200)
     monkeypatch.setenv("SDMARK_REGISTRY", str(garbage))
     path = tmp_path / "marked.png"
-    Image.fromarray(get_method("dwtDctSvd").embed(np.asarray(photos["astronaut"]), bytes.fromhex("00000000000000ee"))).save(path)
+    Image.fromarray(builtin_method("dwtDctSvd").embed(np.asarray(photos["astronaut"]), bytes.fromhex("00000000000000ee"))).save(path)
     result = runner.invoke(cli, ["verify", "--no-progress", str(path)])
     assert result.exit_code == 0
     assert "registry unreadable" in result.stdout and "broken-registry.sqlite" in result.stdout

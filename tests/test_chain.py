@@ -9,7 +9,7 @@ from PIL import Image, ImageOps
 
 from sdmark.core.chain import Chain, parse_spec, read_chain_file
 from sdmark.core.errors import ChainError
-from sdmark.core.plugins import hookimpl
+from sdmark.core.runtime import hookimpl
 from sdmark.core.stages import Option, Stage
 
 
@@ -64,8 +64,10 @@ class Stages:
 
 
 @pytest.fixture
-def stages(register_plugin):
+def stages(runtime, register_plugin):
+    """This test's runtime with the test stages registered."""
     register_plugin(Stages(), name="test-stages")
+    return runtime
 
 
 def test_spec_parses_names_options_and_quotes():
@@ -92,31 +94,31 @@ def test_spec_syntax_errors_are_clear(spec, message):
 
 
 def test_build_types_options_and_lists_valid_choices(stages):
-    chain = Chain.build("t-invert:amount=0.5,count=3,enabled=no,path=~/x.png t-mark")
+    chain = Chain.build("t-invert:amount=0.5,count=3,enabled=no,path=~/x.png t-mark", stages)
     stage = chain.stages[0]
     assert stage.options == {"amount": 0.5, "mode": "rgb", "count": 3, "enabled": False, "path": Path("~/x.png").expanduser()}
     with pytest.raises(ChainError, match=r"unknown stage 'nope'; installed stages: .*t-invert.*t-mark"):
-        Chain.build("nope")
+        Chain.build("nope", stages)
     with pytest.raises(ChainError, match=r"has no option colour; valid options: amount, count, enabled, mode, path"):
-        Chain.build("t-invert:colour=red")
+        Chain.build("t-invert:colour=red", stages)
     with pytest.raises(ChainError, match=r"t-invert:count expects int, got 'many'"):
-        Chain.build("t-invert:count=many")
+        Chain.build("t-invert:count=many", stages)
     with pytest.raises(ChainError, match=r"must be one of rgb, luma"):
-        Chain.build("t-invert:mode=cmyk")
+        Chain.build("t-invert:mode=cmyk", stages)
     with pytest.raises(ChainError, match=r"must be <= 1.0"):
-        Chain.build("t-invert:amount=2")
+        Chain.build("t-invert:amount=2", stages)
 
 
 def test_toml_chain_file_keeps_types_and_rejects_wrong_ones(stages, tmp_path):
     good = tmp_path / "chain.toml"
     good.write_text('[[stage]]\nname = "t-invert"\namount = 0.25\ncount = 2\n\n[[stage]]\nname = "t-mark"\n')
-    chain = Chain.build(good)
+    chain = Chain.build(good, stages)
     assert chain.names == ["t-invert", "t-mark"]
     assert chain.stages[0].options["count"] == 2
     bad = tmp_path / "bad.toml"
     bad.write_text('[[stage]]\nname = "t-invert"\ncount = "2"\n')
     with pytest.raises(ChainError, match="count expects int"):
-        Chain.build(bad)
+        Chain.build(bad, stages)
     broken = tmp_path / "broken.toml"
     broken.write_text("[[stage]\n")
     with pytest.raises(ChainError, match="not valid TOML"):
@@ -127,12 +129,12 @@ def test_toml_chain_file_keeps_types_and_rejects_wrong_ones(stages, tmp_path):
 
 
 def test_pixel_stage_after_watermark_warns_and_latent_stage_refuses_process(stages):
-    assert Chain.build("t-invert t-mark").validate("process") == []
-    warnings = Chain.build("t-mark t-invert").validate("process")
+    assert Chain.build("t-invert t-mark", stages).validate("process") == []
+    warnings = Chain.build("t-mark t-invert", stages).validate("process")
     assert len(warnings) == 1 and "watermark may be lost" in warnings[0] and "'t-invert'" in warnings[0]
     with pytest.raises(ChainError, match="only runs during generation"):
-        Chain.build("t-latent").validate("process")
-    assert Chain.build("t-latent").validate("generate") == []
+        Chain.build("t-latent", stages).validate("process")
+    assert Chain.build("t-latent", stages).validate("generate") == []
 
 
 def test_cli_reports_chain_errors_in_one_line(stages, cli_runner, photo_dir, tmp_path):
@@ -155,6 +157,6 @@ def test_cli_process_warns_about_order_and_runs_in_order(stages, cli_runner, pho
 
 
 def test_pixel_stage_before_the_safety_check_warns(stages):
-    assert Chain.build("t-check t-invert t-mark").validate("generate") == []
-    [warning] = Chain.build("t-invert t-check").validate("generate")
+    assert Chain.build("t-check t-invert t-mark", stages).validate("generate") == []
+    [warning] = Chain.build("t-invert t-check", stages).validate("generate")
     assert "the safety check sees their output" in warning and "'t-invert'" in warning

@@ -10,7 +10,7 @@ from PIL import Image
 from sdmark.core.chain import Chain
 from sdmark.core.generate import GenerationSettings, generate
 from sdmark.core.output import OutputOptions
-from sdmark.core.plugins import hookimpl
+from sdmark.core.runtime import hookimpl
 from sdmark.core.stages import Stage
 
 STEPS = 3
@@ -33,10 +33,11 @@ def reference(pipe, prompt, seeds, **kwargs):
     return [np.asarray(image) for image in out.images]
 
 
-def run(tiny_pipe, prompt="a lighthouse at dusk", seed=1234, count=1, batch_size=1, chain=None, **kwargs):
+def run(tiny_pipe, prompt="a lighthouse at dusk", seed=1234, count=1, batch_size=1, chain=None, runtime=None, **kwargs):
     settings = GenerationSettings(prompts=[prompt], seed=seed, count=count, steps=STEPS, batch_size=batch_size,
                                   width=256, height=256, **kwargs)
-    results = generate(settings, chain, safety="off", pipeline=tiny_pipe, progress=False, warn=lambda m: None)
+    results = generate(settings, chain, safety="off", pipeline=tiny_pipe, progress=False, warn=lambda m: None,
+                       runtime=runtime)
     return [np.asarray(result.item.image) for result in results]
 
 
@@ -92,19 +93,19 @@ class ShiftLatents:
         batch.latents.add_(self.after)
 
 
-def test_latent_hooks_change_the_output(tiny_pipe, register_plugin):
-    baseline = run(tiny_pipe, seed=3)[0]
+def test_latent_hooks_change_the_output(tiny_pipe, runtime, register_plugin):
+    baseline = run(tiny_pipe, seed=3, runtime=runtime)[0]
     register_plugin(ShiftLatents(before=0.0, after=0.0), name="noop")
-    assert np.array_equal(run(tiny_pipe, seed=3)[0], baseline)
+    assert np.array_equal(run(tiny_pipe, seed=3, runtime=runtime)[0], baseline)
     register_plugin(ShiftLatents(before=0.5), name="before")
-    changed = run(tiny_pipe, seed=3)[0]
+    changed = run(tiny_pipe, seed=3, runtime=runtime)[0]
     assert np.abs(changed.astype(int) - baseline).mean() > 1
 
 
-def test_after_denoise_change_shows_in_decoded_image(tiny_pipe, register_plugin):
-    baseline = run(tiny_pipe, seed=3)[0]
+def test_after_denoise_change_shows_in_decoded_image(tiny_pipe, runtime, register_plugin):
+    baseline = run(tiny_pipe, seed=3, runtime=runtime)[0]
     register_plugin(ShiftLatents(after=2.0), name="after")
-    assert np.abs(run(tiny_pipe, seed=3)[0].astype(int) - baseline).mean() > 1
+    assert np.abs(run(tiny_pipe, seed=3, runtime=runtime)[0].astype(int) - baseline).mean() > 1
 
 
 class ZeroInitialNoise(Stage):
@@ -123,9 +124,9 @@ class ZeroStages:
         register(ZeroInitialNoise)
 
 
-def test_latent_stage_phase_runs_and_is_recorded(tiny_pipe, register_plugin):
+def test_latent_stage_phase_runs_and_is_recorded(runtime, tiny_pipe, register_plugin):
     register_plugin(ZeroStages(), name="zero-stages")
-    chain = Chain.build("t-zero-noise")
+    chain = Chain.build("t-zero-noise", runtime)
     a = run(tiny_pipe, seed=1, chain=chain)[0]
     b = run(tiny_pipe, seed=2, chain=chain)[0]
     assert np.array_equal(a, b)  # the seed no longer matters: the stage replaced the noise
@@ -135,11 +136,11 @@ def test_latent_stage_phase_runs_and_is_recorded(tiny_pipe, register_plugin):
     assert result.record.safety == "disabled"
 
 
-def test_generate_refuses_to_run_without_safety_unless_told(tiny_pipe):
+def test_generate_refuses_to_run_without_safety_unless_told(runtime, tiny_pipe):
     from sdmark.core.errors import ChainError
 
     with pytest.raises(ChainError, match="no safety stage"):
-        generate(GenerationSettings(prompts=["x"], steps=1), Chain([]), pipeline=tiny_pipe)
+        generate(GenerationSettings(prompts=["x"], steps=1), Chain([], runtime), pipeline=tiny_pipe)
 
 
 def test_written_png_holds_the_same_pixels(tiny_pipe, diffusers_pipe, tmp_path):
@@ -149,3 +150,15 @@ def test_written_png_holds_the_same_pixels(tiny_pipe, diffusers_pipe, tmp_path):
     assert result.path == tmp_path / "00000-1234.png"
     written = np.asarray(Image.open(result.path))
     assert np.array_equal(written, reference(diffusers_pipe, "a lighthouse at dusk", [1234])[0])
+
+
+def test_generate_keeps_the_callers_settings_and_records_the_pipeline_that_ran(tiny_pipe, tiny_model_dir, runtime):
+    from sdmark.core.pipeline import sampler_name
+
+    # Asked for euler-a and the default model, but handed a loaded pipeline: the record says what ran.
+    settings = GenerationSettings(prompts=["x"], steps=1, width=64, height=64, scheduler="euler-a")
+    [result] = generate(settings, None, safety="off", pipeline=tiny_pipe, progress=False, warn=lambda m: None,
+                        runtime=runtime)
+    assert settings.seed is None and isinstance(result.record.generation["seed"], int)
+    assert result.record.generation["model"] == str(tiny_model_dir)
+    assert result.record.generation["sampler"] == sampler_name(tiny_pipe, None) != "Euler a"

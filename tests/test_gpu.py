@@ -50,7 +50,7 @@ def test_sd_in_fp16_on_the_gpu_matches_diffusers(tiny_model_dir):
 def test_sdxl_in_fp16_on_the_gpu_upcasts_its_vae_like_diffusers(tmp_path):
     from diffusers import StableDiffusionXLPipeline
 
-    from sdmark.tiny import save_tiny_sdxl_model
+    from sdmark.testing.tiny import save_tiny_sdxl_model
 
     folder = save_tiny_sdxl_model(tmp_path / "sdxl")
     ours = load_pipeline(str(folder), device="cuda", dtype="fp16")

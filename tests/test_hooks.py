@@ -10,33 +10,51 @@ from pathlib import Path
 
 import pytest
 
-from sdmark.core import hookspecs
 from sdmark.core.generate import GenerationSettings, generate
 from sdmark.core.output import OutputOptions
-from sdmark.core.plugins import hookimpl, pm
+from sdmark.core.runtime import Runtime, hookimpl
 
 ROOT = Path(__file__).resolve().parents[1]
-HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("sdmark_"))
+
+
+def _specs() -> dict:
+    """Every hook specification of the installed plugins, the core's and those plugins declare."""
+    relay = Runtime.load().pm.hook
+    return {name: caller.spec.function for name, caller in vars(relay).items()
+            if name.startswith("sdmark_") and getattr(caller, "spec", None) is not None}
+
+
+SPECS = _specs()
+HOOKS = sorted(SPECS)
+
+
+def signature(name: str) -> str:
+    """The hook's exact signature as docs/plugins.md must show it, built from its hookspec."""
+    spec = inspect.signature(SPECS[name])
+    params = ", ".join(f"{p.name}: {p.annotation}" for p in spec.parameters.values())
+    return f"{name}({params}) -> {spec.return_annotation}"
 
 
 def test_every_hook_is_prefixed_documented_and_in_the_plugin_docs():
-    docs = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
-    assert len(HOOKS) >= 10
+    # Line breaks in the Markdown source do not count: a signature may wrap.
+    docs = " ".join((ROOT / "docs" / "plugins.md").read_text(encoding="utf-8").split())
+    assert len(HOOKS) >= 15
     for name in HOOKS:
-        function = getattr(hookspecs, name)
+        function = SPECS[name]
         doc = inspect.getdoc(function) or ""
         params = [p for p in inspect.signature(function).parameters]
         assert doc, f"{name} has no docstring"
         for param in params:
             assert f":param {param}:" in doc, f"{name} does not document {param}"
-        assert f"`{name}(" in docs, f"{name} is missing from docs/plugins.md"
+        assert f"`{signature(name)}`" in docs, f"docs/plugins.md lacks `{signature(name)}`"
 
 
 def test_every_hook_is_exercised_by_some_test():
     tests = "\n".join(path.read_text(encoding="utf-8") for path in (ROOT / "tests").glob("test_*.py"))
     tests = tests.replace("HOOKS = sorted", "")
     for name in HOOKS:
-        assert f"def {name}(" in tests or f"hook.{name}(" in tests, f"no test implements or calls {name}"
+        facade = f"runtime.{name.removeprefix('sdmark_')}(" in tests  # the Runtime's typed method for it
+        assert f"def {name}(" in tests or f"hook.{name}(" in tests or facade, f"no test implements or calls {name}"
 
 
 class Recorder:
@@ -69,8 +87,9 @@ class Recorder:
         self.calls.append(f"before_save:{path.name}")
 
     @hookimpl
-    def sdmark_finalize_output(self, path, item, context):
+    def sdmark_finalize_output(self, path, final, item, context):
         assert path.exists() and path.name.startswith(".")
+        assert final.parent == path.parent and final.name == "00000-11.png" and not final.exists()
         self.calls.append("finalize_output")
 
     @hookimpl
@@ -79,10 +98,11 @@ class Recorder:
         self.calls.append("after_save")
 
 
-def test_generation_hooks_run_in_the_documented_order(tiny_pipe, register_plugin, tmp_path):
+def test_generation_hooks_run_in_the_documented_order(tiny_pipe, runtime, register_plugin, tmp_path):
     recorder = register_plugin(Recorder(), name="recorder")
     settings = GenerationSettings(prompts=["x"], seed=11, steps=3, width=256, height=256)
-    generate(settings, None, OutputOptions(tmp_path), safety="off", pipeline=tiny_pipe, progress=False, warn=lambda m: None)
+    generate(settings, None, OutputOptions(tmp_path), safety="off", pipeline=tiny_pipe, progress=False, warn=lambda m: None,
+             runtime=runtime)
     steps = [call for call in recorder.calls if call.startswith("step")]
     assert steps == [f"step{i}" for i in range(len(tiny_pipe.scheduler.timesteps))] and len(steps) >= 3
     assert recorder.calls == [
@@ -104,12 +124,12 @@ class Loader:
         return self.pipe if model == "plugin:tiny" else None
 
 
-def test_a_plugin_can_replace_the_pipeline_loader(tiny_pipe, register_plugin, tiny_model_dir):
+def test_a_plugin_can_replace_the_pipeline_loader(tiny_pipe, runtime, register_plugin, tiny_model_dir):
     from sdmark.core.pipeline import load_pipeline
 
     loader = register_plugin(Loader(tiny_pipe), name="loader")
-    assert load_pipeline("plugin:tiny", device="cpu") is tiny_pipe
-    other = load_pipeline(str(tiny_model_dir), device="cpu")  # passes: the built-in loader runs
+    assert load_pipeline("plugin:tiny", device="cpu", runtime=runtime) is tiny_pipe
+    other = load_pipeline(str(tiny_model_dir), device="cpu", runtime=runtime)  # passes: the built-in loader runs
     assert other is not tiny_pipe and loader.asked == ["plugin:tiny", str(tiny_model_dir)]
 
 
@@ -127,7 +147,7 @@ def test_trace_prints_each_hook_call_to_stderr():
     assert "[sdmark]" not in result.stdout
 
 
-def test_allowlist_and_denylist_choose_plugins():
+def test_allowlist_and_denylist_choose_plugins(runtime):
     none = sdmark("plugins", env={"SDMARK_LOAD_PLUGINS": ""})
     assert none.returncode == 0 and none.stdout.split()[0] == "sdmark.core.pipeline"
     only = sdmark("plugins", "--json", env={"SDMARK_LOAD_PLUGINS": "caption"})
@@ -138,7 +158,7 @@ def test_allowlist_and_denylist_choose_plugins():
 
 THIRD_PARTY = '''
 from PIL import ImageOps
-from sdmark.core.plugins import hookimpl
+from sdmark.core.runtime import hookimpl
 from sdmark.core.stages import Option, Stage
 
 class Mirror(Stage):
@@ -209,10 +229,10 @@ def test_broken_plugin_is_named_and_the_allowlist_is_the_way_out(third_party_sit
 def test_a_failed_plugin_load_fails_again_instead_of_loading_nothing(third_party_site):
     script = (
         "from sdmark.core.errors import PluginError\n"
-        "from sdmark.core.plugins import load_plugins\n"
+        "from sdmark.core.runtime import Runtime\n"
         "for attempt in (1, 2):\n"
         "    try:\n"
-        "        load_plugins()\n"
+        "        Runtime.load()\n"
         "    except PluginError as exc:\n"
         "        print(attempt, 'raised', 'broken' in str(exc))\n"
         "    else:\n"

@@ -19,7 +19,7 @@ from sdmark.core.chain import Chain
 from sdmark.core.errors import ChainError, ModelLoadError, PluginError
 from sdmark.core.io import read_image
 from sdmark.core.output import OutputOptions
-from sdmark.core.plugins import hookimpl
+from sdmark.core.runtime import hookimpl
 from sdmark.core.process import process_images
 
 PLUGIN = Path(__file__).parent / "plugins" / "flagger.py"
@@ -52,8 +52,8 @@ def inputs(tmp_path, photos, flagger):
     return folder
 
 
-def _run(inputs: Path, spec: str, out: Path, **kwargs):
-    results = process_images([inputs], Chain.build(spec), OutputOptions(out), progress=False, warn=lambda m: None, **kwargs)
+def _run(runtime, inputs: Path, spec: str, out: Path, **kwargs):
+    results = process_images([inputs], Chain.build(spec, runtime), OutputOptions(out), progress=False, warn=lambda m: None, **kwargs)
     return {result.name: result for result in results}
 
 
@@ -67,8 +67,8 @@ def _pixels(path_or_image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 
 
-def test_unflagged_images_are_untouched_and_recorded_as_checked(inputs, tmp_path):
-    results = _run(inputs, "safety:backend=test-flag", tmp_path / "out")
+def test_unflagged_images_are_untouched_and_recorded_as_checked(runtime, inputs, tmp_path):
+    results = _run(runtime, inputs, "safety:backend=test-flag", tmp_path / "out")
     coffee = results["coffee"]
     assert coffee.status == "written"
     assert np.array_equal(_pixels(coffee.path), _pixels(inputs / "coffee.png"))
@@ -80,8 +80,8 @@ def test_unflagged_images_are_untouched_and_recorded_as_checked(inputs, tmp_path
     assert stored["safety"] == "checked" and stored["stages"][0]["result"]["verdict"] == "safe"
 
 
-def test_default_policy_blurs_and_says_so(inputs, tmp_path):
-    results = _run(inputs, "safety:backend=test-flag", tmp_path / "out")
+def test_default_policy_blurs_and_says_so(runtime, inputs, tmp_path):
+    results = _run(runtime, inputs, "safety:backend=test-flag", tmp_path / "out")
     astronaut = results["astronaut"]
     result = _safety(astronaut)
     assert astronaut.status == "written"
@@ -97,9 +97,9 @@ def test_default_policy_blurs_and_says_so(inputs, tmp_path):
     assert stored["safety"] == "checked" and stored["stages"][0]["result"]["action"] == "blurred"
 
 
-def test_pixelate_black_and_flag_policies(inputs, tmp_path):
+def test_pixelate_black_and_flag_policies(runtime, inputs, tmp_path):
     original = _pixels(inputs / "astronaut.png")
-    pixelated = _run(inputs, "safety:backend=test-flag,policy=pixelate,pixel_size=64", tmp_path / "p")["astronaut"]
+    pixelated = _run(runtime, inputs, "safety:backend=test-flag,policy=pixelate,pixel_size=64", tmp_path / "p")["astronaut"]
     blocks = _pixels(pixelated.path)
     assert _safety(pixelated)["action"] == "pixelated"
     assert blocks.shape == original.shape and not np.array_equal(blocks, original)
@@ -108,19 +108,19 @@ def test_pixelate_black_and_flag_policies(inputs, tmp_path):
             block = blocks[y : y + 64, x : x + 64].reshape(-1, 3)
             assert (block == block[0]).all()
 
-    black = _run(inputs, "safety:backend=test-flag,policy=black", tmp_path / "b")["astronaut"]
+    black = _run(runtime, inputs, "safety:backend=test-flag,policy=black", tmp_path / "b")["astronaut"]
     assert _safety(black)["summary"] == "FLAGGED (test-marker 0.99) -> blacked out"
     assert not _pixels(black.path).any()
 
-    flagged = _run(inputs, "safety:backend=test-flag,policy=flag", tmp_path / "f")["astronaut"]
+    flagged = _run(runtime, inputs, "safety:backend=test-flag,policy=flag", tmp_path / "f")["astronaut"]
     assert _safety(flagged)["summary"] == "FLAGGED (test-marker 0.99) -> kept (flag only)"
     assert flagged.status == "written" and np.array_equal(_pixels(flagged.path), original)
     assert read_image(flagged.path).metadata["record"]["stages"][0]["result"]["verdict"] == "flagged"
 
 
-def test_replace_scales_the_users_image_to_fit(inputs, tmp_path):
+def test_replace_scales_the_users_image_to_fit(runtime, inputs, tmp_path):
     Image.new("RGB", (100, 50), (200, 30, 40)).save(tmp_path / "notice.png")
-    result = _run(inputs, f"safety:backend=test-flag,policy=replace,image={tmp_path / 'notice.png'}", tmp_path / "out")
+    result = _run(runtime, inputs, f"safety:backend=test-flag,policy=replace,image={tmp_path / 'notice.png'}", tmp_path / "out")
     replaced = _pixels(result["astronaut"].path)
     assert _safety(result["astronaut"])["action"] == "replaced"
     # 100x50 fits 512x512 as 512x256, centred: rows 128..383 are the notice, the rest black.
@@ -129,9 +129,9 @@ def test_replace_scales_the_users_image_to_fit(inputs, tmp_path):
     assert np.array_equal(_pixels(result["coffee"].path), _pixels(inputs / "coffee.png"))
 
 
-def test_drop_writes_nothing_for_flagged_images(inputs, tmp_path):
+def test_drop_writes_nothing_for_flagged_images(runtime, inputs, tmp_path):
     out = tmp_path / "out"
-    results = _run(inputs, "safety:backend=test-flag,policy=drop", out)
+    results = _run(runtime, inputs, "safety:backend=test-flag,policy=drop", out)
     astronaut = results["astronaut"]
     assert astronaut.status == "dropped" and astronaut.path is None
     assert "flagged by safety (test-marker 0.99)" in astronaut.error
@@ -139,7 +139,7 @@ def test_drop_writes_nothing_for_flagged_images(inputs, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["camera.png", "coffee.png"]
 
 
-def test_policies_cover_the_alpha_channel(tmp_path, photos, flagger):
+def test_policies_cover_the_alpha_channel(runtime, tmp_path, photos, flagger):
     folder = tmp_path / "in"
     folder.mkdir()
     rgba = photos["astronaut"].convert("RGBA")
@@ -147,17 +147,17 @@ def test_policies_cover_the_alpha_channel(tmp_path, photos, flagger):
     alpha.paste(255, (128, 128, 384, 384))  # an opaque square on a transparent field: a silhouette
     rgba.putalpha(alpha)
     _marked(rgba, flagger.FLAG).save(folder / "cutout.png")
-    black = _pixels(_run(folder, "safety:backend=test-flag,policy=black", tmp_path / "b")["cutout"].item.image)
+    black = _pixels(_run(runtime, folder, "safety:backend=test-flag,policy=black", tmp_path / "b")["cutout"].item.image)
     assert black.shape == (512, 512, 4) and (black[..., 3] == 255).all() and not black[..., :3].any()
-    blurred = _pixels(_run(folder, "safety:backend=test-flag", tmp_path / "blur")["cutout"].item.image)
+    blurred = _pixels(_run(runtime, folder, "safety:backend=test-flag", tmp_path / "blur")["cutout"].item.image)
     edge = blurred[256, 100:160, 3]  # the silhouette's sharp edge at x=128 is blurred too
     assert 0 < edge.min() < 100 and 150 < edge.max() < 255 and np.all(np.diff(edge) >= 0)
 
 
-def test_an_image_the_backend_cannot_judge_fails_and_the_rest_go_on(inputs, tmp_path, photos, flagger):
+def test_an_image_the_backend_cannot_judge_fails_and_the_rest_go_on(runtime, inputs, tmp_path, photos, flagger):
     _marked(photos["chelsea"], flagger.BREAK).save(inputs / "chelsea.png")
     out = tmp_path / "out"
-    results = _run(inputs, "safety:backend=test-flag", out, batch_size=8)
+    results = _run(runtime, inputs, "safety:backend=test-flag", out, batch_size=8)
     chelsea = results["chelsea"]
     assert chelsea.status == "failed" and chelsea.path is None
     assert "could not check the image, so it is not written" in chelsea.error
@@ -170,15 +170,15 @@ def test_an_image_the_backend_cannot_judge_fails_and_the_rest_go_on(inputs, tmp_
     assert flagger.FlagMarked.calls == [4, 1, 1, 1, 1]
 
 
-def test_the_backend_judges_whole_batches(inputs, tmp_path, flagger):
-    _run(inputs, "safety:backend=test-flag", tmp_path / "out", batch_size=2)
+def test_the_backend_judges_whole_batches(runtime, inputs, tmp_path, flagger):
+    _run(runtime, inputs, "safety:backend=test-flag", tmp_path / "out", batch_size=2)
     assert flagger.FlagMarked.calls == [2, 1]
 
 
-def test_a_backend_that_cannot_load_stops_the_run_before_any_write(inputs, tmp_path, cli_runner):
+def test_a_backend_that_cannot_load_stops_the_run_before_any_write(runtime, inputs, tmp_path, cli_runner):
     out = tmp_path / "out"
     with pytest.raises(ModelLoadError, match="/nowhere/weights.bin"):
-        _run(inputs, "safety:backend=test-unloadable", out)
+        _run(runtime, inputs, "safety:backend=test-unloadable", out)
     runner, cli = cli_runner
     result = runner.invoke(cli, ["process", str(inputs), "--chain", "safety:backend=test-unloadable", "-o", str(out)])
     assert result.exit_code == 2
@@ -224,7 +224,7 @@ def test_no_safety_is_explicit_warned_and_recorded(inputs, tmp_path, cli_runner)
     assert np.array_equal(_pixels(out / "astronaut.png"), _pixels(inputs / "astronaut.png"))
 
 
-def test_bad_option_combinations_are_errors_before_any_work(flagger, tmp_path):
+def test_bad_option_combinations_are_errors_before_any_work(runtime, flagger, tmp_path):
     cases = {
         "safety:backend=nope": "must be one of nudenet, sd-clip, test-flag, test-unloadable",
         "safety:policy=melt": "must be one of blur, pixelate, black, replace, flag, drop",
@@ -238,12 +238,12 @@ def test_bad_option_combinations_are_errors_before_any_work(flagger, tmp_path):
     }
     for spec, message in cases.items():
         with pytest.raises(ChainError, match=re.escape(message)):
-            Chain.build(spec).validate("process")
+            Chain.build(spec, runtime).validate("process")
     # A backend from a plugin is a valid choice, and is listed.
-    assert Chain.build("safety:backend=test-flag").validate("process") == []
+    assert Chain.build("safety:backend=test-flag", runtime).validate("process") == []
 
 
-def test_backend_names_must_be_unique_across_plugins(register_plugin, flagger):
+def test_backend_names_must_be_unique_across_plugins(runtime, register_plugin, flagger):
     from sdmark.plugins.safety.backends import SafetyBackend, backend_registry
 
     class Impostor(SafetyBackend):
@@ -259,7 +259,7 @@ def test_backend_names_must_be_unique_across_plugins(register_plugin, flagger):
 
     register_plugin(Plugin(), name="impostor")
     with pytest.raises(PluginError, match="'test-flag' is registered twice"):
-        backend_registry()
+        backend_registry(runtime)
 
 
 def test_stages_listing_shows_plugin_backends(flagger, cli_runner):
@@ -272,10 +272,10 @@ def test_stages_listing_shows_plugin_backends(flagger, cli_runner):
     assert options["policy"]["default"] == "blur"
 
 
-def test_only_pixel_changing_policies_after_a_watermark_warn():
+def test_only_pixel_changing_policies_after_a_watermark_warn(runtime):
     from sdmark.core.chain import Chain
 
-    assert Chain.build("watermark safety:policy=flag").validate("process") == []
-    assert Chain.build("watermark safety:policy=drop").validate("process") == []
-    [warning] = Chain.build("watermark safety:policy=blur").validate("process")
+    assert Chain.build("watermark safety:policy=flag", runtime).validate("process") == []
+    assert Chain.build("watermark safety:policy=drop", runtime).validate("process") == []
+    [warning] = Chain.build("watermark safety:policy=blur", runtime).validate("process")
     assert "watermark may be lost" in warning

@@ -29,7 +29,7 @@ LATENTS_STD = (0.5, 1.5, 0.8, 1.2)
 
 @pytest.fixture(scope="module")
 def sdxl_model_dir(tmp_path_factory: pytest.TempPathFactory):
-    from sdmark.tiny import save_tiny_sdxl_model
+    from sdmark.testing.tiny import save_tiny_sdxl_model
 
     return save_tiny_sdxl_model(tmp_path_factory.mktemp("tiny-sdxl") / "model")
 
@@ -127,7 +127,7 @@ def test_fp16_decode_upcasts_the_vae_like_diffusers(sdxl_model_dir):
 
 
 def test_latents_mean_and_std_decode_like_diffusers(sdxl_pipe, tmp_path):
-    from sdmark.tiny import save_tiny_sdxl_model
+    from sdmark.testing.tiny import save_tiny_sdxl_model
 
     folder = save_tiny_sdxl_model(tmp_path / "model", latents_mean=LATENTS_MEAN, latents_std=LATENTS_STD)
     pipe = load_pipeline(str(folder), device="cpu", dtype="fp32")

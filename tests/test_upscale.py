@@ -19,7 +19,7 @@ from sdmark.core.io import read_image
 from sdmark.core.process import process_images
 from sdmark.core.records import ProvenanceRecord
 from sdmark.core.stages import ImageItem, RunContext
-from sdmark.tiny_upscalers import build_tiny_esrgan, save_tiny_esrgan
+from sdmark.testing.tiny_upscalers import build_tiny_esrgan, save_tiny_esrgan
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from PIL import Image
 from sdmark.core.chain import MAX_CHAIN_FILE_BYTES, Chain, specs_from
 from sdmark.core.errors import ChainError, SdmarkError
 from sdmark.core.output import remove_stale_temps
-from sdmark.core.plugins import hookimpl
+from sdmark.core.runtime import hookimpl
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--chain", "", "--no-safety"]  # no stage: these tests are about files, names and messages

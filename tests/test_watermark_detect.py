@@ -172,10 +172,10 @@ def test_small_images_get_no_verdict_rather_than_a_crash():
 @pytest.mark.slow
 def test_rivagan_pattern_round_trip(photo_arrays):
     pytest.importorskip("onnxruntime")
-    from sdmark.plugins.watermark.methods import get_method
+    from sdmark.plugins.watermark.methods import builtin_method
 
     rgb = photo_arrays["astronaut"]
-    marked = get_method("rivaGan").embed(rgb, b"")
+    marked = builtin_method("rivaGan").embed(rgb, b"")
     schemes = select_schemes(["sdmark-rivaGan"])
     assert verify_image(marked, schemes)["watermarked"]
     assert not verify_image(rgb, schemes)["watermarked"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sdmark.core.plugins import hookimpl
+from sdmark.core.runtime import hookimpl
 from sdmark.plugins.c2pa.settings import set_signing_config, set_trust_anchors
 
 __all__ = ["set_signing_config", "set_trust_anchors"]
@@ -44,12 +44,12 @@ def sdmark_check_config(mode: str, output: Any) -> None:
 
 
 @hookimpl(trylast=True)
-def sdmark_finalize_output(path: Path, item: Any, context: Any) -> None:
+def sdmark_finalize_output(path: Path, final: Path, item: Any, context: Any) -> None:
     """Sign the file in place; ``trylast`` so that no other plugin's final write comes after it."""
     from sdmark.plugins.c2pa.sign import sign_output
 
     try:
-        sign_output(path, item, context)
+        sign_output(path, item, context, final)
     except ImportError as exc:
         if exc.name != "c2pa":
             raise
@@ -65,7 +65,8 @@ def sdmark_after_save(path: Path, item: Any, context: Any) -> None:
     register_written(path, item, context)
 
 
-@hookimpl
+# The watermark plugin declares this hook and the next; optional, so c2pa loads without it.
+@hookimpl(optionalhook=True)
 def sdmark_inspect_image(path: Path, image: Any, metadata: dict[str, Any], report: dict[str, Any]) -> None:
     report.setdefault("xmp_digital_source_type", metadata.get("digital_source_type"))
     report.setdefault("parameters", metadata.get("parameters"))
@@ -77,3 +78,16 @@ def sdmark_inspect_image(path: Path, image: Any, metadata: dict[str, Any], repor
         if exc.name != "c2pa":
             raise
         report["content_credentials"] = {"present": None, "status": None, "error": _MISSING, "summary": _MISSING}
+
+
+@hookimpl(optionalhook=True)
+def sdmark_extend_verify(command: Any) -> None:
+    import click
+
+    from sdmark.plugins.c2pa.settings import trust_anchors_option
+
+    command.params.append(click.Option(
+        ["--trust", "trust"], multiple=True, type=click.Path(dir_okay=False, path_type=Path), metavar="CA.pem",
+        callback=trust_anchors_option, expose_value=False,
+        help="Trust anchor for Content Credentials (repeatable; adds to SDMARK_TRUST_ANCHORS): "
+             "manifests signed under it are reported valid, others untrusted."))

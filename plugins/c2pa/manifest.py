@@ -16,9 +16,10 @@ import base64
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from sdmark.core.metadata import TRAINED_ALGORITHMIC_MEDIA
+from sdmark.core.results import RESIZE, SAFETY, WATERMARK, SafetyVerdict
 from sdmark.core.records import ProvenanceRecord, StageRecord
 
 RECORD_LABEL = "dev.sdmark.record"
@@ -28,14 +29,15 @@ FINGERPRINT_LABEL = "c2pa.soft-binding"
 ACTIONS_LABEL = "c2pa.actions.v2"
 PARENT_ID = "parent"
 SOFT_BINDING_ALG_PREFIX = "dev.sdmark.watermark."
-# Standard C2PA actions for the built-in stages; other stages get an edit (when they change
-# pixels) or a custom action in sdmark's namespace.
-STAGE_ACTIONS = {
-    "watermark": "c2pa.watermarked",
-    "upscale": "c2pa.resized",
-    "caption": "c2pa.edited",
-    "safety": "dev.sdmark.safety_checked",
+# Standard C2PA actions by stage kind (sdmark.core.results), whatever the stage is called; other
+# stages get an edit (when they change pixels) or a custom action in sdmark's namespace.
+KIND_ACTIONS = {
+    WATERMARK: "c2pa.watermarked",
+    RESIZE: "c2pa.resized",
+    SAFETY: "dev.sdmark.safety_checked",
 }
+BUILTIN_KINDS = {"watermark": WATERMARK, "upscale": RESIZE, "safety": SAFETY}
+"""The kinds of sdmark's own stages, for callers that build a manifest without a runtime."""
 MIME_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _HEX = re.compile(r"^(0x)?[0-9a-fA-F]+$")
 
@@ -78,7 +80,8 @@ def soft_binding(record: ProvenanceRecord, watermark_stages: Iterable[str] = ("w
 def build_manifest(record: ProvenanceRecord, *, title: str, fmt: str, software_version: str,
                    source_format: str | None = None, stage_flags: dict[str, bool] | None = None,
                    watermark_stages: Iterable[str] = ("watermark",),
-                   fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
+                   fingerprint: dict[str, Any] | None = None,
+                   stage_kinds: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The manifest definition (``c2pa.Builder.from_json`` input) for an image with ``record``.
 
     ``fmt`` is the Pillow format written (PNG, JPEG, WEBP); ``source_format`` the input's format in
@@ -86,8 +89,11 @@ def build_manifest(record: ProvenanceRecord, *, title: str, fmt: str, software_v
     whether they change pixels, for stages sdmark has no standard action for;
     ``watermark_stages`` the stages whose payload becomes the soft binding; ``fingerprint`` the
     content fingerprint of the pixels as written (:meth:`Fingerprint.to_json`), signed as a second
-    soft-binding assertion so a recovered manifest can be compared with the image under test.
+    soft-binding assertion so a recovered manifest can be compared with the image under test;
+    ``stage_kinds`` the kind of each stage (:func:`sdmark.core.results.stage_kinds`; sdmark's own
+    stages' when not given), which picks the standard action.
     """
+    kinds = BUILTIN_KINDS if stage_kinds is None else stage_kinds
     agent = {"name": "sdmark", "version": software_version}
     actions: list[dict[str, Any]] = []
     if record.kind == "generated":
@@ -107,7 +113,8 @@ def build_manifest(record: ProvenanceRecord, *, title: str, fmt: str, software_v
         })
     watermark_stages = set(watermark_stages)
     for entry in record.stages:
-        actions.append(stage_action(entry, agent, (stage_flags or {}).get(entry.stage, True), entry.stage in watermark_stages))
+        actions.append(stage_action(entry, agent, (stage_flags or {}).get(entry.stage, True), entry.stage in watermark_stages,
+                                    kinds.get(entry.stage)))
     if record.kind == "processed" and source_format and source_format.upper() != fmt.upper():
         actions.append({"action": "c2pa.transcoded", "softwareAgent": agent,
                         "description": f"re-encoded from {source_format} to {fmt}"})
@@ -147,14 +154,14 @@ def build_manifest(record: ProvenanceRecord, *, title: str, fmt: str, software_v
 
 
 def stage_action(entry: StageRecord, agent: dict[str, str], changes_pixels: bool = True,
-                 embeds_watermark: bool = False) -> dict[str, Any]:
+                 embeds_watermark: bool = False, kind: str | None = None) -> dict[str, Any]:
     """One stage's entry of the record as a C2PA action (name, summary, options and result)."""
     result = {k: v for k, v in (entry.result or {}).items() if k != "summary"}
-    name = STAGE_ACTIONS.get(entry.stage) or ("c2pa.edited" if changes_pixels else f"dev.sdmark.{_slug(entry.stage)}")
+    name = KIND_ACTIONS.get(kind or "") or ("c2pa.edited" if changes_pixels else f"dev.sdmark.{_slug(entry.stage)}")
     if embeds_watermark:
         # A stage that found a mark and left it (watermark:existing=keep) embedded nothing.
         name = "dev.sdmark.watermark_kept" if result.get("embedded") is False else "c2pa.watermarked"
-    if entry.stage == "safety" and result.get("action") not in (None, "none"):
+    if kind == SAFETY and SafetyVerdict.from_result(result).changed_pixels:
         name = "c2pa.filtered"  # the policy blurred, pixelated, blacked out or replaced the image
     action: dict[str, Any] = {
         "action": name,

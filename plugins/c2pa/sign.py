@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import re
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdmark.core.errors import SdmarkError
 from sdmark.core.io import sha256_file
@@ -16,10 +15,12 @@ from sdmark.plugins.c2pa.manifest import PARENT_ID, build_manifest, soft_binding
 from sdmark.plugins.c2pa.fingerprint import Fingerprint, fingerprint, thumbnail_png
 from sdmark.plugins.c2pa.registry import Entry, open_registry
 
+if TYPE_CHECKING:
+    from sdmark.core.runtime import Runtime
+
 SUFFIX_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 MIME_BY_SUFFIX = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
                   ".tif": "image/tiff", ".tiff": "image/tiff", ".gif": "image/gif", ".bmp": "image/bmp"}
-_TMP_NAME = re.compile(r"^\.(?P<stem>.+)\.[0-9a-f]{8}\.tmp(?P<suffix>\.[^.]+)$")
 _WARNED = "c2pa.unsigned-warned"
 _contexts: dict[tuple, Any] = {}
 
@@ -30,14 +31,11 @@ class SigningError(SdmarkError):
     exit_code = 1
 
 
-def final_name(path: Path) -> str:
-    """The name the file will have once moved into place (``write_atomic`` names temp files ``.NAME.xxxx.tmp.EXT``)."""
-    match = _TMP_NAME.match(path.name)
-    return f"{match['stem']}{match['suffix']}" if match else path.name
-
-
-def sign_output(path: Path, item: ImageItem, context: RunContext) -> bool:
+def sign_output(path: Path, item: ImageItem, context: RunContext, final: Path | None = None) -> bool:
     """Embed a signed C2PA manifest in the image at ``path``; return whether it was signed.
+
+    ``final`` is where the file will be moved (its name is the manifest's title); ``path`` itself
+    when it is already in place.
 
     Without a signing identity it warns once per run and leaves the file as it is. A configured
     identity that fails raises :class:`SdmarkError`: the image is reported as failed rather than
@@ -61,13 +59,13 @@ def sign_output(path: Path, item: ImageItem, context: RunContext) -> bool:
     from sdmark.plugins.c2pa.signer import callback_error, get_signer
 
     signer = get_signer(config)
-    title = final_name(path)
+    title = (final or path).name
     source = item.record.source or {}
-    flags, watermarks = _stage_flags()
+    flags, watermarks, kinds = _stage_flags(context.require_runtime())
     content = content_fingerprint(path, title)
     manifest = build_manifest(item.record, title=title, fmt=fmt, software_version=__version__,
                               source_format=source.get("format"), stage_flags=flags, watermark_stages=watermarks,
-                              fingerprint=content.to_json())
+                              fingerprint=content.to_json(), stage_kinds=kinds)
     mime = MIME_BY_SUFFIX[path.suffix.lower()]
     signed = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.signing{path.suffix}")
     try:
@@ -185,13 +183,13 @@ def sniff_mime(path: Path) -> str | None:
     return None
 
 
-def _stage_flags() -> tuple[dict[str, bool], set[str]]:
-    """Which installed stages change pixels, and which embed a watermark."""
-    from sdmark.core.stages import stage_registry
+def _stage_flags(runtime: Runtime) -> tuple[dict[str, bool], set[str], dict[str, str]]:
+    """Which installed stages change pixels, which embed a watermark (by kind), and every stage's kind."""
+    from sdmark.core.results import WATERMARK, stage_kinds
 
-    stages = list(stage_registry())
-    return ({stage.name: bool(stage.changes_pixels) for stage in stages},
-            {stage.name for stage in stages if stage.embeds_watermark} | {"watermark"})
+    kinds = stage_kinds(runtime)
+    return ({stage.name: bool(stage.changes_pixels) for stage in runtime.stages},
+            {name for name, kind in kinds.items() if kind == WATERMARK}, kinds)
 
 
 def _register(item: ImageItem, path: Path, title: str, mime: str, manifest_store: bytes, watermarks: set[str],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from sdmark.core.plugins import hookimpl
+from sdmark.core.runtime import hookimpl
 
 
 @hookimpl

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from sdmark.core.plugins import hookimpl
+from sdmark.core.runtime import hookimpl
+
+
+@hookimpl
+def sdmark_add_hookspecs(pluginmanager: Any) -> None:
+    from sdmark.plugins.safety import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 @hookimpl

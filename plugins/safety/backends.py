@@ -16,6 +16,7 @@ from sdmark.core.errors import ChainError, PluginError
 if TYPE_CHECKING:
     from PIL import Image
 
+    from sdmark.core.runtime import Runtime
     from sdmark.core.stages import RunContext
 
 BACKEND_OPTIONS = ("threshold", "classes", "model", "sensitivity")
@@ -77,29 +78,13 @@ class SafetyBackend:
         raise NotImplementedError
 
 
-_registry: tuple[list[tuple[str, Any]], dict[str, type[SafetyBackend]]] | None = None
+class BackendRegistry:
+    """Safety backends by name, filled through ``sdmark_register_safety_backends``."""
 
+    def __init__(self) -> None:
+        self._backends: dict[str, type[SafetyBackend]] = {}
 
-def backend_registry() -> dict[str, type[SafetyBackend]]:
-    """Every installed backend by name, collected through ``sdmark_register_safety_backends``.
-
-    The registry is rebuilt when the set of registered plugins changes (a plugin registered at run
-    time, as tests do, is seen without any reset call).
-    """
-    global _registry
-    from sdmark.core.plugins import load_plugins, pm
-
-    load_plugins()
-    # The key holds the plugin objects themselves: comparing ids alone could match a new plugin
-    # that reuses a collected one's id.
-    key = sorted(pm.list_name_plugin(), key=lambda pair: pair[0])
-    if _registry is not None and len(_registry[0]) == len(key) and all(
-        name == old_name and plugin is old_plugin for (name, plugin), (old_name, old_plugin) in zip(key, _registry[0])
-    ):
-        return _registry[1]
-    backends: dict[str, type[SafetyBackend]] = {}
-
-    def register(backend: type[SafetyBackend]) -> None:
+    def register(self, backend: type[SafetyBackend]) -> None:
         name = getattr(backend, "name", None)
         if not isinstance(name, str) or not name:
             raise PluginError(f"safety backend {backend!r} has no name")
@@ -109,32 +94,38 @@ def backend_registry() -> dict[str, type[SafetyBackend]]:
         if unknown:
             raise PluginError(f"safety backend {name!r} uses unknown options {sorted(unknown)}; "
                               f"backends may use {', '.join(BACKEND_OPTIONS)}")
-        other = backends.get(name)
+        other = self._backends.get(name)
         if other is not None and other is not backend:
             raise PluginError(f"safety backend {name!r} is registered twice: by {other.__module__} and by {backend.__module__}")
-        backends[name] = backend
+        self._backends[name] = backend
 
-    pm.hook.sdmark_register_safety_backends(register=register)
-    _registry = (key, dict(sorted(backends.items())))
-    return _registry[1]
+    def names(self) -> tuple[str, ...]:
+        return tuple(sorted(self._backends))
+
+    def get(self, name: str) -> type[SafetyBackend]:
+        try:
+            return self._backends[name]
+        except KeyError:
+            raise ChainError(f"unknown safety backend {name!r}; installed: {', '.join(self.names()) or 'none'}") from None
 
 
-def backend_names() -> tuple[str, ...]:
+def backend_registry(runtime: Runtime) -> BackendRegistry:
+    """Every backend ``runtime``'s plugins register (built once per runtime)."""
+    return runtime.collect("sdmark_register_safety_backends", BackendRegistry, BackendRegistry.register)
+
+
+def backend_names(runtime: Runtime) -> tuple[str, ...]:
     """The names users can give to ``safety:backend=`` (the option's choices)."""
-    return tuple(backend_registry())
+    return backend_registry(runtime).names()
 
 
-def get_backend(name: str) -> type[SafetyBackend]:
-    backends = backend_registry()
-    try:
-        return backends[name]
-    except KeyError:
-        raise ChainError(f"unknown safety backend {name!r}; installed: {', '.join(backends) or 'none'}") from None
+def get_backend(name: str, runtime: Runtime) -> type[SafetyBackend]:
+    return backend_registry(runtime).get(name)
 
 
 def load_backend(name: str, options: dict[str, Any], context: RunContext) -> SafetyBackend:
     """The backend instance for this run, loaded once and kept in ``context.cache``."""
-    cls = get_backend(name)
+    cls = get_backend(name, context.require_runtime())
     key = ("safety-backend", *cls.cache_key(options, context))
     backend = context.cache.get(key)
     if backend is None:

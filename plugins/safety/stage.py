@@ -62,11 +62,14 @@ class SafetyStage(Stage):
         self._replacement: Image.Image | None = None
 
     def check(self, mode: str) -> None:
-        backend = get_backend(self.options["backend"])
+        if self.runtime is None:
+            raise ChainError("the safety stage was built outside a Chain (it has no runtime to find its backend in)")
+        runtime = self.runtime
+        backend = get_backend(self.options["backend"], runtime)
         defaults = {option.name: option.default for option in type(self).options}
         for name in BACKEND_OPTIONS:
             if name not in backend.uses and self.options[name] != defaults[name]:
-                users = [other for other in backend_names() if name in get_backend(other).uses]
+                users = [other for other in backend_names(runtime) if name in get_backend(other, runtime).uses]
                 raise ChainError(f"option safety:{name} does not apply to backend {backend.name!r} "
                                  f"(it is for {', '.join(users) or 'no installed backend'})")
         for name, policy in _POLICY_OPTIONS.items():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from sdmark.core.plugins import hookimpl
+from sdmark.core.runtime import hookimpl
 
 
 @hookimpl

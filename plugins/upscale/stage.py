@@ -45,6 +45,7 @@ class UpscaleStage(Stage):
 
     name = "upscale"
     description = "enlarge images: lanczos, OpenCV, a super-resolution model file (spandrel), or the SD x4 / latent x2 upscalers"
+    kind = "resize"
     options = (
         Option("backend", str, "lanczos", "lanczos, opencv, model (a super-resolution model file), sd-x4, or sd-latent-x2 (generate only)", choices=BACKENDS),
         Option("factor", float, 0.0, "scale factor; 0 = the backend's own (2 for lanczos/opencv, the model's scale, 4 for sd-x4, 2 for sd-latent-x2)", minimum=0.0, maximum=16.0),

@@ -2,17 +2,23 @@
 
 A method embeds an sdmark mark into an RGB array and names the scheme
 (:mod:`~sdmark.plugins.watermark.schemes`) that reads it back, which the stage uses to check its
-own output. Adding a method is one :func:`register_method` call with a :class:`Method`; the stage's
-``method`` option lists whatever is registered. This module is imported on every CLI start, so
+own output. A plugin adds a method by passing a :class:`Method` to ``register`` in its
+``sdmark_register_watermark_methods`` hook; the stage's ``method``
+option lists whatever is registered. This module is imported on every CLI start, so
 embedders import their heavy dependencies when they run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+from sdmark.core.errors import PluginError
+
+if TYPE_CHECKING:
+    from sdmark.core.runtime import Runtime
 
 MIN_PIXELS = 256 * 256
 """invisible-watermark refuses images with fewer pixels than 256x256; all methods here keep that floor."""
@@ -77,25 +83,46 @@ class Method:
         return None
 
 
-_methods: dict[str, Method] = {}
+class MethodRegistry:
+    """Embedding methods by name, filled through ``sdmark_register_watermark_methods``."""
+
+    def __init__(self) -> None:
+        self._methods: dict[str, Method] = {}
+
+    def register(self, method: Method) -> None:
+        """Add a method (a name already taken is an error, so two plugins never fight silently)."""
+        if not isinstance(method, Method):
+            raise PluginError(f"{method!r} is not a watermark Method")
+        if method.name in self._methods and self._methods[method.name] != method:
+            raise PluginError(f"watermark method {method.name!r} is registered twice")
+        self._methods[method.name] = method
+
+    def get(self, name: str) -> Method:
+        try:
+            return self._methods[name]
+        except KeyError:
+            raise KeyError(f"unknown watermark method {name!r}; choose one of {', '.join(self.names())}") from None
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._methods)
 
 
-def register_method(method: Method) -> None:
-    """Add a method (a name already taken is an error, so two plugins never fight silently)."""
-    if method.name in _methods and _methods[method.name] != method:
-        raise ValueError(f"watermark method {method.name!r} is registered twice")
-    _methods[method.name] = method
+def method_registry(runtime: Runtime) -> MethodRegistry:
+    """The methods of ``runtime``'s plugins (built once per runtime)."""
+    return runtime.collect("sdmark_register_watermark_methods", MethodRegistry, MethodRegistry.register)
 
 
-def get_method(name: str) -> Method:
-    try:
-        return _methods[name]
-    except KeyError:
-        raise KeyError(f"unknown watermark method {name!r}; choose one of {', '.join(method_names())}") from None
+def method_names(runtime: Runtime) -> tuple[str, ...]:
+    """The ``watermark:method=`` choices."""
+    return method_registry(runtime).names()
 
 
-def method_names() -> tuple[str, ...]:
-    return tuple(_methods)
+def builtin_method(name: str) -> Method:
+    """One of the methods this plugin ships, by name, without a runtime (tests, benchmarks)."""
+    for method in builtin_methods():
+        if method.name == name:
+            return method
+    raise KeyError(f"no built-in watermark method {name!r}")
 
 
 # -- built-in methods ---------------------------------------------------------------------------
@@ -126,16 +153,7 @@ def _rivagan_require() -> None:
         raise RuntimeError(str(exc)) from None
 
 
-register_method(Method(
-    "dwtDctSvd", "invisible-watermark dwtDctSvd with the sdmark payload (survives JPEG 75 and resizing)",
-    _dwt_embedder("dwtDctSvd"), scheme="sdmark-dwtDctSvd", min_carriers=4 * 152))
-register_method(Method(
-    "dwtDct", "invisible-watermark dwtDct with the sdmark payload (fast, fragile: JPEG 90 can erase it)",
-    _dwt_embedder("dwtDct"), scheme="sdmark-dwtDct", min_carriers=4 * 152))
-register_method(Method(
-    "rivaGan", "invisible-watermark rivaGan (neural, survives crops and brightness) with sdmark's keyed "
-    "32-bit pattern; no room for an id, and ~1 s an image on a CPU",
-    _rivagan_embed, scheme="sdmark-rivaGan", carries_id=False, require=_rivagan_require))
+
 
 
 def spectral_key() -> bytes:
@@ -165,7 +183,21 @@ def _spectral_margin() -> float:
     return spectral_code.false_positive_bound(spectral.ALIGNMENTS, spectral_code.BCH_T // 2)
 
 
-register_method(Method(
-    "sdmark", "sdmark's own spread-spectrum mark with self-synchronisation (survives crops, resizing, "
-    "JPEG and tone changes); 64-bit id", _spectral_embed, scheme="sdmark", min_side=128,
-    strengths=(1.0, 1.5, 2.0, 3.0), margin_p=_spectral_margin))
+def builtin_methods() -> tuple[Method, ...]:
+    """The methods this plugin registers (the order ``sdmark stages`` lists them in)."""
+    return (
+        Method(
+            "dwtDctSvd", "invisible-watermark dwtDctSvd with the sdmark payload (survives JPEG 75 and resizing)",
+            _dwt_embedder("dwtDctSvd"), scheme="sdmark-dwtDctSvd", min_carriers=4 * 152),
+        Method(
+            "dwtDct", "invisible-watermark dwtDct with the sdmark payload (fast, fragile: JPEG 90 can erase it)",
+            _dwt_embedder("dwtDct"), scheme="sdmark-dwtDct", min_carriers=4 * 152),
+        Method(
+            "rivaGan", "invisible-watermark rivaGan (neural, survives crops and brightness) with sdmark's keyed "
+            "32-bit pattern; no room for an id, and ~1 s an image on a CPU",
+            _rivagan_embed, scheme="sdmark-rivaGan", carries_id=False, require=_rivagan_require),
+        Method(
+            "sdmark", "sdmark's own spread-spectrum mark with self-synchronisation (survives crops, resizing, "
+            "JPEG and tone changes); 64-bit id", _spectral_embed, scheme="sdmark", min_side=128,
+            strengths=(1.0, 1.5, 2.0, 3.0), margin_p=_spectral_margin),
+    )

@@ -135,7 +135,3 @@ def decode(bits: np.ndarray, method: str, methods_tried: int = 1) -> Decoded | N
 
 RIVAGAN_BITS = 32
 RIVAGAN_PATTERN = _mask(b"sdmark/rivaGan/v1/pattern", RIVAGAN_BITS)
-RIVAGAN_MIN_MATCHES = 30
-"""Matches out of 32 needed to call the pattern found: P(Binomial(32, 1/2) >= 30) = 529 / 2^32 =
-1.2e-7 <= 1e-6 for bits that are fair coins; the pattern is pseudo-random, so a structured read (all
-zeros, all ones) matches about half of it."""

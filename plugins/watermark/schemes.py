@@ -40,11 +40,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 from math import comb
-from typing import Any, Callable, Iterable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, runtime_checkable
 
 import numpy as np
 
 from sdmark.plugins.watermark import dwt, payload
+
+if TYPE_CHECKING:
+    from sdmark.core.runtime import Runtime
 
 BANDS = (("very likely", 1e-9), ("likely", 1e-6), ("partial", 1e-3))
 """(band, largest p-value in it), strongest first; above the last cut the band is ``none``."""
@@ -390,23 +393,6 @@ class SchemeRegistry:
         return [s for s in self if all_schemes or not s.costly]
 
 
-_registry: SchemeRegistry | None = None
-
-
-def scheme_registry() -> SchemeRegistry:
-    """Every installed scheme (plugins load on first use)."""
-    global _registry
-    if _registry is None:
-        from sdmark.core.plugins import load_plugins, pm
-
-        load_plugins()
-        registry = SchemeRegistry()
-        pm.hook.sdmark_register_watermark_schemes(register=registry.register)
-        _registry = registry
-    return _registry
-
-
-def reset_scheme_registry() -> None:
-    """Forget the registry so it is rebuilt from the plugins (tests, plugin authors)."""
-    global _registry
-    _registry = None
+def scheme_registry(runtime: Runtime) -> SchemeRegistry:
+    """Every scheme ``runtime``'s plugins register (built once per runtime)."""
+    return runtime.collect("sdmark_register_watermark_schemes", SchemeRegistry, SchemeRegistry.register)

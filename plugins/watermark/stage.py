@@ -8,9 +8,10 @@ import numpy as np
 
 from sdmark.core.errors import ChainError, StageError
 from sdmark.core.stages import ImageItem, Option, RunContext, Stage
-from sdmark.plugins.watermark.methods import Method, get_method, method_names
+from sdmark.plugins.watermark.methods import Method, method_names, method_registry
 
 if TYPE_CHECKING:
+    from sdmark.core.runtime import Runtime
     from sdmark.plugins.watermark.schemes import Detection
 
 
@@ -38,10 +39,18 @@ class WatermarkStage(Stage):
     changes_pixels = True
     embeds_watermark = True
 
+    def _method(self) -> Method:
+        if self.runtime is None:
+            raise ChainError("the watermark stage was built outside a Chain (it has no runtime to find its method in)")
+        try:
+            return method_registry(self.runtime).get(self.options["method"])
+        except KeyError as exc:
+            raise ChainError(str(exc.args[0])) from None
+
     def check(self, mode: str) -> None:
         from sdmark.plugins.watermark import payload
 
-        method = get_method(self.options["method"])
+        method = self._method()
         fixed = str(self.options["id"]).strip().lower() not in ("", "auto")
         if fixed and not method.carries_id:
             raise ChainError(f"option watermark:id: method {method.name} carries no id (only a fixed pattern); "
@@ -53,26 +62,27 @@ class WatermarkStage(Stage):
                 raise ChainError(f"option watermark:id: {exc}") from None
 
     def unfit_size(self, width: int, height: int) -> str | None:
-        return get_method(self.options["method"]).unfit(width, height)
+        return self._method().unfit(width, height)
 
     def setup(self, context: RunContext) -> None:
-        method = get_method(self.options["method"])
+        method = self._method()
         try:
             method.require()
         except RuntimeError as exc:
             raise ChainError(f"watermark:method={method.name}: {exc}") from None
         from sdmark.plugins.watermark.schemes import scheme_registry
 
-        self._scheme = scheme_registry().get(method.scheme)
+        schemes = scheme_registry(context.require_runtime())
+        self._scheme = schemes.get(method.scheme)
         # Every default scheme, ours included: a mark already there is never replaced silently.
-        self._existing_schemes = scheme_registry().select()
+        self._existing_schemes = schemes.select()
 
     def process_one(self, item: ImageItem, context: RunContext) -> dict[str, Any]:
         from PIL import Image
 
         from sdmark.plugins.watermark import payload
 
-        method = get_method(self.options["method"])
+        method = self._method()
         image = item.image
         problem = method.unfit(image.width, image.height)
         if problem:
@@ -162,7 +172,7 @@ def _misread(detection: Detection | None, expected: str | None) -> str:
     return f"{detection.band}, p={detection.p_value:.2g}"
 
 
-def check_written_mark(path: Any, item: ImageItem) -> None:
+def check_written_mark(path: Any, item: ImageItem, runtime: Runtime) -> None:
     """Fail the image if the mark its record claims does not read back from the file at ``path``.
 
     The stage checks its own output, but encoding comes later: JPEG/WebP compression and JPEG's
@@ -171,17 +181,24 @@ def check_written_mark(path: Any, item: ImageItem) -> None:
     from sdmark.core.io import read_image
     from sdmark.plugins.watermark.schemes import ImageView, scheme_registry
 
-    entries = [entry for entry in item.record.find("watermark") if entry.result.get("scheme")]
-    if not entries:
+    from sdmark.core.results import WATERMARK, WatermarkResult, entries_of_kind, stage_kinds
+
+    kinds = stage_kinds(runtime)
+    schemes = scheme_registry(runtime)
+    # Any watermark stage, whatever it is called, whose result names a scheme installed here.
+    marks = [(entry, mark) for entry in entries_of_kind(item.record.stages, WATERMARK, kinds)
+             if (mark := WatermarkResult.from_result(entry.result)) is not None and entry.result.get("scheme")
+             and mark.scheme in schemes]
+    if not marks:
         return
-    entry = entries[-1]
+    entry, mark = marks[-1]
     written = read_image(path).image
-    detection = scheme_registry().get(entry.result["scheme"]).detect(ImageView(np.asarray(written.convert("RGB"))))
+    detection = schemes.get(mark.scheme).detect(ImageView(np.asarray(written.convert("RGB"))))
     expected = entry.result.get("payload")
     if detection is None or not detection.watermarked or detection.payload != expected:
         got = "nothing" if detection is None else f"{detection.band} (p={detection.p_value:.2g})"
         position = max(i for i, e in enumerate(item.record.stages) if e is entry)
-        later = list(dict.fromkeys(e.stage for e in item.record.stages[position + 1:] if e.stage != "watermark"))
+        later = list(dict.fromkeys(e.stage for e in item.record.stages[position + 1:] if kinds.get(e.stage) != WATERMARK))
         if later:
             raise StageError(
                 f"watermark: the {entry.result.get('method')} mark was erased by {', '.join(map(repr, later))}, "
@@ -192,7 +209,8 @@ def check_written_mark(path: Any, item: ImageItem) -> None:
             f"watermark: the {entry.result.get('method')} mark does not survive encoding to {path.suffix} "
             f"(read back {got}); raise --quality, write PNG, or use a sturdier method; not written"
         )
-    entry.result["file_readback"] = {"band": detection.band, "p_value": detection.p_value}
+    item.checks["file_readback"] = {"stage": entry.stage, "scheme": mark.scheme, "band": detection.band,
+                                    "p_value": detection.p_value}
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float | None:

@@ -11,12 +11,15 @@ found) and ``error``. No scheme to run is an error, never "unmarked".
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
 from sdmark.core.errors import SdmarkError
 from sdmark.plugins.watermark.schemes import Detection, ImageView, scheme_registry
+
+if TYPE_CHECKING:
+    from sdmark.core.runtime import Runtime
 
 
 class NoSchemeError(SdmarkError):
@@ -29,13 +32,24 @@ PUBLIC_KEY_MEANING = ("public key: anyone can make or remove this mark; it shows
                       "not by whom")
 
 
-def select_schemes(names: Sequence[str] = (), all_schemes: bool = False) -> list[Any]:
-    """Schemes to run: those named, else every cheap one (every one with ``all_schemes``).
+def _runtime(runtime: Runtime | None) -> Runtime:
+    from sdmark.core.runtime import Runtime
+
+    return runtime if runtime is not None else Runtime.load()
+
+
+def select_schemes(names: Sequence[str] = (), all_schemes: bool = False, runtime: Runtime | None = None) -> list[Any]:
+    """Schemes of ``runtime`` (the installed plugins' by default) to run: those named, else every
+    cheap one (every one with ``all_schemes``).
 
     Raises :class:`NoSchemeError` when there are none (the watermark plugin disabled or blocked):
     verify fails closed rather than call every image unmarked.
     """
-    schemes = scheme_registry().select(names, all_schemes)
+    runtime = _runtime(runtime)
+    if not runtime.has_hook("sdmark_register_watermark_schemes"):
+        raise NoSchemeError("no watermark scheme is available (is the watermark plugin disabled, e.g. by "
+                            "SDMARK_DISABLE_PLUGINS?): cannot check for marks")
+    schemes = scheme_registry(runtime).select(names, all_schemes)
     if not schemes:
         raise NoSchemeError("no watermark scheme is available (is the watermark plugin disabled, e.g. by "
                             "SDMARK_DISABLE_PLUGINS?): cannot check for marks")
@@ -84,10 +98,10 @@ def expected_marks(record: dict[str, Any] | None, detections: list[dict[str, Any
     return missing
 
 
-def detect(image: Any, schemes: Iterable[Any] | None = None) -> list[Detection]:
+def detect(image: Any, schemes: Iterable[Any] | None = None, runtime: Runtime | None = None) -> list[Detection]:
     """Every scheme's detection on ``image`` (PIL image or ``(H, W, 3|4)`` uint8 array), best first."""
     if schemes is None:
-        schemes = select_schemes()
+        schemes = select_schemes(runtime=runtime)
     rgb = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
     view = ImageView(rgb)
     found = []
@@ -99,9 +113,9 @@ def detect(image: Any, schemes: Iterable[Any] | None = None) -> list[Detection]:
     return sorted(found, key=lambda d: d.p_value)
 
 
-def verify_image(image: Any, schemes: Iterable[Any] | None = None) -> dict[str, Any]:
+def verify_image(image: Any, schemes: Iterable[Any] | None = None, runtime: Runtime | None = None) -> dict[str, Any]:
     """The verdict for one image: ``watermarked``, the ``detections`` above band ``none``, ``checked``."""
-    schemes = list(schemes) if schemes is not None else select_schemes()
+    schemes = list(schemes) if schemes is not None else select_schemes(runtime=runtime)
     if not schemes:
         raise NoSchemeError("no watermark scheme to run: cannot check for marks")
     detections = detect(image, schemes)
@@ -112,11 +126,16 @@ def verify_image(image: Any, schemes: Iterable[Any] | None = None) -> dict[str, 
     }
 
 
-def verify_file(path: Path | str, schemes: Iterable[Any] | None = None, inspect: bool = True) -> dict[str, Any]:
-    """Read ``path`` and verify it; a file that cannot be read gives ``watermarked: None`` and ``error``."""
+def verify_file(path: Path | str, schemes: Iterable[Any] | None = None, inspect: bool = True,
+                runtime: Runtime | None = None) -> dict[str, Any]:
+    """Read ``path`` and verify it; a file that cannot be read gives ``watermarked: None`` and ``error``.
+
+    With ``inspect``, ``runtime``'s plugins add to the report (``sdmark_inspect_image``)."""
     from sdmark.core.errors import SdmarkError
     from sdmark.core.io import read_image
 
+    if runtime is None and (inspect or schemes is None):
+        runtime = _runtime(None)
     report: dict[str, Any] = {"path": str(path), "watermarked": None, "detections": [], "error": None}
     try:
         loaded = read_image(path)
@@ -124,7 +143,7 @@ def verify_file(path: Path | str, schemes: Iterable[Any] | None = None, inspect:
         report["error"] = str(exc)
         return report
     try:
-        report.update(verify_image(loaded.image, schemes))
+        report.update(verify_image(loaded.image, schemes, runtime))
     except NoSchemeError as exc:
         report["error"] = f"{path}: {exc}"
         return report
@@ -133,10 +152,5 @@ def verify_file(path: Path | str, schemes: Iterable[Any] | None = None, inspect:
         return report
     report["expected_marks"] = expected_marks(loaded.metadata.get("record"), report["detections"])
     if inspect:
-        from sdmark.core.plugins import pm
-
-        try:
-            pm.hook.sdmark_inspect_image(path=Path(path), image=loaded.image, metadata=loaded.metadata, report=report)
-        except Exception as exc:  # a plugin's extra report must not stop a folder or hide the verdict
-            report["inspect_error"] = f"{type(exc).__name__}: {exc}"
+        _runtime(runtime).inspect_image(path=Path(path), image=loaded.image, metadata=loaded.metadata, report=report)
     return report

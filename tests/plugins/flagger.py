@@ -8,7 +8,7 @@ top-left pixel is green (0, 255, 0): tests mark the images they want flagged or 
 from __future__ import annotations
 
 from sdmark.core.errors import ModelLoadError
-from sdmark.core.plugins import hookimpl
+from sdmark.core.runtime import hookimpl
 from sdmark.plugins.safety.backends import SafetyBackend, Verdict
 
 FLAG = (255, 0, 255)

@@ -1,6 +1,6 @@
 """The offline demo: generate with a tiny local model, process real photos, verify the marks.
 
-    python -m sdmark.demo [--out demo-output]
+    python scripts/demo.py [--out demo-output]   (make demo)
 
 Everything runs on this machine without downloads: the model is a tiny random-weight Stable
 Diffusion built locally (its images are noise-like, but every stage runs for real), the photos
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = Path(os.environ["SDMARK_KEYS_DIR"])
     model = out / "tiny-model"
     if not (model / "model_index.json").exists():
-        from sdmark.tiny import save_tiny_model
+        from sdmark.testing.tiny import save_tiny_model
 
         print(f"building a tiny random-weight Stable Diffusion model in {model}", flush=True)
         save_tiny_model(model)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sdmark.tiny import write_tokenizer
+from sdmark.testing.tiny import write_tokenizer
 
 _GROWTH = 32  # spandrel's ESRGAN loader assumes the standard growth width of 32 channels
 
