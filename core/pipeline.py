@@ -37,20 +37,41 @@ SCHEDULERS: dict[str, tuple[str, str, dict[str, Any]]] = {
 _SAMPLER_BY_CLASS = {cls: sampler for cls, sampler, extra in SCHEDULERS.values() if not extra}
 
 
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+
+
 def pick_device(requested: str | None = None) -> str:
-    """``cuda`` when available, else ``mps``, else ``cpu``; an explicit request must be usable."""
+    """``cuda`` when available, else ``mps``, else ``cpu``; an explicit request must be usable here.
+
+    A device this machine lacks, or a name torch does not know (``tpu``), is an :class:`SdmarkError`
+    that names what was asked and what to use instead, before any model is loaded.
+    """
     import torch
 
     if requested and requested != "auto":
-        if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise SdmarkError(f"device {requested!r} requested but CUDA is not available (use --device cpu)")
-        if requested.startswith("cuda:"):
-            count = torch.cuda.device_count()
-            index = requested.partition(":")[2]
-            if not index.isdigit() or int(index) >= count:
-                raise SdmarkError(f"device {requested!r} requested but this machine has {count} CUDA device(s): "
-                                  f"use cuda:0..cuda:{count - 1}")
-        return requested
+        requested = requested.strip()
+        try:
+            kind = torch.device(requested).type
+        except (RuntimeError, ValueError):
+            raise SdmarkError(f"device {requested!r} is not a device torch knows; choose {DEVICE_CHOICES}") from None
+        if kind == "cpu":
+            return requested
+        if kind == "cuda":
+            if not torch.cuda.is_available():
+                raise SdmarkError(f"device {requested!r} requested but CUDA is not available (use --device cpu)")
+            if requested.startswith("cuda:"):
+                count = torch.cuda.device_count()
+                index = requested.partition(":")[2]
+                if not index.isdigit() or int(index) >= count:
+                    raise SdmarkError(f"device {requested!r} requested but this machine has {count} CUDA device(s): "
+                                      f"use cuda:0..cuda:{count - 1}")
+            return requested
+        if kind == "mps":
+            mps = getattr(torch.backends, "mps", None)
+            if mps is None or not mps.is_available():
+                raise SdmarkError(f"device {requested!r} requested but Apple's MPS is not available (use --device cpu)")
+            return requested
+        raise SdmarkError(f"device {requested!r} is not supported by sdmark here; choose {DEVICE_CHOICES}")
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
