@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from sdmark.core.errors import ImageReadError, ImageWriteError, SdmarkError
 from sdmark.core.metadata import read_metadata
@@ -145,7 +145,9 @@ def _bomb_message(path: Path, exc: Exception, limit: int) -> str:
 def _normalise(image: Image.Image) -> Image.Image:
     """EXIF orientation applied, colour converted to sRGB, 8-bit RGB or RGBA out."""
     icc = image.info.get("icc_profile")
-    image = ImageOps.exif_transpose(image)
+    # exif_transpose copies the whole image even when there is nothing to turn.
+    if image.getexif().get(ExifTags.Base.Orientation, 1) not in (1, None):
+        image = ImageOps.exif_transpose(image)
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # Pillow's own I;16 -> L conversion clips at 255 instead of scaling.

@@ -8,14 +8,19 @@ from typing import Callable, Iterable, Literal
 from sdmark.core.chain import Chain
 from sdmark.core.errors import ImageReadError
 from sdmark.core.io import InputEntry, iter_inputs, read_image, sha256_file
+from sdmark.core.metadata import foreign_text, source_record
 from sdmark.core.output import ItemResult, OutputOptions, Writer, finish_batch
 from sdmark.core.plugins import load_plugins
 from sdmark.core.records import ProvenanceRecord
 from sdmark.core.stages import ImageItem, RunContext, default_warn
 
 
-def load_item(entry: InputEntry, index: int, safety: str) -> ImageItem:
-    """Read one input into an :class:`ImageItem` with a ``processed`` record; raises ImageReadError."""
+def load_item(entry: InputEntry, index: int, safety: str, keep_metadata: bool = False) -> ImageItem:
+    """Read one input into an :class:`ImageItem` with a ``processed`` record; raises ImageReadError.
+
+    The input's own text metadata is carried to the output only with ``keep_metadata``, renamed and
+    bounded (:func:`sdmark.core.metadata.foreign_text`); the record says what was found and kept.
+    """
     if entry.error:
         raise ImageReadError(entry.error)
     loaded = read_image(entry.path)
@@ -28,12 +33,12 @@ def load_item(entry: InputEntry, index: int, safety: str) -> ImageItem:
             "format": loaded.format,
             "width": loaded.image.width,
             "height": loaded.image.height,
-            "record": loaded.metadata.get("record"),
+            "record": source_record(loaded.metadata),
         },
     )
-    text = dict(loaded.metadata.get("text") or {})
-    if loaded.metadata.get("parameters"):
-        text["parameters"] = loaded.metadata["parameters"]
+    text, foreign = foreign_text(loaded.metadata, keep_metadata)
+    if foreign is not None:
+        record.source["metadata"] = foreign
     relative = entry.relative or Path(entry.path.name)
     return ImageItem(
         image=loaded.image, record=record, name=str(relative.with_suffix("")), index=index,
@@ -52,11 +57,14 @@ def process_images(
     progress: bool | None = None,
     on_result: Callable[[ItemResult], None] | None = None,
     warn: Callable[[str], None] | None = None,
+    keep_metadata: bool = False,
 ) -> list[ItemResult]:
     """Run ``chain`` on image files and folders (recursively); one :class:`ItemResult` per input.
 
     A file that cannot be read is reported as failed and the rest go on. ``safety="off"`` records
     that the user turned safety off; with ``"on"`` the record says whether a safety stage ran.
+    ``keep_metadata`` carries each input's own text metadata along, renamed ``source:KEY`` and
+    bounded in size; without it, it is dropped (the record lists it either way).
     """
     from tqdm.auto import tqdm
 
@@ -85,7 +93,7 @@ def process_images(
 
         for index, entry in enumerate(entries):
             try:
-                pending.append(load_item(entry, index, safety))
+                pending.append(load_item(entry, index, safety, keep_metadata))
             except ImageReadError as exc:
                 result = ItemResult(name=entry.path.name, status="failed", source=entry.path, error=str(exc))
                 results.append(result)

@@ -90,6 +90,25 @@ class Detection:
                 "band": self.band, **self.details}
 
 
+def rgb_array(image: Any) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 array of a PIL image or array, copying the pixels once at most.
+
+    ``image.convert("RGB")`` copies even an RGB image, and the array is a second copy: for a large
+    image that is 4 bytes per pixel more at the peak, for nothing.
+    """
+    if not hasattr(image, "convert"):
+        return np.asarray(image)
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
+BLOCK_STRIP_ROWS = 512
+"""Image rows per strip when block scores are computed strip by strip (a multiple of 8: one block
+row of the low-low band is 8 image rows, so strips give exactly the scores of the whole image)."""
+MEMO_BLOCKS_PIXELS = 1 << 20
+"""Up to this many pixels (1024x1024) the low-low blocks of each channel order are kept and shared between
+methods; above it, each method's scores are made in strips so memory stays a fraction of the image."""
+
+
 class ImageView:
     """One image as detectors see it, with every derived array computed at most once.
 
@@ -120,9 +139,16 @@ class ImageView:
         ``offset`` is subtracted from the low-low band first: :data:`dwt.FLOAT_OFFSET` reads a mark
         that was embedded in a float image (see there).
         """
-        blocks = self.memo(("blocks", order), lambda: dwt.to_blocks(dwt.haar_ll(dwt.u_plane(self.rgb, order))))
-        return self.memo(("scores", method, order, offset),
-                         lambda: dwt.scores_of_blocks(blocks - offset if offset else blocks, method))
+        def scores_of(blocks: np.ndarray) -> np.ndarray:
+            return dwt.scores_of_blocks(blocks - offset if offset else blocks, method)
+
+        if self.height * self.width <= MEMO_BLOCKS_PIXELS:
+            blocks = self.memo(("blocks", order), lambda: _blocks(self.rgb, order))
+            return self.memo(("scores", method, order, offset), lambda: scores_of(blocks))
+        rows = self.height // 8 * 8  # whole block rows: what the whole-image computation uses
+        return self.memo(("scores", method, order, offset), lambda: np.concatenate(
+            [scores_of(_blocks(self.rgb[top:min(rows, top + BLOCK_STRIP_ROWS)], order))
+             for top in range(0, rows, BLOCK_STRIP_ROWS)]))
 
     def bits(self, method: str, length: int, order: dwt.Order = "bgr", offset: float = 0.0) -> np.ndarray:
         """The ``length`` bits invisible-watermark would decode with ``method`` (bool array)."""
@@ -131,6 +157,10 @@ class ImageView:
     def carriers(self) -> int:
         """Blocks available to the DWT methods (each carries one copy of one bit)."""
         return dwt.capacity(self.height, self.width)
+
+
+def _blocks(rgb: np.ndarray, order: dwt.Order) -> np.ndarray:
+    return dwt.to_blocks(dwt.haar_ll(dwt.u_plane(rgb, order)))
 
 
 @runtime_checkable

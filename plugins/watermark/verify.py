@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from sdmark.plugins.watermark.schemes import Detection, ImageView, scheme_registry
+from sdmark.plugins.watermark.schemes import Detection, ImageView, rgb_array, scheme_registry
 
 
 def select_schemes(names: Sequence[str] = (), all_schemes: bool = False) -> list[Any]:
@@ -25,7 +25,7 @@ def detect(image: Any, schemes: Iterable[Any] | None = None) -> list[Detection]:
     """Every scheme's detection on ``image`` (PIL image or ``(H, W, 3|4)`` uint8 array), best first."""
     if schemes is None:
         schemes = select_schemes()
-    rgb = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+    rgb = rgb_array(image)
     view = ImageView(rgb)
     found = [d for d in (scheme.detect(view) for scheme in schemes) if d is not None]
     return sorted(found, key=lambda d: d.p_value)
