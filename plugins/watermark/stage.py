@@ -75,6 +75,8 @@ class WatermarkStage(Stage):
         ident = payload.parse_id(self.options["id"]) if method.carries_id else b""
         expected = ident.hex() if method.carries_id else None
         marked, detection, strength = self._mark(method, rgb, ident, expected)
+        psnr = _psnr(rgb, marked)
+        del rgb  # the unmarked copy is not kept while the marked image is built
         out = Image.fromarray(marked, "RGB")
         if alpha is not None:
             out.putalpha(alpha)
@@ -86,7 +88,7 @@ class WatermarkStage(Stage):
             "id": expected,
             "readback": {"band": detection.band, "p_value": detection.p_value},
             "strength": strength,
-            "psnr_db": _psnr(rgb, marked),
+            "psnr_db": psnr,
         }
         result["summary"] = f"{method.name} id={expected}" if expected else f"{method.name} (keyed pattern)"
         if strength != 1.0:
@@ -155,8 +157,9 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float | None:
     # Exact integer sums in strips: the same value as a float64 mean of the whole image (sums of small
     # integers are exact there), without its three full-size float64 copies (72 bytes per pixel).
     total = 0
-    for top in range(0, a.shape[0], 256):
-        diff = np.subtract(a[top:top + 256], b[top:top + 256], dtype=np.int32)
+    rows = max(1, (1 << 18) // max(1, a.shape[1]))
+    for top in range(0, a.shape[0], rows):
+        diff = np.subtract(a[top:top + rows], b[top:top + rows], dtype=np.int32)
         total += int((diff * diff).sum(dtype=np.int64))
     mse = total / a.size
     return None if mse == 0 else round(float(10.0 * np.log10(255.0**2 / mse)), 2)
