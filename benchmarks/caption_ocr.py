@@ -1,6 +1,7 @@
 """How legible are captions? Stamp real photos and illustrations, read them back with Tesseract.
 
-Two measurements, each for the current default caption and the old one side by side:
+Two measurements; the first for the current default caption and the old default's face, size and
+spacing side by side (its colour rule is today's; the old one also lost a light box on mid-tone photos):
 
 - ``whole``: Tesseract reads the *whole* image as posted (``--psm 11``, sparse text, no crop, no
   enlargement), as a moderation tool would. ``found`` folds I/l/1/| and spaces (is the band there at
