@@ -53,3 +53,36 @@ def test_a_local_model_without_a_checker_never_asks_the_hub(tiny_model_dir, tiny
     assert "hub id CompVis/stable-diffusion-safety-checker (not in the local cache; the hub was not asked" in message
     assert "safety:model=CompVis/stable-diffusion-safety-checker to download it" in message
     assert "127.0.0.1" not in message
+
+
+def test_sdxl_is_loaded_without_arguments_it_does_not_take(tmp_path_factory):
+    """The source of "Keyword arguments {'safety_checker': None, ...} are not expected" is gone, not only hidden."""
+    import logging
+
+    import diffusers
+    import torch
+
+    from sdmark.core.pipeline import sdmark_load_pipeline
+    from sdmark.tiny import save_tiny_model, save_tiny_sdxl_model
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("diffusers")
+    handler = Keep(level=logging.WARNING)
+    before = diffusers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity_warning()
+    logger.addHandler(handler)
+    try:
+        sdxl = save_tiny_sdxl_model(tmp_path_factory.mktemp("quiet-sdxl") / "model")
+        sdmark_load_pipeline(model=str(sdxl), device="cpu", dtype=torch.float32, options={})
+        sd = save_tiny_model(tmp_path_factory.mktemp("quiet-sd") / "model")
+        pipe = sdmark_load_pipeline(model=str(sd), device="cpu", dtype=torch.float32, options={})
+    finally:
+        logger.removeHandler(handler)
+        diffusers.utils.logging.set_verbosity(before)
+    assert not [r for r in records if "are not expected" in r.getMessage()], [r.getMessage() for r in records]
+    assert getattr(pipe, "safety_checker", None) is None  # SD 1.x still loads without diffusers' checker
