@@ -105,7 +105,7 @@ def _child(case: str, source: Path, warm: Path, work: Path, trace: bool) -> None
     peak = _status("VmHWM")
     if trace:
         snapshot = tracemalloc.take_snapshot()
-        current, traced_peak = tracemalloc.get_traced_memory()
+        _, traced_peak = tracemalloc.get_traced_memory()
         result["tracemalloc_peak"] = traced_peak
         result["top"] = [str(stat) for stat in snapshot.statistics("lineno")[:12]]
     result.update(baseline=baseline, peak=peak)

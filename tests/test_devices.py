@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from sdmark.core.errors import SdmarkError
 from sdmark.core.pipeline import pick_device
 

@@ -12,7 +12,6 @@ import tracemalloc
 import numpy as np
 import pytest
 from PIL import Image
-
 from sdmark.plugins.watermark import dwt, spectral
 from sdmark.plugins.watermark import spectral_sync as sync
 from sdmark.plugins.watermark.schemes import MEMO_BLOCKS_PIXELS, ImageView, rgb_array

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from sdmark.core.chain import Chain
 from sdmark.core.errors import ModelLoadError
 from sdmark.core.generate import GenerationSettings, generate
@@ -32,9 +31,9 @@ def test_fp16_on_cpu_and_unipc_give_one_line_of_ours_and_v_shows_the_libraries(t
     quiet = _sdmark([*args, "-o", str(tmp_path / "a")])
     assert quiet.returncode == 0, quiet.stderr
     lines = quiet.stderr.splitlines()
-    assert [line for line in lines if ("fp16" in line or "float16" in line) and "written" not in line] == [
-        "warning: --dtype fp16 on the CPU: slower than fp32 there and pixels differ from a GPU's; "
-        "fp16 is meant for GPUs (auto picks fp32 on the CPU)"]
+    ours = ("warning: --dtype fp16 on the CPU: slower than fp32 there and pixels differ from a GPU's; "
+            "fp16 is meant for GPUs (auto picks fp32 on the CPU)")
+    assert [line for line in lines if ("fp16" in line or "float16" in line) and "written" not in line] == [ours]
     assert all(line.startswith(("warning: ", "1 written")) for line in lines), quiet.stderr
     loud = _sdmark(["-v", *args, "-o", str(tmp_path / "b")])
     assert loud.returncode == 0, loud.stderr
@@ -61,7 +60,6 @@ def test_sdxl_is_loaded_without_arguments_it_does_not_take(tmp_path_factory):
 
     import diffusers
     import torch
-
     from sdmark.core.pipeline import sdmark_load_pipeline
     from sdmark.tiny import save_tiny_model, save_tiny_sdxl_model
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import numpy as np
-
 from sdmark.plugins.watermark.schemes import Detection, ImageView, rgb_array, scheme_registry
 
 
