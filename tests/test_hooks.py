@@ -13,7 +13,7 @@ import pytest
 from sdmark.core import hookspecs
 from sdmark.core.generate import GenerationSettings, generate
 from sdmark.core.output import OutputOptions
-from sdmark.core.plugins import hookimpl, pm
+from sdmark.core.plugins import hookimpl
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("sdmark_"))

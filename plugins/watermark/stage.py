@@ -9,6 +9,7 @@ import numpy as np
 from sdmark.core.errors import ChainError, StageError
 from sdmark.core.stages import ImageItem, Option, RunContext, Stage
 from sdmark.plugins.watermark.methods import Method, get_method, method_names
+from sdmark.plugins.watermark.schemes import rgb_array
 
 if TYPE_CHECKING:
     from sdmark.plugins.watermark.schemes import Detection
@@ -78,7 +79,7 @@ class WatermarkStage(Stage):
         if problem:
             raise StageError(problem)
         alpha = image.getchannel("A") if image.mode in ("RGBA", "LA", "PA") else None
-        rgb = np.asarray(image.convert("RGB"))
+        rgb = rgb_array(image)
         existing = self._existing_marks(rgb)
         policy = self.options["existing"]
         if existing and policy == "fail":
@@ -90,6 +91,8 @@ class WatermarkStage(Stage):
         ident = payload.parse_id(self.options["id"]) if method.carries_id else b""
         expected = ident.hex() if method.carries_id else None
         marked, detection, strength = self._mark(method, rgb, ident, expected)
+        psnr = _psnr(rgb, marked)
+        del rgb  # the unmarked copy is not kept while the marked image is built
         out = Image.fromarray(marked, "RGB")
         if alpha is not None:
             out.putalpha(alpha)
@@ -101,7 +104,7 @@ class WatermarkStage(Stage):
             "id": expected,
             "readback": {"band": detection.band, "p_value": detection.p_value},
             "strength": strength,
-            "psnr_db": _psnr(rgb, marked),
+            "psnr_db": psnr,
         }
         result["summary"] = f"{method.name} id={expected}" if expected else f"{method.name} (keyed pattern)"
         if strength != 1.0:
@@ -175,8 +178,8 @@ def check_written_mark(path: Any, item: ImageItem) -> None:
     if not entries:
         return
     entry = entries[-1]
-    written = read_image(path).image
-    detection = scheme_registry().get(entry.result["scheme"]).detect(ImageView(np.asarray(written.convert("RGB"))))
+    view = ImageView(rgb_array(read_image(path).image))  # the decoded file is dropped once it is an array
+    detection = scheme_registry().get(entry.result["scheme"]).detect(view)
     expected = entry.result.get("payload")
     if detection is None or not detection.watermarked or detection.payload != expected:
         got = "nothing" if detection is None else f"{detection.band} (p={detection.p_value:.2g})"
@@ -196,5 +199,12 @@ def check_written_mark(path: Any, item: ImageItem) -> None:
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float | None:
-    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
+    # Exact integer sums in strips: the same value as a float64 mean of the whole image (sums of small
+    # integers are exact there), without its three full-size float64 copies (72 bytes per pixel).
+    total = 0
+    rows = max(1, (1 << 18) // max(1, a.shape[1]))
+    for top in range(0, a.shape[0], rows):
+        diff = np.subtract(a[top:top + rows], b[top:top + rows], dtype=np.int32)
+        total += int((diff * diff).sum(dtype=np.int64))
+    mse = total / a.size
     return None if mse == 0 else round(float(10.0 * np.log10(255.0**2 / mse)), 2)

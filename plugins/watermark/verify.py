@@ -13,10 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import numpy as np
-
 from sdmark.core.errors import SdmarkError
-from sdmark.plugins.watermark.schemes import Detection, ImageView, scheme_registry
+from sdmark.plugins.watermark.schemes import Detection, ImageView, rgb_array, scheme_registry
 
 
 class NoSchemeError(SdmarkError):
@@ -88,7 +86,7 @@ def detect(image: Any, schemes: Iterable[Any] | None = None) -> list[Detection]:
     """Every scheme's detection on ``image`` (PIL image or ``(H, W, 3|4)`` uint8 array), best first."""
     if schemes is None:
         schemes = select_schemes()
-    rgb = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+    rgb = rgb_array(image)
     view = ImageView(rgb)
     found = []
     for scheme in schemes:
