@@ -42,12 +42,29 @@ class SdmarkGroup(click.Group):
 
 @click.group(cls=SdmarkGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sdmark")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show the libraries' own log lines and loading bars (diffusers, transformers); same as SDMARK_VERBOSE=1.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """Generate Stable Diffusion images that are safety-checked and provably marked, verify
     marks, and run the same stages on existing images.
 
     Set SDMARK_DEBUG=1 to see tracebacks, SDMARK_TRACE_PLUGINS=1 to trace plugin hooks.
+    SDMARK_MAX_PIXELS is the largest image read or made (default 160 MP; a guard against
+    decompression bombs).
     """
+    if verbose:
+        # For this command only (the environment is how core code, far from click, learns of it).
+        previous = os.environ.get("SDMARK_VERBOSE")
+        os.environ["SDMARK_VERBOSE"] = "1"
+
+        def restore() -> None:
+            if previous is None:
+                os.environ.pop("SDMARK_VERBOSE", None)
+            else:
+                os.environ["SDMARK_VERBOSE"] = previous
+
+        ctx.call_on_close(restore)
 
 
 def current_runtime() -> Runtime:

@@ -21,10 +21,15 @@ from sdmark.core.process import process_images
               help="Device for model-based stages: cuda, cuda:N, mps, cpu or auto.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes (Ray actors with --executor ray), each with its own models and signer.")
+@click.option("--keep-metadata", is_flag=True,
+              help="Carry each input's own text metadata (other tools' PNG text, an A1111 'parameters' text) into "
+                   "its output, renamed 'source:KEY' and at most 16 KiB a value; without it, it is dropped. "
+                   "Either way the record lists what the input carried.")
 @executor_options
 @chain_options(default="safety watermark")
 @output_options(default_dir="processed")
-def process_command(inputs, batch_size, device, jobs, executor, ray_address, chain_spec, no_safety, output_dir, fmt,
+def process_command(inputs, batch_size, device, jobs, keep_metadata, executor, ray_address, chain_spec, no_safety,
+                    output_dir, fmt,
                     quality, overwrite, as_json, progress) -> None:
     """Run the chain on image files and folders (recursively) and write the results to -o DIR.
 
@@ -41,7 +46,7 @@ def process_command(inputs, batch_size, device, jobs, executor, ray_address, cha
     reporter = Reporter(as_json)
     output = OutputOptions(output_dir, fmt, quality, overwrite)
     run = dict(safety="off" if no_safety else "on", batch_size=batch_size, device=device, progress=progress,
-               on_result=reporter, warn=warn, on_skipped=reporter.skipped)
+               on_result=reporter, warn=warn, on_skipped=reporter.skipped, keep_metadata=keep_metadata)
 
     def work() -> None:
         if executor == "local" and jobs == 1:

@@ -92,13 +92,14 @@ class ProcessStep:
     ``protected`` are the run's input files, which no output may replace (every worker guards all of them)."""
 
     def __init__(self, chain: Chain, output: OutputOptions | None, safety: str = "on", device: str | None = None,
-                 threads: int | None = None, protected: Sequence[Path] = ()) -> None:
+                 threads: int | None = None, protected: Sequence[Path] = (), keep_metadata: bool = False) -> None:
         from sdmark.core.pipeline import pick_device
 
         _use_threads(threads)
         self.warnings: list[str] = []
         self.chain = chain
         self.safety = safety
+        self.keep_metadata = keep_metadata
         self.context = RunContext(mode="process", device=pick_device(device), warn=self.warnings.append,
                                   runtime=chain.runtime)
         chain.setup(self.context)
@@ -111,7 +112,7 @@ class ProcessStep:
         items, positions = [], []
         for position, job in enumerate(chunk):
             try:
-                items.append(load_item(job.entry, job.index, self.safety, job.name))
+                items.append(load_item(job.entry, job.index, self.safety, job.name, self.keep_metadata))
                 positions.append(position)
             except ImageReadError as exc:
                 slots[position] = (True, ItemResult(name=job.entry.path.name, status="failed", source=job.entry.path,
@@ -227,6 +228,7 @@ def process_with(
     on_result: Callable[[ItemResult], None] | None = None,
     warn: Callable[[str], None] | None = None,
     on_skipped: Callable[[Path, str], None] | None = None,
+    keep_metadata: bool = False,
 ) -> list[ItemResult]:
     """:func:`sdmark.core.process.process_images` on ``executor``'s workers: the same results in
     the same order, the same files. Returned results carry no pixels (``item.image`` is ``None``)."""
@@ -239,7 +241,7 @@ def process_with(
     run = prepare_process(inputs, chain, output, safety, warnings.warn, on_skipped)
     entries = run.entries
     jobs = process_jobs(run)
-    factory = partial(ProcessStep, chain, output, safety, device, torch_threads(), tuple(run.protected))
+    factory = partial(ProcessStep, chain, output, safety, device, torch_threads(), tuple(run.protected), keep_metadata)
     order = _LocalOrder(batch_size)
     results: list[ItemResult] = []  # input order: chunks come back in job order
 

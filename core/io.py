@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import secrets
 import warnings
 from dataclasses import dataclass, field
@@ -17,22 +18,63 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from sdmark.core.errors import ImageReadError, ImageWriteError, SdmarkError
 from sdmark.core.metadata import read_metadata
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
 OUTPUT_FORMATS = {"png": ("PNG", ".png"), "jpeg": ("JPEG", ".jpg"), "jpg": ("JPEG", ".jpg"), "webp": ("WEBP", ".webp")}
-DEFAULT_MAX_PIXELS = 100_000_000
+# 160 MP admits the largest single-shot camera files (151 MP medium format, a 12000x12000 scan)
+# while keeping one image's working memory to a few GB (see benchmarks/memory.py).
+DEFAULT_MAX_PIXELS = 160_000_000
+MAX_PIXELS_VARIABLE = "SDMARK_MAX_PIXELS"
 
 
 def max_pixels() -> int:
-    """The largest image we decode (``SDMARK_MAX_PIXELS``, default 100 MP): a guard against bombs."""
-    try:
-        return int(os.environ.get("SDMARK_MAX_PIXELS", DEFAULT_MAX_PIXELS))
-    except ValueError:
+    """The largest image, in pixels, that sdmark decodes or produces: a guard against decompression bombs.
+
+    Set by ``SDMARK_MAX_PIXELS`` (default 160 MP); a value that is not a positive whole number is
+    a configuration error (:class:`SdmarkError`, exit 2), never silently replaced.
+    """
+    raw = os.environ.get(MAX_PIXELS_VARIABLE)
+    if raw is None or not raw.strip():
         return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw.strip().replace("_", ""))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise SdmarkError(f"{MAX_PIXELS_VARIABLE}={raw[:40]!r} is not a positive number of pixels "
+                          f"(the default is {DEFAULT_MAX_PIXELS})")
+    return value
+
+
+def pillow_max_pixels() -> int | None:
+    """The size over which Pillow itself refuses to open an image in this process (None: no limit).
+
+    Pillow warns over ``PIL.Image.MAX_IMAGE_PIXELS`` and refuses over twice that. sdmark never
+    changes that process-wide setting (a program embedding sdmark owns it); it applies its own
+    limit instead, so only Pillow's refusal can stop an image that sdmark's limit admits.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * int(limit)
+
+
+def _megapixels(pixels: int) -> str:
+    if pixels < 1_000_000:
+        return f"{pixels / 1e6:.3g} MP"
+    return f"{pixels / 1e6:,.1f}".removesuffix(".0") + " MP"
+
+
+def pixel_limit_error(path: Path | str, size: tuple[int, int] | None, pixels: int, limit: int) -> str:
+    """The message for an image over sdmark's pixel limit: its size, the limit and how to raise it."""
+    shape = f"{size[0]}x{size[1]} = " if size else ""
+    return (f"{path}: {shape}{_megapixels(pixels)}, over sdmark's limit of {_megapixels(limit)} "
+            f"({limit} pixels, a guard against decompression bombs); set {MAX_PIXELS_VARIABLE} to allow larger images")
+
+
+_PILLOW_SIZE = re.compile(r"Image size \((\d+) pixels\)")
 
 
 @dataclass
@@ -58,18 +100,14 @@ def read_image(path: Path | str) -> LoadedImage:
     if size == 0:
         raise ImageReadError(f"{path}: empty file (0 bytes)")
     limit = max_pixels()
-    # Pillow's own bomb check fires at its default limit; make it ours.
-    Image.MAX_IMAGE_PIXELS = limit
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow's warning band (over its MAX_IMAGE_PIXELS) is ours to judge, with our limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
                 width, height = opened.size
                 if width * height > limit:
-                    raise ImageReadError(
-                        f"{path}: {width}x{height} is {width * height / 1e6:.0f} MP, over the "
-                        f"{limit / 1e6:.0f} MP limit (possible decompression bomb; raise SDMARK_MAX_PIXELS to allow it)"
-                    )
+                    raise ImageReadError(pixel_limit_error(path, (width, height), width * height, limit))
                 fmt = opened.format or "unknown"
                 notes = []
                 if getattr(opened, "n_frames", 1) > 1:
@@ -79,8 +117,8 @@ def read_image(path: Path | str) -> LoadedImage:
                 image = _normalise(opened)
     except ImageReadError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageReadError(f"{path}: refused as a possible decompression bomb ({exc})") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(_bomb_message(path, exc, limit)) from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -91,10 +129,25 @@ def read_image(path: Path | str) -> LoadedImage:
     return LoadedImage(path=path, image=image, format=fmt, metadata=metadata, notes=notes)
 
 
+def _bomb_message(path: Path, exc: Exception, limit: int) -> str:
+    """Pillow refused the file before we saw its size: say which limit it was over, and whose."""
+    found = _PILLOW_SIZE.search(str(exc))
+    pixels = int(found.group(1)) if found else None
+    if pixels is not None and pixels > limit:
+        return pixel_limit_error(path, None, pixels, limit)
+    pillow = pillow_max_pixels()
+    what = _megapixels(pixels) if pixels is not None else "its size"
+    over = f"{_megapixels(pillow)} ({pillow} pixels)" if pillow else "its limit"
+    return (f"{path}: {what} is over Pillow's own limit of {over} in this process, below sdmark's "
+            f"{MAX_PIXELS_VARIABLE}={limit}; sdmark does not change Pillow's process-wide PIL.Image.MAX_IMAGE_PIXELS")
+
+
 def _normalise(image: Image.Image) -> Image.Image:
     """EXIF orientation applied, colour converted to sRGB, 8-bit RGB or RGBA out."""
     icc = image.info.get("icc_profile")
-    image = ImageOps.exif_transpose(image)
+    # exif_transpose copies the whole image even when there is nothing to turn.
+    if image.getexif().get(ExifTags.Base.Orientation, 1) not in (1, None):
+        image = ImageOps.exif_transpose(image)
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # Pillow's own I;16 -> L conversion clips at 255 instead of scaling.

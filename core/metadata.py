@@ -262,3 +262,76 @@ def read_metadata(image: Image.Image) -> dict[str, Any]:
         "xmp": packet.decode("utf-8", "replace") if isinstance(packet, bytes) else packet,
         "text": text,
     }
+
+
+FOREIGN_VALUE_LIMIT = 16 * 1024
+"""Longest text value (in characters) that an input's own metadata may carry into an output."""
+FOREIGN_TOTAL_LIMIT = 64 * 1024
+"""Most text (in characters, all keys together) that an input's metadata may carry into an output."""
+FOREIGN_PREFIX = "source:"
+"""What an input's text key is renamed with in the output, so it never reads as sdmark's own."""
+SOURCE_RECORD_LIMIT = 64 * 1024
+"""Largest sdmark record of an input (as JSON) that a processed image's record quotes."""
+
+
+def foreign_text(metadata: dict[str, Any], keep: bool) -> tuple[dict[str, str], dict[str, Any] | None]:
+    """What an input's own text metadata becomes in a processed output, and what its record says.
+
+    ``metadata`` is :func:`read_metadata`'s result. Text that sdmark did not write (other tools'
+    chunks, and an A1111 ``parameters`` text: anyone can write a fake prompt) is dropped unless
+    ``keep``; kept text is renamed ``source:KEY`` (so no reader takes it for sdmark's ``parameters``),
+    and values over :data:`FOREIGN_VALUE_LIMIT`, or past :data:`FOREIGN_TOTAL_LIMIT` in all, are
+    left out. The second value, for the record (``None`` when the input had no text), lists every
+    key found, which were kept under which name, and why any was left out.
+    """
+    found: dict[str, str] = {}
+    if isinstance(metadata.get("parameters"), str):
+        found["parameters"] = metadata["parameters"]
+    found.update({key: value for key, value in (metadata.get("text") or {}).items() if isinstance(value, str)})
+    if not found:
+        return {}, None
+    kept: dict[str, str] = {}
+    kept_as: dict[str, str] = {}
+    omitted: dict[str, str] = {}
+    total = 0
+    for key, value in found.items():
+        name = _clean_key(FOREIGN_PREFIX + key)
+        if not keep:
+            omitted[key] = "not kept (process --keep-metadata keeps it, renamed)"
+        elif len(value) > FOREIGN_VALUE_LIMIT:
+            omitted[key] = f"{len(value)} characters, over the {FOREIGN_VALUE_LIMIT} limit"
+        elif total + len(value) > FOREIGN_TOTAL_LIMIT:
+            omitted[key] = f"over the {FOREIGN_TOTAL_LIMIT}-character limit for all kept text"
+        else:
+            kept[name] = value
+            kept_as[_clean_key(key)] = name
+            total += len(value)
+    summary = {
+        "found": [_clean_key(key) for key in found],
+        "kept": kept_as,
+        "omitted": {_clean_key(key): reason for key, reason in omitted.items()},
+        "note": "text the input carried, not written by sdmark: an unverified claim of the input. Kept text "
+                "is written as PNG text chunks named source:KEY (JPEG and WebP outputs carry no text chunks)",
+    }
+    return kept, summary
+
+
+def _clean_key(key: str) -> str:
+    """A key as PNG allows it (1-79 Latin-1 characters) and short enough to quote in a record."""
+    cleaned = "".join(ch if " " <= ch <= "~" or "\xa1" <= ch <= "\xff" else "?" for ch in key)
+    return cleaned[:79] or "?"
+
+
+def source_record(metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """The input's own sdmark record to quote in a processed image's record, if it is small enough.
+
+    A record over :data:`SOURCE_RECORD_LIMIT` bytes of JSON is replaced by a note of its size: an
+    input may carry anything, and a processed record must not grow with it.
+    """
+    record = metadata.get("record")
+    if not isinstance(record, dict):
+        return None
+    size = len(json.dumps(record, ensure_ascii=False))
+    if size > SOURCE_RECORD_LIMIT:
+        return {"omitted": f"the input's record is {size} bytes, over the {SOURCE_RECORD_LIMIT}-byte limit"}
+    return record

@@ -7,6 +7,7 @@ can act before, during and after denoising without changing a single pixel when 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,25 +40,41 @@ SCHEDULERS: dict[str, tuple[str, str, dict[str, Any]]] = {
 _SAMPLER_BY_CLASS = {cls: sampler for cls, sampler, extra in SCHEDULERS.values() if not extra}
 
 
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+
+
 def pick_device(requested: str | None = None) -> str:
-    """``cuda`` when available, else ``mps``, else ``cpu``; an explicit request must be usable."""
+    """``cuda`` when available, else ``mps``, else ``cpu``; an explicit request must be usable here.
+
+    A device this machine lacks, or a name torch does not know (``tpu``), is an :class:`SdmarkError`
+    that names what was asked and what to use instead, before any model is loaded.
+    """
     import torch
 
     if requested and requested != "auto":
-        if requested.partition(":")[0] not in ("cpu", "cuda", "mps"):
-            raise SdmarkError(f"unknown device {requested!r}: use cuda, cuda:N, mps, cpu or auto")
-        if requested.startswith("mps") and not (getattr(torch.backends, "mps", None) is not None
-                                                and torch.backends.mps.is_available()):
-            raise SdmarkError(f"device {requested!r} requested but MPS (Apple GPU) is not available (use --device cpu)")
-        if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise SdmarkError(f"device {requested!r} requested but CUDA is not available (use --device cpu)")
-        if requested.startswith("cuda:"):
-            count = torch.cuda.device_count()
-            index = requested.partition(":")[2]
-            if not index.isdigit() or int(index) >= count:
-                raise SdmarkError(f"device {requested!r} requested but this machine has {count} CUDA device(s): "
-                                  f"use cuda:0..cuda:{count - 1}")
-        return requested
+        requested = requested.strip()
+        try:
+            kind = torch.device(requested).type
+        except (RuntimeError, ValueError):
+            raise SdmarkError(f"device {requested!r} is not a device torch knows; choose {DEVICE_CHOICES}") from None
+        if kind == "cpu":
+            return requested
+        if kind == "cuda":
+            if not torch.cuda.is_available():
+                raise SdmarkError(f"device {requested!r} requested but CUDA is not available (use --device cpu)")
+            if requested.startswith("cuda:"):
+                count = torch.cuda.device_count()
+                index = requested.partition(":")[2]
+                if not index.isdigit() or int(index) >= count:
+                    raise SdmarkError(f"device {requested!r} requested but this machine has {count} CUDA device(s): "
+                                      f"use cuda:0..cuda:{count - 1}")
+            return requested
+        if kind == "mps":
+            mps = getattr(torch.backends, "mps", None)
+            if mps is None or not mps.is_available():
+                raise SdmarkError(f"device {requested!r} requested but Apple's MPS is not available (use --device cpu)")
+            return requested
+        raise SdmarkError(f"device {requested!r} is not supported by sdmark here; choose {DEVICE_CHOICES}")
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -115,7 +132,7 @@ def sdmark_load_pipeline(model: str, device: str, dtype: Any, options: dict[str,
         raise ModelLoadError(f"model folder {model!r} does not exist")
     # The safety checker is a stage of ours (never diffusers' silent black images), so the
     # pipeline is loaded without it.
-    kwargs: dict[str, Any] = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
+    kwargs: dict[str, Any] = {"dtype": dtype, **_no_checker_kwargs(path)}
     try:
         if path.is_file():
             if path.suffix not in (".safetensors", ".ckpt"):
@@ -135,6 +152,22 @@ def sdmark_load_pipeline(model: str, device: str, dtype: Any, options: dict[str,
     if not isinstance(pipe, supported):
         raise ModelLoadError(f"{model!r} is a {type(pipe).__name__}; sdmark runs Stable Diffusion 1.x/2.x and SDXL text-to-image pipelines")
     return pipe
+
+
+def _no_checker_kwargs(path: Path) -> dict[str, Any]:
+    """The arguments that load a pipeline without diffusers' safety checker, for pipelines that have one.
+
+    SDXL pipelines have none and diffusers warns about arguments they do not take, so a local
+    folder whose ``model_index.json`` lists no ``safety_checker`` gets none.
+    """
+    index = path / "model_index.json"
+    if path.is_dir() and index.is_file():
+        try:
+            if "safety_checker" not in json.loads(index.read_text(encoding="utf-8")):
+                return {}
+        except (OSError, ValueError):
+            pass
+    return {"safety_checker": None, "requires_safety_checker": False}
 
 
 def load_pipeline(
@@ -157,6 +190,11 @@ def load_pipeline(
     quiet_loading()
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
+    if device == "cpu" and dtype in ("fp16", "float16"):
+        from sdmark.core.stages import default_warn
+
+        default_warn("--dtype fp16 on the CPU: slower than fp32 there and pixels differ from a GPU's; "
+                     "fp16 is meant for GPUs (auto picks fp32 on the CPU)")
     options = {"scheduler": scheduler, "cpu_offload": cpu_offload, "vae_slicing": vae_slicing,
                "vae_tiling": vae_tiling, "attention_slicing": attention_slicing}
     pipe = runtime.load_pipeline(model=model, device=device, dtype=torch_dtype, options=options)
@@ -198,13 +236,30 @@ def drop_builtin_watermarker(pipe: DiffusionPipeline) -> None:
         pipe.watermark = None
 
 
+def verbose() -> bool:
+    """Whether the user asked for libraries' own messages (``sdmark -v`` sets ``SDMARK_VERBOSE``)."""
+    return bool(os.environ.get("SDMARK_VERBOSE") or os.environ.get("SDMARK_DEBUG"))
+
+
 def quiet_loading() -> None:
-    """Loading bars of diffusers/transformers are noise next to ours (SDMARK_DEBUG keeps them)."""
-    if os.environ.get("SDMARK_DEBUG"):
-        return
+    """Keep diffusers' and transformers' loading bars and log lines off the user's terminal.
+
+    Their warnings speak to library developers ("Keyword arguments ... are not expected", a raw
+    ``{self.config}``, the same fp16 advice once per component) and their "Loading weights" bars sit
+    next to ours; sdmark says what matters in its own words. ``sdmark -v`` (``SDMARK_VERBOSE=1``) or
+    ``SDMARK_DEBUG=1`` keeps them. Changes only those two libraries' logging settings.
+    """
     import diffusers
     import transformers
 
+    if verbose():
+        diffusers.utils.logging.set_verbosity_info()
+        transformers.utils.logging.set_verbosity_info()
+        diffusers.utils.logging.enable_progress_bar()
+        transformers.utils.logging.enable_progress_bar()
+        return
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
 

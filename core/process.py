@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Literal
 from sdmark.core.chain import Chain
 from sdmark.core.errors import ImageReadError, SdmarkError
 from sdmark.core.io import InputEntry, iter_inputs, output_format, read_image, sha256_file
+from sdmark.core.metadata import foreign_text, source_record
 from sdmark.core.output import ItemResult, OutputOptions, Writer, check_conflicts, finish_batch, remove_stale_temps
 from sdmark.core.records import ProvenanceRecord
 from sdmark.core.stages import ImageItem, RunContext, default_warn
@@ -112,10 +113,14 @@ def _resolvable(path: Path) -> bool:
         return False
 
 
-def load_item(entry: InputEntry, index: int, safety: str, name: str | None = None) -> ImageItem:
+def load_item(entry: InputEntry, index: int, safety: str, name: str | None = None,
+              keep_metadata: bool = False) -> ImageItem:
     """Read one input into an :class:`ImageItem` with a ``processed`` record; raises ImageReadError.
 
-    ``name`` is the output name without extension (default: the entry's relative path)."""
+    ``name`` is the output name without extension (default: the entry's relative path). The
+    input's own text metadata is carried to the output only with ``keep_metadata``, renamed and
+    bounded (:func:`sdmark.core.metadata.foreign_text`); the record says what was found and kept.
+    """
     if entry.error:
         raise ImageReadError(entry.error)
     loaded = read_image(entry.path)
@@ -128,12 +133,12 @@ def load_item(entry: InputEntry, index: int, safety: str, name: str | None = Non
             "format": loaded.format,
             "width": loaded.image.width,
             "height": loaded.image.height,
-            "record": loaded.metadata.get("record"),
+            "record": source_record(loaded.metadata),
         },
     )
-    text = dict(loaded.metadata.get("text") or {})
-    if loaded.metadata.get("parameters"):
-        text["parameters"] = loaded.metadata["parameters"]
+    text, foreign = foreign_text(loaded.metadata, keep_metadata)
+    if foreign is not None:
+        record.source["metadata"] = foreign
     relative = entry.relative or Path(entry.path.name)
     return ImageItem(
         image=loaded.image, record=record, name=name or str(relative.with_suffix("")), index=index,
@@ -202,6 +207,7 @@ def process_images(
     on_result: Callable[[ItemResult], None] | None = None,
     warn: Callable[[str], None] | None = None,
     on_skipped: Callable[[Path, str], None] | None = None,
+    keep_metadata: bool = False,
 ) -> list[ItemResult]:
     """Run ``chain`` on image files and folders (recursively); one :class:`ItemResult` per input.
 
@@ -211,7 +217,8 @@ def process_images(
     ``output.overwrite``), plugins check their configuration. Files not processed (see
     :func:`plan_inputs`) are passed to ``on_skipped`` with the reason. The returned results are in
     input order; ``on_result`` sees each as it is finished (a file that cannot be read at once, the
-    others batch by batch).
+    others batch by batch). ``keep_metadata`` carries each input's own text metadata along, renamed
+    ``source:KEY`` and bounded in size; without it, it is dropped (the record lists it either way).
     """
     from tqdm.auto import tqdm
 
@@ -237,7 +244,7 @@ def process_images(
 
         for index, entry in enumerate(entries):
             try:
-                pending.append(load_item(entry, index, safety, run.names[index]))
+                pending.append(load_item(entry, index, safety, run.names[index], keep_metadata))
             except ImageReadError as exc:
                 result = ItemResult(name=entry.path.name, status="failed", source=entry.path, error=str(exc))
                 results[index] = result

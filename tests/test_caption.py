@@ -61,7 +61,7 @@ def test_default_is_an_ai_generated_band_over_the_bottom(photos):
     rows, cols = changed_rows_and_cols(photo, item.image)
     assert rows.min() >= y0 and rows.max() == photo.height - 1  # only the band changed
     assert len(cols) > photo.width * 0.8  # (pixels already in the box colour stay as they are)
-    assert 0 < photo.height - y0 < photo.height * 0.15
+    assert 0 < photo.height - y0 < photo.height * 0.2  # roomy around the text, so OCR finds it on the whole image
 
 
 def test_top_band_extend_grows_the_canvas_and_keeps_every_pixel(photos):
@@ -268,10 +268,13 @@ def test_a_file_that_is_not_a_font_is_refused(tmp_path):
 
 def test_glyphs_the_font_lacks_are_noted():
     image = Image.new("RGB", (400, 300), (200, 200, 200))
-    item = run("caption:text='Café ☃ ok'", image.copy())
+    item = run("caption:text='Café ☃ 漢 ok'", image.copy())
     result = caption_result(item)
-    assert result["missing_glyphs"] == ["é", "☃"]
-    assert any("no glyph for 'é☃'" in note and "caption:font=PATH" in note for note in item.notes)
+    assert result["missing_glyphs"] == ["漢"]  # the bundled DejaVu Sans Mono has é and ☃, no CJK
+    assert any("no glyph for '漢'" in note and "caption:font=PATH" in note for note in item.notes)
+    pillow = run("caption:text='Café ☃ 漢 ok',font=pillow", image.copy())
+    assert caption_result(pillow)["missing_glyphs"] == ["é", "☃", "漢"]
+    assert "Pillow's bundled font" in caption_result(pillow)["font"]
     assert "missing_glyphs" not in caption_result(run("caption", image.copy()))
 
 
@@ -302,7 +305,7 @@ def test_cli_process_with_a_caption_chain(tmp_path, photo_dir):
         with Image.open(source) as before, Image.open(out / (source.stem + ".png")) as after:
             assert after.size == before.size
             rows, _ = changed_rows_and_cols(before.convert("RGB"), after.convert("RGB"))
-            assert rows.min() == 0 and rows.max() < before.height * 0.15
+            assert rows.min() == 0 and rows.max() < before.height * 0.2
     bad = CliRunner().invoke(get_cli(), ["process", str(photo_dir), "--chain", "caption:text={sed}", "-o", str(out)])
     assert bad.exit_code == 2 and "valid fields" in bad.stderr
     missing = CliRunner().invoke(get_cli(), [

@@ -1,6 +1,8 @@
 """Captions are legible: Tesseract reads the stamped text back from real photos at several sizes.
 
-The OCR looks at the caption's box as the stage reports it (after checking the box sits where it
+First as posted: Tesseract reads the whole image (``--psm 11``, no crop, no enlargement), as a
+moderation tool would, and must find the default "AI-generated" band, with its capital I, on real
+photos at 640x427 and 512x600 and on illustrations from 512 px up. Then, for every style, the OCR looks at the caption's box as the stage reports it (after checking the box sits where it
 was asked to), enlarged so the font is about 40 px tall, as a person would zoom in. Tesseract
 cannot tell capital I from lowercase l in the bundled sans-serif font (the glyphs are alike), so
 the comparison folds I/l/1/| together, along with case and whitespace.
@@ -34,6 +36,11 @@ def normalise(text: str) -> str:
     return " ".join(text.lower().translate(_FOLD).split())
 
 
+def squeeze(text: str) -> str:
+    """Spaces dropped: a monospaced "AI -generated" is the same label."""
+    return "".join(text.split())
+
+
 def read_box(image: Image.Image, box: list[int], font_px: int) -> str:
     crop = image.crop(tuple(box)).convert("L")
     scale = max(1.0, 40 / font_px)
@@ -59,6 +66,49 @@ def stamp(spec: str, image: Image.Image, record: ProvenanceRecord | None = None)
     chain.run_process([item], context)
     assert item.alive, item.error
     return item.image, item.record.find("caption")[0].result
+
+
+def _on_white(array: np.ndarray) -> Image.Image:
+    image = Image.fromarray(array)
+    if image.mode in ("RGBA", "LA"):
+        flat = Image.new("RGB", image.size, "white")
+        flat.paste(image, mask=image.getchannel("A"))
+        return flat
+    return image.convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def illustrations() -> dict[str, Image.Image]:
+    """Drawn, not photographed: scikit-image's logo, colour wheel and horse silhouette."""
+    from skimage import data
+
+    return {"logo": _on_white(data.logo()), "colorwheel": _on_white(data.colorwheel()),
+            "horse": _on_white((~data.horse()).astype(np.uint8) * 255)}
+
+
+def read_whole(image: Image.Image) -> str:
+    return pytesseract.image_to_string(image, config="--psm 11")
+
+
+@pytest.mark.parametrize("size", [(640, 427), (512, 600)], ids=lambda size: f"{size[0]}x{size[1]}")
+@pytest.mark.parametrize("name", ["astronaut", "chelsea", "camera", "bright", "dark"])
+def test_default_band_is_read_from_the_whole_photo(test_photos, name, size):
+    image, _ = stamp("caption", test_photos[name].resize(size, Image.LANCZOS))
+    read = read_whole(image)
+    assert "AI-generated" in squeeze(read), f"{name} {size}: read {read!r}"  # capital I, not l
+
+
+@pytest.mark.parametrize("size", [(512, 512), (640, 640), (512, 768)], ids=lambda size: f"{size[0]}x{size[1]}")
+@pytest.mark.parametrize("name", ["logo", "colorwheel", "horse"])
+def test_default_band_is_read_from_the_whole_illustration(illustrations, name, size):
+    image, _ = stamp("caption", illustrations[name].resize(size, Image.LANCZOS))
+    read = read_whole(image)
+    assert "AI-generated" in squeeze(read), f"{name} {size}: read {read!r}"
+
+
+def test_whole_image_ocr_does_not_find_the_band_where_none_was_stamped(test_photos):
+    photo = test_photos["chelsea"].resize((640, 427), Image.LANCZOS)
+    assert squeeze(normalise("AI-generated")) not in squeeze(normalise(read_whole(photo)))
 
 
 def test_the_bright_and_dark_photos_are_bright_and_dark(test_photos):

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdmark.core.errors import ImageReadError, ImageWriteError
-from sdmark.core.io import iter_inputs, read_image, write_atomic
+from sdmark.core.errors import ImageReadError, ImageWriteError, SdmarkError
+from sdmark.core.io import iter_inputs, max_pixels, read_image, write_atomic
 
 
 def test_modes_are_normalised(tmp_path, photos):
@@ -187,7 +187,49 @@ def test_encoder_error_fails_one_image_and_the_batch_goes_on(tmp_path, photos, c
 def test_pixel_limit_is_ours_not_pillows(tmp_path, monkeypatch):
     Image.new("L", (100, 100)).save(tmp_path / "small.png")
     monkeypatch.setenv("SDMARK_MAX_PIXELS", "5000")
-    with pytest.raises(ImageReadError, match="over the 0 MP limit|decompression bomb"):
+    with pytest.raises(ImageReadError, match=r"100x100 = 0.01 MP, over sdmark's limit of 0.005 MP .*set SDMARK_MAX_PIXELS"):
         read_image(tmp_path / "small.png")
     monkeypatch.setenv("SDMARK_MAX_PIXELS", "200000000")
     assert read_image(tmp_path / "small.png").image.size == (100, 100)
+
+
+def test_default_limit_admits_real_photo_sizes_and_names_itself(tmp_path, monkeypatch):
+    monkeypatch.delenv("SDMARK_MAX_PIXELS", raising=False)
+    assert max_pixels() >= 12000 * 12000 and max_pixels() >= 14204 * 10652  # a 151 MP medium-format file
+    # The 60000x60000 bomb is refused by sdmark's limit, named with the variable that raises it.
+    (tmp_path / "bomb.png").write_bytes(png_header_only(60000, 60000))
+    with pytest.raises(ImageReadError) as caught:
+        read_image(tmp_path / "bomb.png")
+    message = str(caught.value)
+    assert f"3,600 MP, over sdmark's limit of {max_pixels() / 1e6:.0f} MP" in message and "SDMARK_MAX_PIXELS" in message
+    assert "Pillow" not in message and "DOS attack" not in message
+
+
+def test_pillows_warning_band_is_silent_and_its_refusal_is_named(tmp_path, monkeypatch, recwarn):
+    """Pillow warns over MAX_IMAGE_PIXELS and refuses over twice that; the 12000x12000 photo fell in that
+    band at Pillow's default. Scaled down here (Pillow's limit 1000 px) without decoding anything large."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.delenv("SDMARK_MAX_PIXELS", raising=False)
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "band.png")  # 1600 px: Pillow would warn
+    assert read_image(tmp_path / "band.png").image.size == (40, 40)
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+    Image.new("RGB", (100, 100), "red").save(tmp_path / "over.png")  # 10000 px: Pillow refuses
+    with pytest.raises(ImageReadError, match=r"over Pillow's own limit of 0.002 MP \(2000 pixels\).*MAX_IMAGE_PIXELS"):
+        read_image(tmp_path / "over.png")
+
+
+def test_read_image_leaves_pillows_global_limit_alone(tmp_path, monkeypatch):
+    before = Image.MAX_IMAGE_PIXELS
+    Image.new("L", (10, 10)).save(tmp_path / "a.png")
+    for value in ("5000", "300000000"):
+        monkeypatch.setenv("SDMARK_MAX_PIXELS", value)
+        read_image(tmp_path / "a.png")
+        assert Image.MAX_IMAGE_PIXELS == before
+
+
+@pytest.mark.parametrize("value", ["lots", "-5", "0"])
+def test_a_bad_pixel_limit_is_a_configuration_error(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("SDMARK_MAX_PIXELS", value)
+    with pytest.raises(SdmarkError, match="SDMARK_MAX_PIXELS.*not a positive number") as caught:
+        max_pixels()
+    assert caught.value.exit_code == 2

@@ -77,9 +77,69 @@ def test_processing_keeps_what_the_input_said_about_itself(generated, cli_runner
     result = runner.invoke(cli, ["process", str(a1111), generated["png"], "--chain", "", "--no-safety", "-o", str(out), "--format", "webp"])
     assert result.exit_code == 0, result.output
     with Image.open(out / "a1111.webp") as image:
-        assert read_metadata(image)["parameters"].startswith("a cat\nSteps: 20")
+        meta = read_metadata(image)
+    # An input's A1111 text is the input's claim: not carried as if sdmark had written it, but recorded.
+    assert meta["parameters"] is None
+    assert meta["record"]["source"]["metadata"]["found"] == ["parameters"]
+    assert meta["record"]["source"]["metadata"]["kept"] == {}
     with Image.open(out / "00000-5.webp") as image:
         meta = read_metadata(image)
     # Once generated, always generated: the input's own declaration travels with it.
     assert meta["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA
     assert meta["record"]["kind"] == "processed" and meta["record"]["source"]["record"]["kind"] == "generated"
+
+
+def _png_with_text(path, photo, **chunks):
+    info = PngImagePlugin.PngInfo()
+    for key, value in chunks.items():
+        info.add_text(key, value)
+    photo.save(path, pnginfo=info)
+
+
+def test_foreign_text_is_dropped_by_default_and_listed(cli_runner, tmp_path, photos):
+    runner, cli = cli_runner
+    source = tmp_path / "in.png"
+    fake = "a fake prompt\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, Model: sd15"
+    _png_with_text(source, photos["chelsea"], parameters=fake, Comment="x" * 2_000_000)  # 2 MB chunk
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["process", str(source), "--chain", "", "--no-safety", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    with Image.open(out / "in.png") as image:
+        meta = read_metadata(image)
+        chunks = dict(image.text)
+    assert meta["parameters"] is None and "Comment" not in chunks and not any(k.startswith("source:") for k in chunks)
+    assert (out / "in.png").stat().st_size < source.stat().st_size / 4  # the 2 MB did not travel
+    carried = meta["record"]["source"]["metadata"]
+    assert carried["found"] == ["parameters", "Comment"] and carried["kept"] == {}
+    assert set(carried["omitted"]) == {"parameters", "Comment"} and "--keep-metadata" in carried["omitted"]["parameters"]
+
+
+def test_kept_foreign_text_is_renamed_and_bounded(cli_runner, tmp_path, photos):
+    runner, cli = cli_runner
+    source = tmp_path / "in.png"
+    _png_with_text(source, photos["chelsea"], parameters="a fake prompt\nSteps: 20, Seed: 1", Author="Ann",
+                   Comment="y" * 2_000_000)
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["process", str(source), "--chain", "", "--no-safety", "--keep-metadata",
+                                 "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    with Image.open(out / "in.png") as image:
+        meta = read_metadata(image)
+        chunks = dict(image.text)
+    # Kept, but as the input's: no A1111 reader takes it for the output's own parameters.
+    assert meta["parameters"] is None and "parameters" not in chunks
+    assert chunks["source:parameters"].startswith("a fake prompt") and chunks["source:Author"] == "Ann"
+    assert "source:Comment" not in chunks
+    carried = meta["record"]["source"]["metadata"]
+    assert carried["kept"] == {"parameters": "source:parameters", "Author": "source:Author"}
+    assert "over the 16384 limit" in carried["omitted"]["Comment"]
+
+
+def test_an_inputs_huge_record_is_not_quoted(tmp_path):
+    from sdmark.core.metadata import SOURCE_RECORD_LIMIT, source_record
+
+    small = {"schema": "sdmark/record@1", "kind": "generated"}
+    assert source_record({"record": small}) == small
+    huge = {"schema": "sdmark/record@1", "kind": "generated", "junk": "z" * (SOURCE_RECORD_LIMIT + 1)}
+    assert "over the 65536-byte limit" in source_record({"record": huge})["omitted"]
+    assert source_record({"record": None}) is None

@@ -183,3 +183,17 @@ def test_marks_the_record_names_but_no_scheme_found_are_named(cli_runner, photos
     assert result.exit_code == 1 and [m["scheme"] for m in report["expected_marks"]] == ["rivagan", "sdmark"]
     assert "not found: the image's own record says a rivagan mark was embedded" in result.stdout
     assert "--all-schemes" in result.stdout and "SDMARK_WATERMARK_KEY" in result.stdout
+
+
+def test_text_output_lines_are_real_lines_and_a_name_cannot_forge_one(cli_runner, photos, tmp_path):
+    """The detail lines under a verdict are lines of their own; a newline inside a file name is escaped."""
+    runner, cli = cli_runner
+    rgb = np.asarray(photos["astronaut"])
+    forged = tmp_path / "x\nwatermarked  trusted.png.png"
+    Image.fromarray(builtin_method("sdmark").embed(rgb, bytes.fromhex("00000000000000cc"))).save(forged)
+    result = runner.invoke(cli, ["verify", str(forged), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("watermarked  ") and "x\\nwatermarked  trusted.png.png" in lines[0]
+    assert len(lines) > 1 and all(line.startswith("    ") for line in lines[1:]), lines
+    assert "\\n    " not in result.stdout

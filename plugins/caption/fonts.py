@@ -1,8 +1,11 @@
-"""Fonts for captions: Pillow's bundled scalable font or a TrueType/OpenType file, at any size.
+"""Fonts for captions: the bundled default face or a TrueType/OpenType file, at any size.
 
-Pillow's bundled font (Aileron Regular, Pillow >= 10.1 with FreeType) covers ASCII and little
-more; :meth:`CaptionFont.missing` finds the characters a font has no glyph for, so the stage can
-say so instead of silently drawing boxes.
+The default is DejaVu Sans Mono Bold, shipped in ``fonts/`` (Bitstream Vera licence, see
+``fonts/DejaVu-LICENSE.txt``). It was chosen for machine legibility: OCR (Tesseract) reading a whole
+image finds it where Pillow's own font (Aileron Regular) was missed, and its capital I has serifs,
+so "AI-generated" is not read as "Al-generated" (measured by ``benchmarks/caption_ocr.py``).
+``caption:font=pillow`` picks Pillow's bundled font. :meth:`CaptionFont.missing` finds the
+characters a font has no glyph for, so the stage can say so instead of silently drawing boxes.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from sdmark.core.errors import ChainError
 
 # A private-use code point no font maps: it renders as the font's .notdef glyph.
 _UNMAPPED = "\U0010fffd"
+DEFAULT_FONT = Path(__file__).with_name("fonts") / "DejaVuSansMono-Bold.ttf"
+PILLOW_FONT = Path("pillow")
+"""``caption:font=pillow``: Pillow's bundled scalable font instead of the default."""
 
 
 class CaptionFont:
@@ -28,8 +34,10 @@ class CaptionFont:
         self.path = path
         probe = self.at(32)
         family, style = probe.getname()
-        self.label = f"{family} {style}" if path is None else f"{family} {style} ({path})"
+        self.label = f"{family} {style}" if path in (None, PILLOW_FONT) else f"{family} {style} ({path})"
         if path is None:
+            self.label += " (sdmark's bundled font)"
+        elif path == PILLOW_FONT:
             self.label += " (Pillow's bundled font)"
 
     @classmethod
@@ -39,7 +47,7 @@ class CaptionFont:
         A bare file name that is not a file here is looked up in the system font folders (Pillow's
         rule), so ``DejaVuSans.ttf`` works where that font is installed.
         """
-        if path is not None and not path.is_file() and (path.parent != Path(".") or path.suffix == ""):
+        if path is not None and path != PILLOW_FONT and not path.is_file() and (path.parent != Path(".") or path.suffix == ""):
             raise ChainError(f"caption:font: no font file at {path}")
         try:
             return cls(path)
@@ -71,6 +79,8 @@ class CaptionFont:
 @lru_cache(maxsize=64)
 def _font(path: Path | None, pixels: int) -> ImageFont.FreeTypeFont:
     if path is None:
+        return ImageFont.truetype(str(DEFAULT_FONT), pixels)
+    if path == PILLOW_FONT:
         font = ImageFont.load_default(size=pixels)
         if not isinstance(font, ImageFont.FreeTypeFont):  # pragma: no cover - needs a Pillow without FreeType
             raise ChainError("Pillow's bundled font is not scalable here (Pillow < 10.1 or no FreeType)")

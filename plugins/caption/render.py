@@ -1,9 +1,10 @@
 """Drawing a caption onto an image: a band along the top or bottom edge, or a corner label.
 
 Sizes scale with the image's shorter side, so a caption covers the same share of a 256 px and a
-4096 px image. Colours are picked for contrast against the pixels the text lands on, using the
-WCAG relative luminance: above the point where black and white text contrast equally (0.179),
-text is black on a light box, else white on a dark box. Only the caption's rectangle is touched
+4096 px image. Colours are picked by the WCAG relative luminance of the pixels the text lands on:
+a box (or an extended strip) is light only over mostly light pixels (above 0.5), else dark, with
+text in the opposite tone; outlined text without a box is black above the point where black and
+white contrast equally (0.179), else white. Only the caption's rectangle is touched
 (or, with ``mode="extend"``, a new strip added to the canvas); alpha is kept when the image has it.
 """
 
@@ -21,6 +22,11 @@ BANDS = ("bottom", "top")
 CORNERS = ("bottom-right", "bottom-left", "top-right", "top-left")
 # Luminance where black and white text have the same WCAG contrast: sqrt(1.05 * 0.05) - 0.05.
 _CROSSOVER = 0.179
+# With a box, its text has full contrast whichever tone it takes; the tone only decides what blends
+# in. A light box over a mid-tone photo (luminance 0.18-0.5: a cat, a blown-out cup) was lost to
+# OCR reading the whole image (Tesseract's colour thresholding), a dark one was read on every photo
+# measured; a mostly white picture (a logo on white) keeps a light box.
+_BOX_CROSSOVER = 0.5
 _BLACK, _WHITE = (0, 0, 0), (255, 255, 255)
 
 
@@ -30,7 +36,7 @@ class Style:
 
     position: str = "bottom"
     mode: str = "overlay"
-    size: float = 0.05
+    size: float = 0.06
     min_px: int = 12
     color: str = "auto"
     background: str = "box"
@@ -39,6 +45,9 @@ class Style:
     max_lines: int = 3
     corner_width: float = 0.6
     """Widest a corner label may be, as a share of the image width (it wraps beyond)."""
+    padding: float = 1.0
+    """Space around the text, in font sizes. OCR reading a whole image finds a band by the calm
+    around its text: 0.4 (the old default) let the picture's edges crowd it and OCR missed it."""
 
 
 @dataclass
@@ -70,7 +79,7 @@ def stamp(image: Image.Image, text: str, font: CaptionFont, style: Style, ellips
     width, height = base.size
     px = font_pixels(width, height, style)
     face = font.at(px)
-    pad = max(2, round(px * 0.4))
+    pad = max(2, round(px * style.padding))
     ascent, descent = face.getmetrics()
     line_height, gap = ascent + descent, round(px * 0.15)
     band = style.position in BANDS
@@ -82,7 +91,8 @@ def stamp(image: Image.Image, text: str, font: CaptionFont, style: Style, ellips
 
     label_width = round(max(widths) + 2 * pad)
     canvas, box, sample, extended = _place(base, style, label_width, box_height, pad)
-    text_rgb, box_rgb = _colors(style.color, _luminance(sample))
+    boxed = extended or style.background == "box"
+    text_rgb, box_rgb = _colors(style.color, _luminance(sample), _BOX_CROSSOVER if boxed else _CROSSOVER)
     region = canvas.crop(box).convert("RGBA")
     size = region.size
     if extended:
@@ -152,11 +162,11 @@ def check_color(value: str) -> tuple[int, int, int] | None:
     return ImageColor.getrgb(value)[:3]
 
 
-def _colors(color: str, luminance: float) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+def _colors(color: str, luminance: float, crossover: float = _CROSSOVER) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """Text and box colours: opposite tones, the box on the same side as the pixels underneath."""
     chosen = check_color(color)
     if chosen is None:
-        return (_BLACK, _WHITE) if luminance > _CROSSOVER else (_WHITE, _BLACK)
+        return (_BLACK, _WHITE) if luminance > crossover else (_WHITE, _BLACK)
     own = float(_luminance_of(np.array(chosen, dtype=np.float64) / 255.0))
     return chosen, (_BLACK if own > _CROSSOVER else _WHITE)
 

@@ -32,10 +32,13 @@ class CaptionStage(Stage):
         Option("position", str, "bottom", "A band along an edge (top, bottom) or a label in a corner.", choices=POSITIONS),
         Option("mode", str, "overlay", "Bands: overlay (draw over the image) or extend (add a strip to the canvas).",
                choices=("overlay", "extend")),
-        Option("size", float, 0.05, "Font size as a share of the image's shorter side.", minimum=0.005, maximum=0.5),
+        Option("size", float, 0.06, "Font size as a share of the image's shorter side.", minimum=0.005, maximum=0.5),
+        Option("padding", float, 1.0, "Space around the text, in font sizes (room that lets OCR find the band "
+               "on the whole image).", minimum=0.0, maximum=4.0),
         Option("min_px", int, 12, "Smallest font size in pixels (keeps captions on small images readable).",
                minimum=4, maximum=512),
-        Option("font", Path, None, "TrueType/OpenType font file (default: Pillow's bundled font, which covers ASCII)."),
+        Option("font", Path, None, "TrueType/OpenType font file (default: the bundled DejaVu Sans Mono Bold, legible "
+               "to OCR, Latin/Greek/Cyrillic; 'pillow' for Pillow's bundled font)."),
         Option("color", str, "auto", "Text colour: auto (black or white, whichever contrasts) or a colour (#ffcc00, red)."),
         Option("background", str, "box", "box (a band/box in the contrasting tone) or none (outlined text).",
                choices=("box", "none")),

@@ -8,6 +8,7 @@ concept fired and by how much, and so ``sensitivity`` can shift every score (SD'
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,10 @@ _HOW_TO = (
     "checker (config.json and weights) and its preprocessor_config.json (e.g. a local copy of "
     f"{DEFAULT_CHECKER}), or a Stable Diffusion model folder with safety_checker/ and feature_extractor/."
 )
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "true", "yes")
 
 
 class SdClipBackend(SafetyBackend):
@@ -99,15 +104,34 @@ class SdClipBackend(SafetyBackend):
         from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
         from transformers import CLIPImageProcessor
 
+        from sdmark.core.pipeline import quiet_loading
+
+        quiet_loading()
         candidates, tried = self._candidates(model, context)
-        for label, source, checker_sub, processor_sub in candidates:
-            try:
-                checker = StableDiffusionSafetyChecker.from_pretrained(source, **({"subfolder": checker_sub} if checker_sub else {}))
-                processor = CLIPImageProcessor.from_pretrained(source, **({"subfolder": processor_sub} if processor_sub else {}))
-            except Exception as exc:  # offline hub, missing files, wrong format: all mean "try the next"
-                tried.append(f"{label} ({first_line(exc)})")
-                continue
-            return checker, processor
+        # Offline first: every candidate from local files (folders, the hub cache) before any network
+        # call, so a machine without network finds what it has at once instead of retrying the hub.
+        # When the user named a local folder (safety:model= or the running model), the hub is not
+        # asked at all: they chose local files.
+        local_given = bool(tried) or any(label.startswith(("model folder", "folder")) for label, *_ in candidates)
+        passes = [True] if local_given or _offline() else [True, False]
+        for local_only in passes:
+            for label, source, checker_sub, processor_sub in candidates:
+                if not local_only and not label.startswith("hub id"):
+                    continue
+                where = {"local_files_only": True} if local_only else {}
+                try:
+                    checker = StableDiffusionSafetyChecker.from_pretrained(
+                        source, **where, **({"subfolder": checker_sub} if checker_sub else {}))
+                    processor = CLIPImageProcessor.from_pretrained(
+                        source, **where, **({"subfolder": processor_sub} if processor_sub else {}))
+                except Exception as exc:  # offline hub, missing files, wrong format: all mean "try the next"
+                    if not local_only or not label.startswith("hub id") or not local_given and len(passes) == 1:
+                        tried.append(f"{label} ({first_line(exc)})")
+                    elif local_given:
+                        tried.append(f"{label} (not in the local cache; the hub was not asked because a local "
+                                     f"model was given: name it with safety:model={source} to download it)")
+                    continue
+                return checker, processor
         raise ModelLoadError(f"could not load the Stable Diffusion safety checker (safety:backend=sd-clip); tried: "
                              f"{'; '.join(tried)}. {_HOW_TO}")
 

@@ -25,9 +25,14 @@ EXIT_ALL_MARKED, EXIT_SOME_UNMARKED, EXIT_UNREADABLE = 0, 1, 2
 
 def _human(report: dict[str, Any]) -> str:
     """The plain-text lines for one report: the verdict line, then indented lines for what a
-    detection is worth, the embedded credentials and the recovery, each in words."""
+    detection is worth, the embedded credentials and the recovery, each in words. Control
+    characters are escaped line by line, so a name or a message can never start a line of its own."""
+    return "\n".join(printable(line) for line in _human_lines(report))
+
+
+def _human_lines(report: dict[str, Any]) -> list[str]:
     if report["error"]:
-        return f"error        {report['path']}  ({report['error']})"
+        return [f"error        {report['path']}  ({report['error']})"]
     found = [d for d in report["detections"] if d["band"] in ("likely", "very likely")]
     details = []
     if found:
@@ -61,7 +66,7 @@ def _human(report: dict[str, Any]) -> str:
         details.append(f"credentials: registry unreadable: {credentials['registry_error']}")
     elif credentials.get("error") and not credentials.get("present"):
         details.append(f"credentials: {credentials['error']}")
-    return "\n".join([head, *(f"    {line}" for line in details)])
+    return [head, *(f"    {line}" for line in details)]
 
 
 def meets_credentials(report: dict[str, Any]) -> bool:
@@ -150,7 +155,7 @@ def _verify_callback() -> Any:
                 counts[key] += 1
                 if require_credentials and not report["error"] and not meets_credentials(report):
                     lacking += 1
-                line = json_line(report, default=str) if as_json else printable(_human(report))
+                line = json_line(report, default=str) if as_json else _human(report)
                 bar.clear()
                 click.echo(line)
                 bar.update(1)

@@ -143,6 +143,38 @@ class Detection:
                 "band": self.band, **self.details}
 
 
+STRIP_PIXELS = 1 << 19
+"""About how many pixels each strip has where a large image is worked on in strips (its RGB array,
+its block scores). Block-score strips are whole multiples of 8 rows (one block row of the low-low
+band), so they give exactly the scores of the whole image."""
+
+
+def rgb_array(image: Any) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 array of a PIL image or array, with no whole-image copy on the way.
+
+    ``image.convert("RGB")`` copies even an RGB image, and ``np.asarray`` of a PIL image goes through
+    ``tobytes()``, which holds its pieces and their join at once: up to 10 bytes per pixel at the
+    peak for a 3-byte result. A large image is copied into the array in strips instead.
+    """
+    if not hasattr(image, "convert"):
+        return np.asarray(image)
+    width, height = image.size
+    if width * height <= STRIP_PIXELS:
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    rows = max(1, STRIP_PIXELS // width)
+    for top in range(0, height, rows):
+        strip = image.crop((0, top, width, min(height, top + rows)))
+        out[top:top + strip.height] = np.asarray(strip if strip.mode == "RGB" else strip.convert("RGB"))
+    return out
+
+
+MEMO_BLOCKS_PIXELS = 1 << 20
+"""Up to this many pixels (1024x1024) the low-low blocks of each channel order are kept and shared
+between methods; above it, each method's scores are made in strips so memory stays a fraction of
+the image's."""
+
+
 class ImageView:
     """One image as detectors see it, with every derived array computed at most once.
 
@@ -173,9 +205,16 @@ class ImageView:
         ``offset`` is subtracted from the low-low band first: :data:`dwt.FLOAT_OFFSET` reads a mark
         that was embedded in a float image (see there).
         """
-        blocks = self.memo(("blocks", order), lambda: dwt.to_blocks(dwt.haar_ll(dwt.u_plane(self.rgb, order))))
-        return self.memo(("scores", method, order, offset),
-                         lambda: dwt.scores_of_blocks(blocks - offset if offset else blocks, method))
+        def scores_of(blocks: np.ndarray) -> np.ndarray:
+            return dwt.scores_of_blocks(blocks - offset if offset else blocks, method)
+
+        if self.height * self.width <= MEMO_BLOCKS_PIXELS:
+            blocks = self.memo(("blocks", order), lambda: _blocks(self.rgb, order))
+            return self.memo(("scores", method, order, offset), lambda: scores_of(blocks))
+        rows = self.height // 8 * 8  # whole block rows: what the whole-image computation uses
+        step = max(8, STRIP_PIXELS // self.width // 8 * 8)
+        return self.memo(("scores", method, order, offset), lambda: np.concatenate(
+            [scores_of(_blocks(self.rgb[top:min(rows, top + step)], order)) for top in range(0, rows, step)]))
 
     def bits(self, method: str, length: int, order: dwt.Order = "bgr", offset: float = 0.0) -> np.ndarray:
         """The ``length`` bits invisible-watermark would decode with ``method`` (bool array)."""
@@ -184,6 +223,10 @@ class ImageView:
     def carriers(self) -> int:
         """Blocks available to the DWT methods (each carries one copy of one bit)."""
         return dwt.capacity(self.height, self.width)
+
+
+def _blocks(rgb: np.ndarray, order: dwt.Order) -> np.ndarray:
+    return dwt.to_blocks(dwt.haar_ll(dwt.u_plane(rgb, order)))
 
 
 @runtime_checkable

@@ -490,7 +490,9 @@ def detect(rgb: np.ndarray, key: bytes = PUBLIC_KEY) -> Detection:
     """
     rgb = _check_image(rgb, MIN_DETECT_SIDE, "detect")
     key = _check_key(key)
-    y = sync.window(luminance(rgb) if rgb.ndim == 3 else rgb.astype(np.float32))
+    # Luma of the analysis window only (it is per pixel): the same values as the whole image's, cropped.
+    window = sync.window(rgb)
+    y = luminance(window) if rgb.ndim == 3 else window.astype(np.float32)
     detail = sync.whitened_detail(y)
     reader = _Reader(key)
     for lattice in sync.lattice_candidates(detail, key, count=LATTICES):

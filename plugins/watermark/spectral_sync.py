@@ -118,8 +118,8 @@ def _centre(shape: tuple[int, int], size: int) -> tuple[slice, slice]:
 
 
 def window(y: np.ndarray) -> np.ndarray:
-    """The centred analysis window (at most ``WINDOW`` a side) of a luminance image."""
-    return y[_centre(y.shape, WINDOW)]
+    """The centred analysis window (at most ``WINDOW`` a side) of a luminance (or RGB) image."""
+    return y[_centre(y.shape[:2], WINDOW)]
 
 
 def _refine(acf: np.ndarray, r: int, c: int) -> tuple[float, float]:

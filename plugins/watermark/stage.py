@@ -9,6 +9,7 @@ import numpy as np
 from sdmark.core.errors import ChainError, StageError
 from sdmark.core.stages import ImageItem, Option, RunContext, Stage
 from sdmark.plugins.watermark.methods import Method, method_names, method_registry
+from sdmark.plugins.watermark.schemes import rgb_array
 
 if TYPE_CHECKING:
     from sdmark.core.runtime import Runtime
@@ -88,7 +89,7 @@ class WatermarkStage(Stage):
         if problem:
             raise StageError(problem)
         alpha = image.getchannel("A") if image.mode in ("RGBA", "LA", "PA") else None
-        rgb = np.asarray(image.convert("RGB"))
+        rgb = rgb_array(image)
         existing = self._existing_marks(rgb)
         policy = self.options["existing"]
         if existing and policy == "fail":
@@ -100,6 +101,8 @@ class WatermarkStage(Stage):
         ident = payload.parse_id(self.options["id"]) if method.carries_id else b""
         expected = ident.hex() if method.carries_id else None
         marked, detection, strength = self._mark(method, rgb, ident, expected)
+        psnr = _psnr(rgb, marked)
+        del rgb  # the unmarked copy is not kept while the marked image is built
         out = Image.fromarray(marked, "RGB")
         if alpha is not None:
             out.putalpha(alpha)
@@ -111,7 +114,7 @@ class WatermarkStage(Stage):
             "id": expected,
             "readback": {"band": detection.band, "p_value": detection.p_value},
             "strength": strength,
-            "psnr_db": _psnr(rgb, marked),
+            "psnr_db": psnr,
         }
         result["summary"] = f"{method.name} id={expected}" if expected else f"{method.name} (keyed pattern)"
         if strength != 1.0:
@@ -192,8 +195,8 @@ def check_written_mark(path: Any, item: ImageItem, runtime: Runtime) -> None:
     if not marks:
         return
     entry, mark = marks[-1]
-    written = read_image(path).image
-    detection = schemes.get(mark.scheme).detect(ImageView(np.asarray(written.convert("RGB"))))
+    view = ImageView(rgb_array(read_image(path).image))  # the decoded file is dropped once it is an array
+    detection = schemes.get(mark.scheme).detect(view)
     expected = entry.result.get("payload")
     if detection is None or not detection.watermarked or detection.payload != expected:
         got = "nothing" if detection is None else f"{detection.band} (p={detection.p_value:.2g})"
@@ -214,5 +217,12 @@ def check_written_mark(path: Any, item: ImageItem, runtime: Runtime) -> None:
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float | None:
-    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
+    # Exact integer sums in strips: the same value as a float64 mean of the whole image (sums of small
+    # integers are exact there), without its three full-size float64 copies (72 bytes per pixel).
+    total = 0
+    rows = max(1, (1 << 18) // max(1, a.shape[1]))
+    for top in range(0, a.shape[0], rows):
+        diff = np.subtract(a[top:top + rows], b[top:top + rows], dtype=np.int32)
+        total += int((diff * diff).sum(dtype=np.int64))
+    mse = total / a.size
     return None if mse == 0 else round(float(10.0 * np.log10(255.0**2 / mse)), 2)

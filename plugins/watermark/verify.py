@@ -13,10 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-import numpy as np
-
 from sdmark.core.errors import SdmarkError
-from sdmark.plugins.watermark.schemes import Detection, ImageView, scheme_registry
+from sdmark.plugins.watermark.schemes import Detection, ImageView, rgb_array, scheme_registry
 
 if TYPE_CHECKING:
     from sdmark.core.runtime import Runtime
@@ -102,7 +100,7 @@ def detect(image: Any, schemes: Iterable[Any] | None = None, runtime: Runtime | 
     """Every scheme's detection on ``image`` (PIL image or ``(H, W, 3|4)`` uint8 array), best first."""
     if schemes is None:
         schemes = select_schemes(runtime=runtime)
-    rgb = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+    rgb = rgb_array(image)
     view = ImageView(rgb)
     found = []
     for scheme in schemes:
