@@ -2,12 +2,13 @@
 executor (1 process, a pool of 2) and on Ray (1 and 2 actors), on the same inputs in one run.
 
 Each configuration runs ``--rounds`` times (alternating order; the best round counts) on all
-``--images``, through the executor interface every command uses (``sdmark.core.executor``). Each worker stamps the wall-clock time at which it finished each
-chunk; the steady rate counts only the images finished after every worker has finished its first
-chunk (so every worker is running), up to the last one. Start-up (spawning processes, importing
-torch, loading schemes, building the signer; for Ray, starting its actors) is reported on its own,
-as is Ray's cluster start-up (``ray.init``). Any time Ray spends between chunks (scheduling,
-serialising chunks and results) shows as idle gaps in its workers and so lowers its rate.
+``--images``, through the executor interface every command uses (``sdmark.core.executor``).
+Each worker stamps the wall-clock time at which it finished each chunk; the steady rate counts
+only the images finished after every worker has finished its first chunk (so every worker is
+running), up to the last one. Start-up (spawning processes, importing torch, loading schemes,
+building the signer; for Ray, starting its actors) is reported on its own, as is Ray's cluster
+start-up (``ray.init``). Any time Ray spends between chunks (scheduling, serialising chunks and
+results) shows as idle gaps in its workers and so lowers its rate.
 
 Targets: Ray's per-image cost at most 10% above the local pool with the same number of
 workers; scaling from 1 to 2 Ray actors >= 0.8 (throughput(2) / (2 x throughput(1))).

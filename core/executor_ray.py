@@ -55,6 +55,26 @@ def cpus_per_actor(cluster_cpus: float, actors: int) -> float:
     return round(max(0.01, min(1.0, share)), 3)
 
 
+def _ray_messages_to_stderr() -> None:
+    """Send the notices Ray's driver prints (a worker died, a task is retried) to stderr.
+
+    Ray prints them on stdout, where ``--json`` results go. ``print_to_stdstream`` is looked up
+    at each call by Ray's listener thread, so wrapping it reroutes them; where a Ray version has
+    no such function, nothing changes (results stay correct, only stdout gets Ray's lines).
+    """
+    from ray._private import worker
+
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "sdmark_stderr", False):
+        return
+
+    def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
+        original({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.sdmark_stderr = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_stderr
+
+
 class _SetupFailed:
     """An actor could not build its step; carried back so the driver raises the same error."""
 
@@ -97,6 +117,7 @@ class RayExecutor(Executor):
     def connect(self) -> None:
         """Join the cluster at ``address`` (or ``RAY_ADDRESS``) or start a local one; idempotent."""
         ray = self.ray
+        _ray_messages_to_stderr()
         if ray.is_initialized():
             return
         began = time.perf_counter()
