@@ -92,9 +92,9 @@ def main() -> None:
             Image.open(path).save(stripped)
             detection = [{"scheme": "sdmark-dwtDctSvd", "p_value": 1e-12, "payload": payload, "band": "very likely"}]
             start = time.perf_counter()
-            recovered = inspect_credentials(stripped, detection)
+            recovered = inspect_credentials(stripped, detection, Image.open(stripped))
             times["recover"].append(time.perf_counter() - start)
-            assert recovered["recovered_from_registry"], recovered
+            assert recovered["recovered_from_registry"], recovered  # matched: the content compared
             for file in (path, stripped):
                 file.unlink()
         ms = {key: statistics.median(values) * 1000 for key, values in times.items()}

@@ -510,3 +510,166 @@ def test_a_registry_that_cannot_take_the_row_leaves_the_file_written_with_a_warn
         assert any(note.startswith("not registered: manifest registry") for note in line["notes"]), line["notes"]
         assert "not registered: manifest registry" in result.stderr and str(blocker) in result.stderr
         assert inspect(Path(line["path"]))["content_credentials"]["status"] == "untrusted"  # signed all the same
+
+
+# -- the attacks of issue 13: transplant, edit then strip, poison -------------------------------
+
+
+def _sign_marked(cli_runner, identity, photo_dir, tmp_path, name="astronaut.png", fmt="png") -> tuple[Path, str]:
+    set_trust_anchors([identity / "ca.pem"])
+    result, lines = run_process(cli_runner, [photo_dir / name], tmp_path / "signed", "--format", fmt, chain="watermark")
+    assert result.exit_code == 0, result.output
+    return Path(lines[0]["path"]), lines[0]["record"]["stages"][-1]["result"]["payload"]
+
+
+def _verify_cli(cli_runner, path: Path, *extra: str) -> tuple[int, dict, str]:
+    """Exit code, JSON report and human output of `sdmark verify` for one file."""
+    runner, cli = cli_runner
+    as_json = runner.invoke(cli, ["verify", "--json", "--no-progress", str(path), *extra])
+    human = runner.invoke(cli, ["verify", "--no-progress", str(path), *extra])
+    assert as_json.exit_code == human.exit_code
+    return as_json.exit_code, json.loads(as_json.stdout.splitlines()[0]), human.stdout
+
+
+@needs_watermark
+@pytest.mark.parametrize("key", ["public", pytest.param("private", marks=pytest.mark.slow)])
+def test_a_transplanted_mark_is_different_content_never_the_victims_credentials(
+        cli_runner, identity, photo_dir, photos, tmp_path, monkeypatch, key):
+    from sdmark.benchmarks.attribution import estimate_mark, transplant
+
+    if key == "private":
+        monkeypatch.setenv("SDMARK_WATERMARK_KEY", "a deployment secret")
+    signed, payload = _sign_marked(cli_runner, identity, photo_dir, tmp_path)
+    victim = np.asarray(Image.open(signed).convert("RGB"))
+    forged = transplant(estimate_mark(victim), np.asarray(photos["coffee"].convert("RGB")))
+    forgery = tmp_path / "forgery.png"
+    Image.fromarray(forged).save(forgery)  # pixels only
+
+    code, report, human = _verify_cli(cli_runner, forgery, "--require-credentials")
+    # The attack works on the mark: the victim's payload reads from the forgery ...
+    assert report["watermarked"] and report["detections"][0]["payload"] == payload
+    assert report["detections"][0]["key"] == key
+    # ... but the credentials never go with it.
+    credentials = report["content_credentials"]
+    assert credentials["status"] == "absent" and credentials["recovered_from_registry"] is False
+    assert credentials["recovery"]["verdict"] == "different-content"
+    assert "matched" not in credentials["recovery"] and "valid" not in json.dumps(credentials["recovery"]["candidates"][0].get("verdict"))
+    assert "DIFFERENT-CONTENT" in human and "copied or forged" in human
+    assert code == 1  # --require-credentials
+
+    # The genuine image, stripped and re-encoded, still passes.
+    code, report, human = _verify_cli(cli_runner, strip_metadata(signed, tmp_path / "copy.jpg"), "--require-credentials")
+    assert report["content_credentials"]["recovery"]["verdict"] == "matched" and code == 0
+    assert "recovery: matched" in human and "not this file" in human
+
+
+@needs_watermark
+def test_edit_then_strip_never_reads_valid(cli_runner, identity, photo_dir, tmp_path):
+    from sdmark.benchmarks.attribution import draw_edit
+
+    signed, _ = _sign_marked(cli_runner, identity, photo_dir, tmp_path)
+    tampered = tmp_path / "tampered.png"
+    tampered.write_bytes(signed.read_bytes())
+    tamper_pixels(tampered)
+    code, report, human = _verify_cli(cli_runner, tampered, "--require-credentials")
+    assert report["content_credentials"]["status"] == "tampered" and code == 1
+    assert "embedded tampered" in human
+
+    # The same file with its metadata stripped: the registry's manifest is recovered, never "valid".
+    code, report, _ = _verify_cli(cli_runner, strip_metadata(tampered, tmp_path / "stripped.png"))
+    credentials = report["content_credentials"]
+    assert credentials["status"] == "absent" and credentials["recovery"]["verdict"] == "matched"
+
+    # "FAKE EDIT" drawn over 10% of it, saved as JPEG 60: the change is named, and not accepted.
+    edited = tmp_path / "edited.jpg"
+    Image.fromarray(draw_edit(np.asarray(Image.open(signed).convert("RGB")), np.random.default_rng(1))).save(edited, quality=60)
+    code, report, human = _verify_cli(cli_runner, edited, "--require-credentials")
+    recovery = report["content_credentials"]["recovery"]
+    assert report["content_credentials"]["status"] == "absent"
+    assert recovery["verdict"] == "matched" and "locally edited" in recovery["matched"]["content"]["changes"]
+    assert "PART OF THIS COPY WAS CHANGED" in human and code == 1
+
+
+def test_a_poisoned_registry_row_is_inconsistent_and_ignored(cli_runner, identity, photo_dir, tmp_path, register_plugin):
+    import sqlite3
+
+    register_plugin(_TestMarkPlugin(), name="testmark-plugin")
+    set_trust_anchors([identity / "ca.pem"])
+    _, lines = run_process(cli_runner, [photo_dir / "astronaut.png", photo_dir / "chelsea.png"], tmp_path / "out",
+                           chain="testmark:payload=aaaa0001")
+    _, other = run_process(cli_runner, [photo_dir / "coffee.jpg"], tmp_path / "other", chain="testmark:payload=bbbb0002")
+    registry = tmp_path / "registry.sqlite"
+    # The attacker copies the coffee row under the astronaut's payload (and under a payload nobody signed).
+    with sqlite3.connect(registry) as db:
+        for payload in ("aaaa0001", "cccc0003"):
+            db.execute("INSERT INTO manifests (payload, scheme, manifest_label, manifest, format, title, created) "
+                       "SELECT ?, scheme, manifest_label, manifest, format, 'astronaut.png', created FROM manifests "
+                       "WHERE payload = 'bbbb0002'", (payload,))
+    stripped = strip_metadata(Path(lines[0]["path"]), tmp_path / "astronaut-copy.png")
+    detection = {"scheme": "testmark", "p_value": 1e-12, "payload": "aaaa0001", "band": "very likely"}
+    recovery = inspect(stripped, [detection])["content_credentials"]["recovery"]
+    verdicts = sorted(c["verdict"] for c in recovery["candidates"])
+    assert verdicts == ["different-content", "inconsistent", "matched"]
+    poisoned = next(c for c in recovery["candidates"] if c["verdict"] == "inconsistent")
+    assert "signed soft binding names payload bbbb0002" in poisoned["reason"]
+    assert recovery["verdict"] == "matched"
+    assert recovery["matched"]["registry_entry"]["title"] == Path(lines[0]["path"]).name
+
+    only_poison = inspect(stripped, [{**detection, "payload": "cccc0003"}])["content_credentials"]
+    assert only_poison["recovery"]["verdict"] == "inconsistent" and only_poison["recovered_from_registry"] is False
+    assert "INCONSISTENT" in only_poison["summary"]
+
+
+def test_two_signers_of_one_payload_and_content_are_ambiguous(cli_runner, identity, photo_dir, tmp_path, register_plugin):
+    runner, cli = cli_runner
+    register_plugin(_TestMarkPlugin(), name="testmark-plugin")
+    _, first = run_process(cli_runner, [photo_dir / "chelsea.png"], tmp_path / "one", chain="testmark:payload=dddd0004")
+    assert runner.invoke(cli, ["keys", "init", "--force", "--name", "Test Signer", "--org", "sdmark tests"]).exit_code == 0
+    _, second = run_process(cli_runner, [Path(first[0]["path"])], tmp_path / "two", chain="testmark:payload=dddd0004")
+    stripped = strip_metadata(Path(second[0]["path"]), tmp_path / "copy.png")
+    credentials = inspect(stripped, [{"scheme": "testmark", "p_value": 1e-12, "payload": "dddd0004", "band": "very likely"}])["content_credentials"]
+    recovery = credentials["recovery"]
+    assert recovery["verdict"] == "ambiguous" and "match this content about equally" in recovery["reason"]
+    signers = {c["signer"]["serial"] for c in recovery["candidates"]}
+    assert len(signers) == 2  # same name, two certificates: told apart
+    assert "ambiguous" in credentials["summary"]
+
+
+def test_a_look_alike_identity_is_told_apart_by_its_certificate(cli_runner, identity, photo_dir, tmp_path, monkeypatch):
+    """Issue 16: a second identity with the same CN and O shows a different certificate, and says untrusted."""
+    runner, cli = cli_runner
+    _, real = run_process(cli_runner, [photo_dir / "astronaut.png"], tmp_path / "real")
+    monkeypatch.setenv("SDMARK_KEYS_DIR", str(tmp_path / "forger-keys"))
+    assert runner.invoke(cli, ["keys", "init", "--name", "Test Signer", "--org", "sdmark tests"]).exit_code == 0
+    _, fake = run_process(cli_runner, [photo_dir / "astronaut.png"], tmp_path / "fake")
+    lines = {}
+    for name, line in (("real", real[0]), ("fake", fake[0])):
+        result = runner.invoke(cli, ["verify", "--no-progress", line["path"]])
+        report = json.loads(runner.invoke(cli, ["verify", "--json", "--no-progress", line["path"]]).stdout)
+        signer = report["content_credentials"]["signer"]
+        assert signer["common_name"] == "Test Signer" and report["content_credentials"]["status"] == "untrusted"
+        lines[name] = (signer["certificate_sha256"], result.stdout)
+    (real_sha, real_text), (fake_sha, fake_text) = lines["real"], lines["fake"]
+    assert real_sha != fake_sha and len(real_sha) == 64
+    assert real_sha[:16] in real_text and fake_sha[:16] in fake_text and real_sha[:16] not in fake_text
+    assert "UNTRUSTED" in fake_text and "anyone can make a certificate with this name" in fake_text
+    from sdmark.plugins.c2pa.identity import certificate_identity
+
+    assert certificate_identity(identity / "signer-chain.pem")[1] == real_sha
+
+
+def test_an_unreadable_registry_is_named_in_the_text_output(cli_runner, photos, tmp_path, monkeypatch):
+    from sdmark.plugins.watermark.methods import get_method
+
+    runner, cli = cli_runner
+    garbage = tmp_path / "broken-registry.sqlite"
+    garbage.write_bytes(b"not a database" * 200)
+    monkeypatch.setenv("SDMARK_REGISTRY", str(garbage))
+    path = tmp_path / "marked.png"
+    Image.fromarray(get_method("dwtDctSvd").embed(np.asarray(photos["astronaut"]), bytes.fromhex("00000000000000ee"))).save(path)
+    result = runner.invoke(cli, ["verify", "--no-progress", str(path)])
+    assert result.exit_code == 0
+    assert "registry unreadable" in result.stdout and "broken-registry.sqlite" in result.stdout
+    report = json.loads(runner.invoke(cli, ["verify", "--json", "--no-progress", str(path)]).stdout)
+    assert "broken-registry.sqlite" in report["content_credentials"]["registry_error"]
+    assert garbage.read_bytes() == b"not a database" * 200

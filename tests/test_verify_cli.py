@@ -144,3 +144,44 @@ def test_plugins_register_schemes_that_verify_then_names(cli_runner, register_pl
         assert "acme (very likely" in result.stdout and "payload=ACME-AI1" in result.stdout
     finally:
         reset_scheme_registry()
+
+
+def test_verify_without_any_scheme_fails_closed(marked_dir, tmp_path):
+    """Issue 15: with the watermark plugin disabled there is nothing to check with: exit 2, never "unmarked"."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SDMARK_DISABLE_PLUGINS": "watermark", "SDMARK_REGISTRY": str(tmp_path / "registry.sqlite")}
+    done = subprocess.run([sys.executable, "-m", "sdmark.cli", "verify", "--json", str(marked_dir / "a.png")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "no watermark scheme is available" in done.stderr and '"watermarked": false' not in done.stdout
+
+
+def test_public_key_detections_say_what_they_are_worth(cli_runner, photos, tmp_path):
+    runner, cli = cli_runner
+    path = tmp_path / "marked.png"
+    Image.fromarray(get_method("sdmark").embed(np.asarray(photos["astronaut"]), bytes.fromhex("00000000000000cc"))).save(path)
+    result = runner.invoke(cli, ["verify", "--no-progress", str(path)])
+    report = json.loads(runner.invoke(cli, ["verify", "--json", "--no-progress", str(path)]).stdout)
+    assert report["detections"][0]["key"] == "public"
+    assert "key: public" in result.stdout and "anyone can make or remove this mark" in result.stdout
+
+
+def test_marks_the_record_names_but_no_scheme_found_are_named(cli_runner, photos, tmp_path):
+    from PIL import PngImagePlugin
+
+    runner, cli = cli_runner
+    record = {"schema": "sdmark/record@1", "stages": [
+        {"stage": "watermark", "result": {"method": "rivaGan", "scheme": "rivagan", "payload": None}},
+        {"stage": "watermark", "result": {"method": "sdmark", "scheme": "sdmark", "payload": "00000000000000dd"}}]}
+    info = PngImagePlugin.PngInfo()
+    info.add_text("sdmark", json.dumps(record))
+    path = tmp_path / "claims.png"
+    photos["chelsea"].save(path, pnginfo=info)
+    result = runner.invoke(cli, ["verify", "--no-progress", str(path)])
+    report = json.loads(runner.invoke(cli, ["verify", "--json", "--no-progress", str(path)]).stdout)
+    assert result.exit_code == 1 and [m["scheme"] for m in report["expected_marks"]] == ["rivagan", "sdmark"]
+    assert "not found: the image's own record says a rivagan mark was embedded" in result.stdout
+    assert "--all-schemes" in result.stdout and "SDMARK_WATERMARK_KEY" in result.stdout

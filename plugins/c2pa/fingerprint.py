@@ -2,8 +2,9 @@
 
 A watermark payload says only that *some* sdmark image once carried this id: the mark can be
 estimated from one image and added to another (the copy attack). So the signed manifest also binds
-the content: a PDQ hash (Meta's perceptual hash, made for matching at scale; ``pdqhash``) and a small
-greyscale thumbnail (long side :data:`THUMB_SIDE` px), both of the pixels as written. Recovery
+the content: a PDQ hash (Meta's perceptual hash, made for matching at scale; ``pdqhash``), a small
+greyscale thumbnail (long side :data:`THUMB_SIDE` px) and a Cr/Cb thumbnail at half that, all of
+the pixels as written. Recovery
 compares the image under test with them, never with anything a registry row says.
 
 Why PDQ over a thumbnail: measured on photos and flat illustrations (``benchmarks/attribution.py
@@ -39,6 +40,10 @@ EDIT_BLOCK = 8
 EDIT_RESIDUAL = 0.5
 """An 8x8 thumbnail block whose residual (after fitting gain and offset) exceeds this share of the
 image's contrast is a local change: the copy was drawn on, captioned or partly replaced."""
+EDIT_FLAG = 0.7
+"""A block residual above this (but under :data:`EDIT_RESIDUAL`) still marks the copy ``locally edited``."""
+CHROMA_EDIT = 40.0
+"""A chroma block residual (8-bit units) above this marks the copy ``locally edited``."""
 MIN_AGREEING = 0.75
 """Smallest share of agreeing blocks for a locally edited copy to still count as the same content."""
 MAX_EDITED_BOX = 0.3
@@ -57,15 +62,23 @@ class Fingerprint:
     height: int
     pdq: bytes
     thumbnail: np.ndarray = field(repr=False, compare=False)
+    chroma: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """Cr and Cb at half the thumbnail's resolution, ``(h, w, 2)``: what a grey thumbnail cannot
+    see (a red box drawn over a green field of the same luma)."""
 
     def to_json(self) -> dict[str, Any]:
-        """The assertion's ``alg_params``: plain JSON (the thumbnail as zlib-compressed base64 bytes)."""
+        """The assertion's ``alg_params``: plain JSON (the thumbnails as zlib-compressed base64 bytes)."""
         thumb = np.ascontiguousarray(self.thumbnail, dtype=np.uint8)
-        return {
+        out = {
             "width": int(self.width), "height": int(self.height), "pdq": self.pdq.hex(),
             "thumbnail": {"width": int(thumb.shape[1]), "height": int(thumb.shape[0]),
                           "grey_zlib_b64": base64.b64encode(zlib.compress(thumb.tobytes(), 9)).decode("ascii")},
         }
+        if self.chroma is not None:
+            chroma = np.ascontiguousarray(self.chroma, dtype=np.uint8)
+            out["chroma"] = {"width": int(chroma.shape[1]), "height": int(chroma.shape[0]),
+                             "crcb_zlib_b64": base64.b64encode(zlib.compress(chroma.tobytes(), 9)).decode("ascii")}
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Fingerprint":
@@ -75,10 +88,13 @@ class Fingerprint:
             tw, th = int(thumb["width"]), int(thumb["height"])
             if not (0 < tw <= THUMB_SIDE and 0 < th <= THUMB_SIDE):
                 raise ValueError("thumbnail size out of range")
-            raw = zlib.decompressobj().decompress(base64.b64decode(thumb["grey_zlib_b64"]), tw * th + 1)
-            pixels = np.frombuffer(raw, dtype=np.uint8)
-            if pixels.size != tw * th:
-                raise ValueError("thumbnail size does not match its pixels")
+            pixels = _plane(thumb["grey_zlib_b64"], tw * th)
+            chroma = None
+            if data.get("chroma") is not None:
+                cw, ch = int(data["chroma"]["width"]), int(data["chroma"]["height"])
+                if not (0 < cw <= tw and 0 < ch <= th):
+                    raise ValueError("chroma size out of range")
+                chroma = _plane(data["chroma"]["crcb_zlib_b64"], cw * ch * 2).reshape(ch, cw, 2).copy()
             pdq = bytes.fromhex(data["pdq"])
             if len(pdq) * 8 != HASH_BITS:
                 raise ValueError("PDQ hash is not 256 bits")
@@ -87,7 +103,15 @@ class Fingerprint:
                 raise ValueError("image size out of range")
         except (KeyError, TypeError, ValueError, zlib.error) as exc:
             raise ValueError(f"malformed fingerprint: {exc}") from None
-        return cls(width=width, height=height, pdq=pdq, thumbnail=pixels.reshape(th, tw).copy())
+        return cls(width=width, height=height, pdq=pdq, thumbnail=pixels.reshape(th, tw).copy(), chroma=chroma)
+
+
+def _plane(text: str, size: int) -> np.ndarray:
+    """``size`` bytes from zlib-compressed base64 (at most ``size`` + 1 inflated: no zip bomb)."""
+    pixels = np.frombuffer(zlib.decompressobj().decompress(base64.b64decode(text), size + 1), dtype=np.uint8)
+    if pixels.size != size:
+        raise ValueError("thumbnail size does not match its pixels")
+    return pixels
 
 
 @dataclass
@@ -104,22 +128,40 @@ class Comparison:
     """Where the image under test sits in the signed image (x, y, width, height, in its pixels)."""
     agreeing: float = 1.0
     """Share of the compared area that agrees with the signed content (the rest was changed)."""
+    worst_block: float = 0.0
+    """The largest block residual (share of the image's contrast) after fitting gain and offset."""
+    worst_chroma: float = 0.0
+    """The largest chroma block residual (8-bit units) after fitting a gain per channel."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"distance": round(self.distance, 4), "correlation": round(self.correlation, 4),
-                               "agreeing": round(self.agreeing, 4), "changes": self.changes}
+                               "agreeing": round(self.agreeing, 4), "worst_block": round(min(self.worst_block, 99.0), 4),
+                               "worst_chroma": round(self.worst_chroma, 2),
+                               "changes": self.changes}
         if self.region is not None:
             out["region"] = list(self.region)
         return out
 
 
-def grey(image: Any) -> np.ndarray:
-    """``image`` (PIL image or ``(H, W[, C])`` uint8 array) as a 2-D uint8 luma array."""
+def grey(image: Any, reduce_to: int | None = None) -> np.ndarray:
+    """``image`` (PIL image or ``(H, W[, C])`` uint8 array) as a 2-D uint8 luma array; with
+    ``reduce_to``, first box-reduced by a whole factor while its short side stays at least that."""
+    return planes(image, reduce_to)[0]
+
+
+def planes(image: Any, reduce_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Luma ``(H, W)`` and Cr/Cb ``(H, W, 2)`` uint8 planes of ``image`` (see :func:`grey`)."""
+    import cv2
     from PIL import Image
 
     if isinstance(image, np.ndarray):
         image = Image.fromarray(np.ascontiguousarray(image[..., :3]) if image.ndim == 3 else image)
-    return np.asarray(image.convert("L"))
+    if reduce_to:
+        factor = min(image.size) // reduce_to
+        if factor >= 2:
+            image = image.reduce(factor)
+    rgb = np.asarray(image.convert("RGB"))
+    return np.asarray(image.convert("L")), cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)[..., 1:]
 
 
 def _resize(plane: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -140,17 +182,20 @@ def thumbnail(plane: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
 
 def pdq(plane: np.ndarray) -> bytes:
     """The 256-bit PDQ hash of a luma plane (of any size; ``pdqhash`` resamples it)."""
+    import cv2
     import pdqhash
 
-    bits, _quality = pdqhash.compute(np.ascontiguousarray(np.stack([plane] * 3, axis=-1)))
+    bits, _quality = pdqhash.compute(cv2.cvtColor(np.ascontiguousarray(plane), cv2.COLOR_GRAY2RGB))
     return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes()
 
 
 def fingerprint(image: Any) -> Fingerprint:
     """The fingerprint of ``image`` as it is (call it on the pixels as written)."""
-    plane = grey(image)
+    plane, crcb = planes(image)
     thumb = thumbnail(plane)
-    return Fingerprint(width=plane.shape[1], height=plane.shape[0], pdq=pdq(thumb), thumbnail=thumb)
+    th, tw = thumb.shape
+    chroma = _resize(crcb, max(1, tw // 2), max(1, th // 2))
+    return Fingerprint(width=plane.shape[1], height=plane.shape[0], pdq=pdq(thumb), thumbnail=thumb, chroma=chroma)
 
 
 def hamming(a: bytes, b: bytes) -> float:
@@ -179,8 +224,16 @@ def compare(signed: Fingerprint, image: Any, scale: float | None = None) -> Comp
     """
     import cv2
 
-    plane = grey(image)
+    full = image.size if hasattr(image, "size") and not isinstance(image, np.ndarray) else (image.shape[1], image.shape[0])
+    # Nothing finer than the thumbnail is compared, so the image is box-reduced first (a whole
+    # factor, down to twice the thumbnail): most of the cost of a large image is gone before luma.
+    plane, crcb = planes(image, reduce_to=2 * THUMB_SIDE)
     h, w = plane.shape
+    if (w, h) != tuple(full):
+        scale = None if scale is None else scale * w / full[0]
+        ratio = w / full[0]
+    else:
+        ratio = 1.0
     thumb = signed.thumbnail
     th, tw = thumb.shape
     if scale is None or not np.isfinite(scale) or scale <= 0:
@@ -189,8 +242,9 @@ def compare(signed: Fingerprint, image: Any, scale: float | None = None) -> Comp
     k = tw / signed.width  # thumbnail pixels per signed pixel
     rw, rh = w / scale * k, h / scale * k
     changes: list[str] = []
-    if abs(scale - 1) > 0.02:
+    if abs(scale / ratio - 1) > 0.02:
         changes.append("resized")
+    window = (0.0, 0.0, float(tw), float(th))  # the region in thumbnail pixels
     if rw >= WHOLE * tw and rh >= WHOLE * th:
         region = (0, 0, signed.width, signed.height)
         reference, probe = thumb.astype(np.float32), _resize(plane, tw, th).astype(np.float32)
@@ -204,13 +258,14 @@ def compare(signed: Fingerprint, image: Any, scale: float | None = None) -> Comp
         reference = cv2.getRectSubPix(thumb.astype(np.float32), (cw, ch), centre)
         probe = probe8.astype(np.float32)
         region = (round(fx / k), round(fy / k), round(cw / k), round(ch / k))
+        window = (fx, fy, float(cw), float(ch))
         changes.append("cropped")
     # A light blur on both sides: a thumbnail of fine texture aliases, and a sub-pixel shift of it
     # would otherwise read as a change of content.
     reference = cv2.GaussianBlur(reference, (0, 0), 0.6)
     probe = cv2.GaussianBlur(probe, (0, 0), 0.6)
     distance = hamming(pdq(np.clip(reference, 0, 255).astype(np.uint8)), pdq(np.clip(probe, 0, 255).astype(np.uint8)))
-    correlation, agreeing, edited_box, tone = _agreement(reference, probe)
+    correlation, agreeing, edited_box, tone, worst = _agreement(reference, probe)
     whole_match = distance <= MATCH_DISTANCE and correlation >= MATCH_CORRELATION
     edited_match = (agreeing >= MIN_AGREEING and edited_box <= MAX_EDITED_BOX
                     and correlation >= EDITED_CORRELATION)
@@ -218,10 +273,38 @@ def compare(signed: Fingerprint, image: Any, scale: float | None = None) -> Comp
     if matched:
         if tone:
             changes.append("tone changed")
-        if agreeing < 0.995:
+        colour = _chroma_worst(signed, crcb, window)
+        if agreeing < 1.0 or worst > EDIT_FLAG or colour > CHROMA_EDIT:
             changes.append("locally edited")
+    else:
+        colour = 0.0
     return Comparison(matched=matched, distance=distance, correlation=correlation, changes=changes, region=region,
-                      agreeing=agreeing)
+                      agreeing=agreeing, worst_block=worst, worst_chroma=colour)
+
+
+def _chroma_worst(signed: Fingerprint, crcb: np.ndarray, window: tuple[float, float, float, float]) -> float:
+    """The largest 2x2-block chroma residual (8-bit units, after a gain and offset per channel)
+    between the signed chroma thumbnail's ``window`` (in luma-thumbnail pixels) and the image."""
+    import cv2
+
+    if signed.chroma is None:
+        return 0.0
+    x, y, w, h = (v / 2 for v in window)
+    cw, ch = max(2, round(w)), max(2, round(h))
+    worst = 0.0
+    for channel in range(2):
+        reference = cv2.getRectSubPix(signed.chroma[..., channel].astype(np.float32), (cw, ch), (x + (w - 1) / 2, y + (h - 1) / 2))
+        probe = _resize(np.ascontiguousarray(crcb[..., channel]), cw, ch).astype(np.float32)
+        a, b = reference - 128, probe - 128
+        gain = float((a * b).sum() / ((a * a).sum() or 1.0))
+        gain = min(max(gain, 0.5), 2.0)
+        residual = np.abs(b - gain * a)
+        residual -= float(np.median(residual))
+        bh, bw = ch // 2, cw // 2
+        if bh and bw:
+            blocks = residual[:bh * 2, :bw * 2].reshape(bh, 2, bw, 2).mean(axis=(1, 3))
+            worst = max(worst, float(blocks.max()))
+    return worst
 
 
 def _vertex(scores: np.ndarray, x: int, y: int, axis: int) -> float:
@@ -255,14 +338,15 @@ def _agreement(reference: np.ndarray, probe: np.ndarray) -> tuple[float, float, 
     for step in range(3):
         x, y = a[keep].ravel(), b[keep].ravel()
         if x.size < 16 or float(x.std()) == 0:
-            return 0.0, 0.0, 1.0, False
+            return 0.0, 0.0, 1.0, False, float("inf")
         gain = float(((x - x.mean()) * (y - y.mean())).mean() / x.var())
         offset = float(y.mean() - gain * x.mean())
         residual = np.abs(b - (gain * a + offset)).mean(axis=1) / (max(abs(gain), 0.05) * spread)
         keep = residual <= (np.median(residual) if step == 0 else EDIT_RESIDUAL)
         if not keep.any():
-            return 0.0, 0.0, 1.0, False
+            return 0.0, 0.0, 1.0, False, float("inf")
     correlation = _correlation(a[keep], b[keep])
+    worst = float(residual.max())
     bad = ~keep.reshape(hb, wb)
     if bad.any():
         rows, cols = np.flatnonzero(bad.any(axis=1)), np.flatnonzero(bad.any(axis=0))
@@ -270,7 +354,7 @@ def _agreement(reference: np.ndarray, probe: np.ndarray) -> tuple[float, float, 
     else:
         box = 0.0
     tone = abs(gain - 1) > 0.1 or abs(offset + (gain - 1) * float(a.mean())) > 0.1 * 255
-    return correlation, float(keep.mean()), float(box), tone
+    return correlation, float(keep.mean()), float(box), tone, worst
 
 
 def thumbnail_png(signed: Fingerprint) -> bytes:

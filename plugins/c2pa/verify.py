@@ -38,9 +38,10 @@ from typing import Any
 from sdmark.plugins.c2pa import settings
 from sdmark.plugins.c2pa.fingerprint import ALG as FINGERPRINT_ALG
 from sdmark.plugins.c2pa.fingerprint import Fingerprint, compare
+from sdmark.plugins.c2pa.jumbf import signer_sha256, store_from_file
 from sdmark.plugins.c2pa.manifest import RECORD_LABEL, SOFT_BINDING_LABEL, payload_key
 from sdmark.plugins.c2pa.registry import Entry, open_registry
-from sdmark.plugins.c2pa.sign import sniff_mime
+from sdmark.plugins.c2pa.sign import MIME_BY_SUFFIX, sniff_mime
 
 UNTRUSTED = "signingCredential.untrusted"
 # Codes that say the asset's bytes are not the ones signed (as opposed to a problem with the signer).
@@ -93,6 +94,7 @@ def inspect_credentials(path: Path, detections: list[dict[str, Any]] | None = No
                 if reader is not None:
                     found.update(describe_store(json.loads(reader.json())), present=True, binding="embedded")
                     reader.close()
+                    _add_certificate(found.get("signer"), store_from_file(path), found.get("manifest"))
         except c2pa.C2paError as exc:
             # A damaged manifest is a finding, not a crash: the image itself was readable.
             found.update(present=True, status="invalid", error=f"cannot read the C2PA manifest: {exc}")
@@ -102,7 +104,7 @@ def inspect_credentials(path: Path, detections: list[dict[str, Any]] | None = No
         found["soft_binding_matches_watermark"] = any(
             payload_key(d.get("payload")) == binding["payload"] for d in _positive(detections))
     if not found["present"] and detections:
-        recovery = recover(detections, image, context)
+        recovery = recover(detections, image, context, mime)
         if recovery is not None:
             found["recovery"] = recovery
             for key in ("registry_error", "registry_matches"):
@@ -129,7 +131,7 @@ def _positive(detections: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return found
 
 
-def recover(detections: list[dict[str, Any]], image: Any, context: Any) -> dict[str, Any] | None:
+def recover(detections: list[dict[str, Any]], image: Any, context: Any, mime: str | None = None) -> dict[str, Any] | None:
     """The recovery verdict for an image without a manifest, or ``None`` when there is nothing to
     look up (no payload read, or the registry is off)."""
     positive = _positive(detections)
@@ -145,16 +147,17 @@ def recover(detections: list[dict[str, Any]], image: Any, context: Any) -> dict[
         registry.close()
     for detection, entries in lookups:
         if entries:
-            return _decide(detection, entries, image, context, registry_file)
+            return _decide(detection, entries, image, context, registry_file, mime)
     detection = positive[0]
     return {"verdict": "not-registered", "payload": payload_key(detection["payload"]), "scheme": detection.get("scheme"),
             "key": detection.get("key"), "registry": str(registry_file), "registry_matches": 0, "candidates": []}
 
 
-def _decide(detection: dict[str, Any], entries: list[Entry], image: Any, context: Any, registry_file: Path) -> dict[str, Any]:
+def _decide(detection: dict[str, Any], entries: list[Entry], image: Any, context: Any, registry_file: Path,
+            mime: str | None = None) -> dict[str, Any]:
     """Check each row, then pick: one matching row (or one clearly closest), else the reason none can be."""
     payload = payload_key(detection["payload"])
-    checked = [check_row(entry, payload, detection.get("scale"), image, context) for entry in entries[:MAX_CANDIDATES]]
+    checked = [check_row(entry, payload, detection.get("scale"), image, context, mime) for entry in entries[:MAX_CANDIDATES]]
     out: dict[str, Any] = {"verdict": None, "payload": payload, "scheme": detection.get("scheme"), "key": detection.get("key"),
                            "registry": str(registry_file), "registry_matches": len(entries),
                            "candidates": [_public(c) for c in checked]}
@@ -185,7 +188,7 @@ def _decide(detection: dict[str, Any], entries: list[Entry], image: Any, context
     return out
 
 
-def check_row(entry: Entry, payload: str, scale: Any, image: Any, context: Any) -> dict[str, Any]:
+def check_row(entry: Entry, payload: str, scale: Any, image: Any, context: Any, mime: str | None = None) -> dict[str, Any]:
     """One registry row judged against the signed manifest it stores, then against the image.
 
     Nothing a row says is believed: the manifest label, the payload and the content fingerprint are
@@ -203,7 +206,9 @@ def check_row(entry: Entry, payload: str, scale: Any, image: Any, context: Any) 
         candidate["reason"] = f"the stored manifest cannot be read ({exc})"
         return candidate
     described = describe_store(store, expect_hard_binding_mismatch=True)
-    candidate.update(signature=described["status"], trusted=described["trusted"], signer=described.get("signer") or {},
+    signer = described.get("signer") or {}
+    _add_certificate(signer, entry.manifest, store.get("active_manifest"))
+    candidate.update(signature=described["status"], trusted=described["trusted"], signer=signer,
                      described=described, record=_record(store))
     if store.get("active_manifest") != entry.manifest_label:
         candidate["reason"] = (f"the row names manifest {entry.manifest_label}, its stored manifest is "
@@ -230,11 +235,24 @@ def check_row(entry: Entry, payload: str, scale: Any, image: Any, context: Any) 
     candidate["content"] = comparison.to_json()
     if comparison.matched:
         candidate["verdict"] = "matched"
+        title = ((store.get("manifests") or {}).get(store.get("active_manifest")) or {}).get("title") or ""
+        signed_format = MIME_BY_SUFFIX.get(Path(title).suffix.lower())
+        if mime and signed_format and mime != signed_format:
+            candidate["content"]["changes"].insert(0, f"re-encoded ({mime}, signed as {signed_format})")
     else:
         candidate["verdict"] = "different-content"
         candidate["reason"] = (f"the payload is registered for another image (content distance {comparison.distance:.2f}, "
                                f"correlation {comparison.correlation:.2f}): the mark was copied or forged onto this one")
     return candidate
+
+
+def _add_certificate(signer: dict[str, Any] | None, store: bytes | None, label: str | None) -> None:
+    """Add the signing certificate's SHA-256 to ``signer``: a name can be copied, a certificate cannot."""
+    if signer is None or not store:
+        return
+    digest = signer_sha256(store, label)
+    if digest:
+        signer["certificate_sha256"] = digest
 
 
 def _public(candidate: dict[str, Any], full: bool = False) -> dict[str, Any]:
