@@ -337,7 +337,7 @@ def generate_with(
         settings.seed = random.SystemRandom().randrange(2**32)
     total = len(settings.prompts) * settings.count
     factory = partial(GenerateStep, settings, chain, output, safety, torch_threads())
-    chunks = generate_chunks(total, settings.batch_size, executor.workers)
+    chunks = generate_chunks(total, settings.batch_size, executor.plan(gpus_per_worker=1))
     results: list[ItemResult] = []
     with tqdm(total=total, unit="img", desc="generating", disable=None if progress is None else not progress) as bar:
         for done in executor.map(factory, chunks, gpus_per_worker=1):
