@@ -177,7 +177,7 @@ def main() -> None:
             rows, manifest, thumbnail = db.execute(
                 "SELECT COUNT(*), AVG(LENGTH(manifest)), AVG(COALESCE(LENGTH(thumbnail), 0)) FROM manifests").fetchone()
         print(f"\nregistry: {rows} rows, {manifest / 1024:.1f} KiB manifest + {thumbnail / 1024:.1f} KiB thumbnail per row")
-        print(f"per-image cost on one worker (ms): " + ", ".join(
+        print("per-image cost on one worker (ms): " + ", ".join(
             f"{task} {1000 / table[task, 'local 1 process'][0]:.0f}" for task in ("verify", "process")))
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
