@@ -72,6 +72,10 @@ from sdmark.plugins.watermark import spectral_sync as sync
 
 PUBLIC_KEY = b"sdmark-public-v1"
 """The default, documented key: marks made with it are readable (and forgeable) by anyone."""
+FORMAT = "sdmark-spectral/1"
+"""The embedded format (key derivation label ``sdmark/spectral/v1/``, 128 px tile, band 0.05..0.20,
+176 code bits). Every detection reports the format it read (``diagnostics["format"]``); a future
+format gets a new label, and the detector keeps reading this one."""
 PAYLOAD_BYTES = code.PAYLOAD_BYTES
 """User payload size: 8 bytes (64 bits)."""
 MIN_EMBED_SIDE = pattern.TILE
@@ -427,7 +431,8 @@ class _Reader:
         soft = (aligned.real * _channel_weights(aligned, self.c, self.rings))[self.c.bits].sum(axis=1)
         decoded = code.decode(soft, self.key)
         where = dict(scale=lattice.scale, angle=lattice.angle, offset=(dx, dy), sync_z=z,
-                     diagnostics={"code_bits": (soft > 0).astype(np.uint8), "orientation": orientation})
+                     diagnostics={"code_bits": (soft > 0).astype(np.uint8), "orientation": orientation,
+                                  "format": FORMAT})
         if decoded is None:
             if z > self.best_z:
                 self.best_z, self.best = z, where
