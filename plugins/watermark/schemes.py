@@ -129,9 +129,15 @@ def _self_agreement(message: tuple[int, ...]) -> np.ndarray:
 
 def turned_matches(read: np.ndarray, message: np.ndarray) -> np.ndarray:
     """The read's matches with ``message`` turned cyclically by 1..n-1 bits."""
-    n = len(message)
-    turns = np.stack([np.roll(message, shift) for shift in range(1, n)])
-    return (turns == read).sum(axis=1)
+    return (_turns(tuple(int(b) for b in message)) == np.asarray(read, dtype=bool)).sum(axis=1)
+
+
+@lru_cache(maxsize=64)
+def _turns(message: tuple[int, ...]) -> np.ndarray:
+    bits = np.asarray(message, dtype=bool)
+    turns = np.stack([np.roll(bits, shift) for shift in range(1, len(bits))])
+    turns.setflags(write=False)
+    return turns
 
 
 @dataclass
