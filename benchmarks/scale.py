@@ -2,12 +2,13 @@
 executor (1 process, a pool of 2) and on Ray (1 and 2 actors), on the same inputs in one run.
 
 Each configuration runs ``--rounds`` times (alternating order; the best round counts) on all
-``--images``, through the executor interface every command uses (``sdmark.core.executor``). Each worker stamps the wall-clock time at which it finished each
-chunk; the steady rate counts only the images finished after every worker has finished its first
-chunk (so every worker is running), up to the last one. Start-up (spawning processes, importing
-torch, loading schemes, building the signer; for Ray, starting its actors) is reported on its own,
-as is Ray's cluster start-up (``ray.init``). Any time Ray spends between chunks (scheduling,
-serialising chunks and results) shows as idle gaps in its workers and so lowers its rate.
+``--images``, through the executor interface every command uses (``sdmark.core.executor``).
+Each worker stamps the wall-clock time at which it finished each chunk; the steady rate counts
+only the images finished after every worker has finished its first chunk (so every worker is
+running), up to the last one. Start-up (spawning processes, importing torch, loading schemes,
+building the signer; for Ray, starting its actors) is reported on its own, as is Ray's cluster
+start-up (``ray.init``). Any time Ray spends between chunks (scheduling, serialising chunks and
+results) shows as idle gaps in its workers and so lowers its rate.
 
 Targets: Ray's per-image cost at most 10% above the local pool with the same number of
 workers; scaling from 1 to 2 Ray actors >= 0.8 (throughput(2) / (2 x throughput(1))).
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=2, help="runs of every configuration (the best is kept)")
+    parser.add_argument("--verify-repeat", type=int, default=4, help="times each file is verified")
     args = parser.parse_args()
 
     import ray
@@ -125,7 +127,9 @@ def main() -> None:
         marked_dir = scratch / "marked"
         process_images(inputs, Chain.build(chain_spec), OutputOptions(marked_dir), safety="off", progress=False,
                        warn=lambda m: None)
-        marked = sorted(marked_dir.glob("*.png"))
+        # Verify costs ~1/10 of process: each marked file is checked --verify-repeat times so its
+        # runs last long enough to time, in as many chunks.
+        marked = sorted(marked_dir.glob("*.png")) * args.verify_repeat
 
         temp = tempfile.mkdtemp(prefix="sdmark-ray-", dir="/tmp")
         began = time.perf_counter()
@@ -133,7 +137,7 @@ def main() -> None:
                  _temp_dir=temp)
         ray_start = time.perf_counter() - began
         load = os.getloadavg()
-        print(f"{args.images} images of {args.size} px, {os.cpu_count()} CPUs; load before: {load[0]:.2f}; "
+        print(f"{args.images} images of {args.size} px (verify: {len(marked)} checks), {os.cpu_count()} CPUs; load before: {load[0]:.2f}; "
               f"Ray cluster start-up (ray.init): {ray_start:.1f} s")
         configs = [
             ("local 1 process", partial(LocalExecutor, 1), 1),

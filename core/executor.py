@@ -79,6 +79,10 @@ class Executor(ABC):
         """One :class:`ChunkResult` per chunk, in input order. ``gpus_per_worker`` reserves GPUs
         per worker where the executor can (Ray); the local executor ignores it."""
 
+    def plan(self, *, gpus_per_worker: float = 0) -> int:
+        """How many workers :meth:`map` will use with ``gpus_per_worker`` (so chunks can be cut for them)."""
+        return self.workers
+
     def close(self) -> None:
         """Release what the executor started (a pool, a local Ray cluster)."""
 

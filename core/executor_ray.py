@@ -55,6 +55,26 @@ def cpus_per_actor(cluster_cpus: float, actors: int) -> float:
     return round(max(0.01, min(1.0, share)), 3)
 
 
+def _ray_messages_to_stderr() -> None:
+    """Send the notices Ray's driver prints (a worker died, a task is retried) to stderr.
+
+    Ray prints them on stdout, where ``--json`` results go. ``print_to_stdstream`` is looked up
+    at each call by Ray's listener thread, so wrapping it reroutes them; where a Ray version has
+    no such function, nothing changes (results stay correct, only stdout gets Ray's lines).
+    """
+    from ray._private import worker
+
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "sdmark_stderr", False):
+        return
+
+    def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
+        original({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.sdmark_stderr = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_stderr
+
+
 class _SetupFailed:
     """An actor could not build its step; carried back so the driver raises the same error."""
 
@@ -97,6 +117,7 @@ class RayExecutor(Executor):
     def connect(self) -> None:
         """Join the cluster at ``address`` (or ``RAY_ADDRESS``) or start a local one; idempotent."""
         ray = self.ray
+        _ray_messages_to_stderr()
         if ray.is_initialized():
             return
         began = time.perf_counter()
@@ -114,6 +135,12 @@ class RayExecutor(Executor):
         self.connect()
         return dict(self.ray.cluster_resources())
 
+    def plan(self, *, gpus_per_worker: float = 0) -> int:
+        """The actor count: ``workers`` if given, else one per GPU (``gpus_per_worker`` each), else one."""
+        gpus = self.resources().get("GPU", 0.0) if gpus_per_worker else 0.0
+        self.workers = self._requested or (max(1, int(gpus // gpus_per_worker)) if gpus else 1)
+        return self.workers
+
     def map(self, factory: StepFactory, chunks: Sequence[list[Any]], *, gpus_per_worker: float = 0) -> Iterator[ChunkResult]:
         if not chunks:
             return
@@ -122,8 +149,7 @@ class RayExecutor(Executor):
         gpus = resources.get("GPU", 0.0) if gpus_per_worker else 0.0
         if gpus_per_worker and not gpus:
             logging.getLogger("sdmark").warning("the Ray cluster has no GPU: running on CPU actors")
-        actors = self._requested or (max(1, int(gpus // gpus_per_worker)) if gpus else 1)
-        self.workers = actors = max(1, min(actors, len(chunks)))
+        actors = max(1, min(self.plan(gpus_per_worker=gpus_per_worker), len(chunks)))
         remote_args: dict[str, Any] = {"num_cpus": cpus_per_actor(resources.get("CPU", 1.0), actors)}
         if gpus:
             remote_args["num_gpus"] = gpus_per_worker
@@ -194,9 +220,10 @@ class ProcessImages:
     a signing identity is configured); columns ``path``, ``status``, ``output``, ``error`` and
     ``result`` (the JSON line of ``sdmark process --json``) out.
 
-    Output names are the input file names; two inputs with one name in one dataset are not
-    renamed (the second fails with "already exists": nothing is overwritten). The CLI's
-    ``--executor ray`` names files uniquely before it starts."""
+    Output names are the input file names, numbered (``name-1``) within one actor as in a local
+    run; two inputs with one name that land on different actors are not renamed, and the second
+    fails with "already exists" (nothing is overwritten). The CLI's ``--executor ray`` names every
+    file on the driver before it starts, so it has no such case."""
 
     def __init__(self, chain: str = "safety watermark", output_dir: str | Path = "processed", *, format: str = "png",
                  quality: int = 95, overwrite: bool = False, safety: str = "on", device: str | None = None) -> None:

@@ -285,7 +285,6 @@ def generate_with(
     the same images, names, records and order. Returned results carry no pixels."""
     from tqdm.auto import tqdm
 
-
     from sdmark.core.generate import plan_run
 
     chain = chain or Chain([])
@@ -296,7 +295,7 @@ def generate_with(
     names = plan_run(settings, chain, output, safety, warnings.warn)
     total = len(settings.prompts) * settings.count
     factory = partial(GenerateStep, settings, chain, output, safety, torch_threads(), tuple(names))
-    chunks = generate_chunks(total, settings.batch_size, executor.workers)
+    chunks = generate_chunks(total, settings.batch_size, executor.plan(gpus_per_worker=1))
     results: list[ItemResult] = []
     with tqdm(total=total, unit="img", desc="generating", disable=None if progress is None else not progress) as bar:
         for done in executor.map(factory, chunks, gpus_per_worker=1):

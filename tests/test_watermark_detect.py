@@ -126,12 +126,24 @@ def test_a_periodic_grating_that_fools_the_independent_bits_binomial_is_not_call
 
 
 def test_the_dependence_adjusted_tail_is_the_binomial_for_fair_coins_and_wider_for_correlated_bits():
+    from sdmark.plugins.watermark.schemes import turned_matches
+
     rng = np.random.default_rng(3)
-    fair = rng.binomial(136, 0.5, 32)
-    assert dependence_adjusted_tail(136, 100, np.full(32, 68)) == binomial_tail(136, 100)
-    assert dependence_adjusted_tail(136, 100, fair) <= 30 * binomial_tail(136, 100)
-    spread = np.array([40, 96, 50, 90, 68, 70, 45, 95] * 4)  # a periodic image: matches swing widely
-    assert dependence_adjusted_tail(136, 100, spread) > 1e-3
+    message = np.unpackbits(np.frombuffer(b"StableDiffusionV1", np.uint8)).astype(bool)
+    fair = rng.integers(0, 2, 136).astype(bool)
+    lengths = rng.binomial(136, 0.5, 32)
+    k = int((fair == message).sum())
+    fair_tail = dependence_adjusted_tail(136, k, lengths, turned_matches(fair, message), message)
+    assert binomial_tail(136, k) <= fair_tail <= 1.5 * binomial_tail(136, k - 3)
+    # A genuine, clean read: the message's own self-similarity (ASCII) costs it nothing.
+    clean = dependence_adjusted_tail(136, 136, np.full(32, 68), turned_matches(message, message), message)
+    assert clean == binomial_tail(136, 136)
+    # A read repeating every 8 bits matches every byte turn of the message as well as the message.
+    periodic = np.tile(rng.integers(0, 2, 8).astype(bool), 17)
+    k = int((periodic == message).sum())
+    assert dependence_adjusted_tail(136, k, lengths, turned_matches(periodic, message), message) > binomial_tail(136, k)
+    spread = np.array([40, 96, 50, 90, 68, 70, 45, 95] * 4)  # other-length reads that swing widely
+    assert dependence_adjusted_tail(136, 100, spread, turned_matches(fair, message), message) > 1e-3
     # Null lengths never line up with the message: no common factor, so no copy of the mark is read there.
     from math import gcd
 

@@ -13,6 +13,11 @@ sd-v2 5.5e-2, sdxl 2.7e-2 (four readings), invokeai 8.4e-3: four orders of magni
 ``likely`` cut of 1e-6. No sdmark payload (dwtDct, dwtDctSvd or spectral) decoded from any of them, and 0 of 200,000 uniformly random words decoded
 (the paper bound is 3.4e-7 a word for BCH alone, 2e-14 with header and CRC). Re-run the command
 for the numbers on your machine (about 1.5 minutes).
+
+``--structured N`` runs the fixed-message and sdmark DWT schemes on N periodic, tiled and other
+unmarked images (:func:`structured_corpus`), where bits are correlated: measured with N = 50,000 (35,000
+periodic or tiled, seed 1), 0 reported watermarked, smallest p-value 9.3e-5; the independent-bits
+binomial alone would have called 5 of them "likely" Stable Diffusion v1 (15 minutes, niced).
 """
 
 from __future__ import annotations

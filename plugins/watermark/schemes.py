@@ -91,33 +91,56 @@ def null_lengths(n: int) -> tuple[int, ...]:
     return tuple(lengths)
 
 
-def dependence_adjusted_tail(n: int, k: int, null_matches: np.ndarray) -> float:
-    """``P(matches >= k)`` for an ``n``-bit message whose read bits may be correlated (periodic images).
+def dependence_adjusted_tail(n: int, k: int, other_lengths: np.ndarray, turns: np.ndarray,
+                             message: np.ndarray) -> float:
+    """``P(matches >= k)`` for an ``n``-bit ``message`` whose read bits may be correlated (periodic images).
 
     The binomial tail assumes independent bits; on periodic, tiled or structured images the blocks
-    repeat, the bits are correlated and chance matches spread far wider. ``null_matches`` are what the
-    same image gives where no mark can line up: its read at other message lengths
-    (:func:`null_lengths`), and the message turned cyclically against its read (a read whose bits
-    repeat with a period that the message's own structure shares, such as ASCII's 8, matches every
-    turn by a multiple of it as well as the message). Their spread around ``n / 2``, where wider than
-    the fair-coin ``n / 4``, widens the count, and the binomial tail is taken of the count so
-    adjusted. For fair, independent bits it is the plain binomial tail.
+    repeat, the bits are correlated and chance matches spread far wider. Two nulls of the same image
+    measure how wide, where no mark can line up:
+
+    * ``other_lengths``: its matches with the message when its blocks are read at other lengths
+      (:func:`null_lengths`); their variance. (Not their spread around ``n / 2``: a read that votes
+      over many blocks is nearly constant, on a marked image or not, and matches the message in its
+      share of ones or of zeros, far from ``n / 2`` for an unbalanced message and meaning nothing.)
+    * ``turns``: the read's matches with the message turned cyclically by 1..n-1 bits. A read whose
+      bits repeat with a period the message's own structure shares (ASCII's 8) matches every turn by
+      a multiple of it as well as the message. A genuine read of accuracy ``a = k / n`` is expected to
+      match a turn by ``s`` in ``A_s a + (n - A_s)(1 - a)`` bits (``A_s``: the message's agreement with
+      itself turned), so only the excess over that counts, and the message's own self-similarity
+      costs a genuine mark nothing.
+
+    The larger of the two spreads, where above the fair-coin ``n / 4``, widens the
+    count, and the binomial tail is taken of the count so adjusted. For fair, independent bits it is
+    the plain binomial tail.
     """
-    # The spread is taken around n / 2 rather than the null's own mean: other-length reads of a
-    # marked image vote over the whole message and sit at its share of ones, which recentring would
-    # take off a genuine count.
-    spread = float(np.mean((np.asarray(null_matches, dtype=np.float64) - n / 2) ** 2))
-    inflation = max(1.0, spread / (n / 4))
+    accuracy = k / n
+    lengths_spread = float(np.var(np.asarray(other_lengths, dtype=np.float64)))
+    agreement = _self_agreement(tuple(int(b) for b in message))
+    expected = agreement * accuracy + (n - agreement) * (1 - accuracy)
+    turns_spread = float(np.mean((np.asarray(turns, dtype=np.float64) - expected) ** 2))
+    inflation = max(1.0, max(lengths_spread, turns_spread) / (n / 4))
     adjusted = n / 2 + (k - n / 2) / np.sqrt(inflation)
     return binomial_tail(n, int(np.ceil(adjusted - 1e-9)))
 
 
-def null_matches(read: np.ndarray, other_lengths: np.ndarray, message: np.ndarray) -> np.ndarray:
-    """Matches with ``message`` that no mark explains: of the reads at other lengths (one row each),
-    and of ``read`` with the message's every non-zero cyclic turn."""
-    n = len(message)
-    turns = np.stack([np.roll(message, shift) for shift in range(1, n)])
-    return np.concatenate([(other_lengths == message).sum(axis=1), (turns == read).sum(axis=1)])
+@lru_cache(maxsize=64)
+def _self_agreement(message: tuple[int, ...]) -> np.ndarray:
+    bits = np.asarray(message, dtype=bool)
+    return np.array([int((bits == np.roll(bits, shift)).sum()) for shift in range(1, len(bits))], dtype=np.float64)
+
+
+def turned_matches(read: np.ndarray, message: np.ndarray) -> np.ndarray:
+    """The read's matches with ``message`` turned cyclically by 1..n-1 bits."""
+    return (_turns(tuple(int(b) for b in message)) == np.asarray(read, dtype=bool)).sum(axis=1)
+
+
+@lru_cache(maxsize=64)
+def _turns(message: tuple[int, ...]) -> np.ndarray:
+    bits = np.asarray(message, dtype=bool)
+    turns = np.stack([np.roll(bits, shift) for shift in range(1, len(bits))])
+    turns.setflags(write=False)
+    return turns
 
 
 @dataclass
@@ -287,7 +310,8 @@ class FixedMessageScheme:
             read = view.bits(self.method, n, order, offset)
             matches = int((read == expected).sum())
             others = dwt.bits_at_lengths(view.block_scores(self.method, order, offset), null_lengths(n), n)
-            tail = dependence_adjusted_tail(n, matches, null_matches(read, others, expected))
+            tail = dependence_adjusted_tail(n, matches, (others == expected).sum(axis=1),
+                                            turned_matches(read, expected), expected)
             if best is None or tail < best[0]:
                 best = (tail, matches, order, offset)
         assert best is not None

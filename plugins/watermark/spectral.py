@@ -15,9 +15,10 @@ edge-preserving (bilateral) prediction of the host leaves, so that the flat regi
 of digital art drop out and the mark stays. The whitened spectrum of that detail has spikes at the
 tile's harmonics, and a matched template over a fine grid of resize factors (0.45x to 2.2x) finds
 the scale; the same template matched in log-polar coordinates of the spectrum adds candidates for
-rotated images. The image is resampled onto each candidate lattice and all its tiles are summed into
-one, where the mark adds up and the image averages out; a cyclic correlation with the sync carrier
-finds the tile's offset (a crop at any position); the drift of that offset across the quarters of
+images turned up to 15 degrees. The image is resampled onto each candidate lattice and all its tiles
+are summed into one, where the mark adds up and the image averages out; a cyclic correlation with
+the sync carrier finds the tile's offset (a crop at any position), read through each of the square's
+8 symmetries (mirrors, quarter turns, transposes: :data:`ORIENTATIONS`); the drift of that offset across the quarters of
 the image corrects the lattice (residual scale and rotation). Each code bit is then the sign of its
 carrier's correlation, weighted per frequency ring by the mark strength measured on the sync
 carrier, and a Chase/BCH decode with the keyed check gives the payload. Cost on one core at 512x512
@@ -37,6 +38,9 @@ bound::
 
     P(found | unmarked) <= 24 * 16 * 2.6e-16 = 1.0e-13   per image,
 
+The orientations and turns searched only choose which alignments are decoded (by the sync carrier
+and the lattice template, never by the whitening mask), so they do not enter the count.
+
 seven orders of magnitude under the 1e-6 asked for. The margin also covers reads that are not fair
 coins: the acceptance region holds ``2^64 * V(176, 12) = 2^124.2`` words, so the bound stays under
 1e-6 as long as no single 176-bit read is more likely than ``2^-152.7`` (i.e. the read keeps 153 of
@@ -48,7 +52,8 @@ See ``docs/spectral-watermark.md`` for the measurements.
 
 Keys
 ----
-``PUBLIC_KEY`` is the documented default: anyone can verify (and, knowing it, forge) a public mark.
+``PUBLIC_KEY`` is the documented default: anyone can verify a public mark, and anyone can also forge
+it (embed with the public key) and remove it (the exact pattern is known): a label, not evidence.
 A deployment that wants forgery resistance passes its own secret ``key``: carrier layout, phases,
 whitening and check all derive from it (SHA-256/HMAC), so without it a detector reads random bits,
 and a forger cannot produce a mark that verifies under it.
@@ -67,6 +72,10 @@ from sdmark.plugins.watermark import spectral_sync as sync
 
 PUBLIC_KEY = b"sdmark-public-v1"
 """The default, documented key: marks made with it are readable (and forgeable) by anyone."""
+FORMAT = "sdmark-spectral/1"
+"""The embedded format (key derivation label ``sdmark/spectral/v1/``, 128 px tile, band 0.05..0.20,
+176 code bits). Every detection reports the format it read (``diagnostics["format"]``); a future
+format gets a new label, and the detector keeps reading this one."""
 PAYLOAD_BYTES = code.PAYLOAD_BYTES
 """User payload size: 8 bytes (64 bits)."""
 MIN_EMBED_SIDE = pattern.TILE
@@ -422,7 +431,8 @@ class _Reader:
         soft = (aligned.real * _channel_weights(aligned, self.c, self.rings))[self.c.bits].sum(axis=1)
         decoded = code.decode(soft, self.key)
         where = dict(scale=lattice.scale, angle=lattice.angle, offset=(dx, dy), sync_z=z,
-                     diagnostics={"code_bits": (soft > 0).astype(np.uint8), "orientation": orientation})
+                     diagnostics={"code_bits": (soft > 0).astype(np.uint8), "orientation": orientation,
+                                  "format": FORMAT})
         if decoded is None:
             if z > self.best_z:
                 self.best_z, self.best = z, where
