@@ -147,7 +147,11 @@ class Runtime:
     def register(self, plugin: Any, name: str | None = None) -> Any:
         """Add a plugin object (a module, a class instance) now; the registries are rebuilt on next use."""
         self.pm.register(plugin, name=name)
-        self.check_pending()
+        try:
+            self.check_pending()
+        except PluginError:
+            self.pm.unregister(plugin)  # a plugin with an unknown hook is refused whole
+            raise
         self._registries.clear()
         return plugin
 

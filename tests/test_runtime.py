@@ -116,6 +116,7 @@ def test_an_unknown_hook_names_the_plugin(runtime):
 
     with pytest.raises(PluginError, match="implements an unknown hook"):
         runtime.register(Typo(), name="typo")
+    assert not runtime.is_loaded("typo")
 
 
 class _Acme:
