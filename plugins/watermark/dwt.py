@@ -185,11 +185,6 @@ def bits_at_lengths(scores: np.ndarray, lengths: tuple[int, ...], keep: int) -> 
         return np.where(total > 0, (ones / np.maximum(total, 1)) * 255 > 127, False)
 
 
-def bit_votes(scores: np.ndarray, length: int) -> np.ndarray:
-    """How many blocks vote for each of ``length`` bits (a bit with few votes is unreliable)."""
-    return np.bincount(np.arange(len(scores)) % length, minlength=length)
-
-
 def capacity(height: int, width: int) -> int:
     """Number of 4x4 blocks (bit carriers) in an image of this size."""
     return (height // 8) * (width // 8)
