@@ -62,7 +62,7 @@ class VerifyStep:
     def __call__(self, chunk: list[VerifyJob]) -> ChunkResult:
         from sdmark.plugins.watermark.verify import verify_file
 
-        reports = []
+        reports: list[dict[str, Any]] = []
         for path, error in chunk:
             if error:
                 reports.append({"path": path, "watermarked": None, "detections": [], "error": error})

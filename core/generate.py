@@ -56,9 +56,9 @@ class GenerationSettings:
         for name, value in (("count", self.count), ("steps", self.steps), ("batch size", self.batch_size)):
             if value < 1:
                 raise SdmarkError(f"{name} must be at least 1; got {value}")
-        for name, value in (("width", self.width), ("height", self.height)):
-            if value is not None and value < 8:
-                raise SdmarkError(f"{name} must be at least 8 pixels; got {value}")
+        for name, size in (("width", self.width), ("height", self.height)):
+            if size is not None and size < 8:
+                raise SdmarkError(f"{name} must be at least 8 pixels; got {size}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise SdmarkError(f"seed must be between 0 and 2**63-1; got {self.seed}")
         total = len(self.prompts) * self.count
@@ -69,7 +69,7 @@ class GenerationSettings:
 
 def _jobs(settings: GenerationSettings) -> list[tuple[int, str, int]]:
     assert settings.seed is not None
-    jobs = []
+    jobs: list[tuple[int, str, int]] = []
     for prompt in settings.prompts:
         for _ in range(settings.count):
             index = len(jobs)

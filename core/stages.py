@@ -174,7 +174,7 @@ class RunContext:
     settings: Any = None
     pipeline: Any = None
     model: str | None = None
-    cache: dict[str, Any] = field(default_factory=dict)
+    cache: dict[Any, Any] = field(default_factory=dict)
     warn: Callable[[str], None] = default_warn
     runtime: Runtime | None = None
 
