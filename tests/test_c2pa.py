@@ -685,6 +685,28 @@ def test_junk_rows_do_not_push_the_genuine_row_out_of_the_check(cli_runner, iden
     assert recovery["registry_matches"] == 41 and "unchecked" not in recovery
 
 
+def test_a_self_signed_manifest_does_not_hide_a_copied_mark(cli_runner, identity, photo_dir, tmp_path, monkeypatch,
+                                                            register_plugin):
+    """F3 of the attack review: any embedded manifest, even one the attacker signed with their own
+    certificate, suppressed recovery, and with it the DIFFERENT-CONTENT warning."""
+    register_plugin(_TestMarkPlugin(), name="testmark-plugin")
+    set_trust_anchors([identity / "ca.pem"])
+    run_process(cli_runner, [photo_dir / "astronaut.png"], tmp_path / "victim", chain="testmark:payload=aaaa0001")
+    # The attacker: their own identity and registry, the victim's payload on another photo.
+    monkeypatch.setenv("SDMARK_KEYS_DIR", str(tmp_path / "attacker-keys"))
+    monkeypatch.setenv("SDMARK_REGISTRY", str(tmp_path / "attacker.sqlite"))
+    runner, cli = cli_runner
+    assert runner.invoke(cli, ["keys", "init", "--name", "Test Signer", "--org", "sdmark tests"]).exit_code == 0
+    _, lines = run_process(cli_runner, [photo_dir / "coffee.jpg"], tmp_path / "forged", chain="testmark:payload=aaaa0001")
+    monkeypatch.setenv("SDMARK_REGISTRY", str(tmp_path / "registry.sqlite"))
+    detection = {"scheme": "testmark", "p_value": 1e-12, "payload": "aaaa0001", "band": "very likely"}
+    credentials = inspect(Path(lines[0]["path"]), [detection])["content_credentials"]
+    assert credentials["present"] and credentials["status"] == "untrusted"
+    assert credentials["recovery"]["verdict"] == "different-content"
+    assert credentials["recovered_from_registry"] is False and credentials["binding"] == "embedded"
+    assert "embedded untrusted" in credentials["summary"] and "DIFFERENT-CONTENT" in credentials["summary"]
+
+
 def test_two_signers_of_one_payload_and_content_are_ambiguous(cli_runner, identity, photo_dir, tmp_path, register_plugin):
     runner, cli = cli_runner
     register_plugin(_TestMarkPlugin(), name="testmark-plugin")

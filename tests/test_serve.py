@@ -135,6 +135,9 @@ def test_uploads_are_kept_and_logged_only_when_the_operator_opts_in(images, tmp_
             assert upload(keeping, images["unmarked"], name="holiday.png").status_code == 200
     assert [p.name for p in (tmp_path / "kept").iterdir()] == [f"{digest}.png"]
     assert (tmp_path / "kept" / f"{digest}.png").read_bytes() == data
+    # Other people's images: readable by the server's user only (F8 of the attack review).
+    assert (tmp_path / "kept").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "kept" / f"{digest}.png").stat().st_mode & 0o777 == 0o600
     assert digest in caplog.text and "'holiday.png'" in caplog.text
 
 

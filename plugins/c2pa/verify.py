@@ -10,8 +10,8 @@ Two verdicts, kept apart (docs/content-credentials.md has every JSON field):
 ``invalid``    anything else the SDK rejects (expired or malformed certificate, bad signature)
 ``absent``     no manifest in the file
 
-**Recovery** (``recovery.verdict``), only for a file without a manifest whose watermark payload is
-read: payload -> registry rows -> each row checked against the signed manifest it stores (the
+**Recovery** (``recovery.verdict``), for a file without valid, trusted embedded credentials whose
+watermark payload is read (an untrusted, tampered or invalid manifest does not stop it): payload -> registry rows -> each row checked against the signed manifest it stores (the
 payload must be that manifest's signed soft binding; the content fingerprint comes from the signed
 manifest, never from a registry column) -> the image under test compared with that fingerprint.
 
@@ -106,7 +106,11 @@ def inspect_credentials(path: Path, detections: list[dict[str, Any]] | None = No
     if binding and detections:
         found["soft_binding_matches_watermark"] = any(
             payload_key(d.get("payload")) == binding["payload"] for d in _positive(detections))
-    if not found["present"] and detections:
+    # A manifest that is not valid and trusted proves nothing about the mark: anyone can sign a
+    # copy-attacked image with their own certificate. The registry is asked all the same, so a
+    # copied mark is still reported; only the embedded fields describe the file's own manifest.
+    own_credentials = found["status"] == "valid" and bool(found.get("trusted"))
+    if not own_credentials and detections:
         recovery = recover(detections, image, context, mime)
         if recovery is not None:
             found["recovery"] = recovery
@@ -114,7 +118,7 @@ def inspect_credentials(path: Path, detections: list[dict[str, Any]] | None = No
                 if key in recovery:
                     found[key] = recovery[key]
             chosen = recovery.get("matched")
-            if recovery["verdict"] == "matched" and chosen:
+            if recovery["verdict"] == "matched" and chosen and not found["present"]:
                 found.update(recovered_from_registry=True, registry=recovery.get("registry"), binding="watermark",
                              registry_entry=chosen["registry_entry"], record=chosen.get("record"))
     found["summary"] = summary(found)
