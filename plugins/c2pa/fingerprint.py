@@ -424,29 +424,23 @@ def _local_edits(signed: Fingerprint, plane: np.ndarray, region: tuple[float, fl
     kf = fine.shape[1] / signed.width
     cw, ch = max(8, round(rw * kf)), max(8, round(rh * kf))
     probe = cv2.GaussianBlur(_resize(plane, cw, ch).astype(np.float32), (0, 0), FINE_BLUR)
-    margin = 2
     # The probe was resampled to whole pixels: the reference is sampled at exactly its scale (a
     # rounding of half a pixel over the width would read as a change at the edges).
     zx, zy = cw / (rw * kf), ch / (rh * kf)
     x0, y0 = rx * kf, ry * kf
-    padded = _window(fine, x0 - margin / zx, y0 - margin / zy, zx, zy, cw + 2 * margin, ch + 2 * margin)
-    inner = probe[margin:-margin, margin:-margin]
-    scores = cv2.matchTemplate(padded, np.ascontiguousarray(inner), cv2.TM_CCOEFF_NORMED)
-    _, _, _, (x, y) = cv2.minMaxLoc(scores)
-    dx = (x + _vertex(scores, x, y, axis=1) - 2 * margin) / zx
-    dy = (y + _vertex(scores, x, y, axis=0) - 2 * margin) / zy
-    reference = _window(fine, x0 + dx, y0 + dy, zx, zy, cw, ch)
-    # A second, phase-correlation step takes the shift below a tenth of a pixel: at this scale a
-    # third of a pixel on a sharp edge already reads as a change of structure.
-    # (OpenCV's phaseCorrelate windows its inputs in place: it gets copies.)
-    # It pads to a fast DFT size, which moves the peak by half a pixel: it gets a window of that size.
+    reference = _window(fine, x0, y0, zx, zy, cw, ch)
+    # Phase correlation takes the coarse alignment's shift below a tenth of a pixel: at this scale
+    # a third of a pixel on a sharp edge already reads as a change of structure. OpenCV pads to a
+    # fast DFT size, which moves the peak by half a pixel, so it gets a window of such a size (and
+    # copies: it windows its inputs in place).
     nw, nh = _dft_size(cw), _dft_size(ch)
     ox, oy = (cw - nw) // 2, (ch - nh) // 2
     smoothed = cv2.GaussianBlur(reference, (0, 0), FINE_BLUR)
     (sx, sy), _ = cv2.phaseCorrelate(probe[oy:oy + nh, ox:ox + nw].copy(), smoothed[oy:oy + nh, ox:ox + nw].copy(),
                                      cv2.createHanningWindow((nw, nh), cv2.CV_32F))
-    if abs(sx) < 1 and abs(sy) < 1:
-        dx, dy = dx + sx / zx, dy + sy / zy
+    dx = dy = 0.0
+    if abs(sx) < 3 and abs(sy) < 3:
+        dx, dy = sx / zx, sy / zy
         reference = _window(fine, x0 + dx, y0 + dy, zx, zy, cw, ch)
     reference = cv2.GaussianBlur(reference, (0, 0), FINE_BLUR)
     structure = _block_residuals(reference, probe, FINE_BLOCK)
@@ -461,20 +455,21 @@ def _local_edits(signed: Fingerprint, plane: np.ndarray, region: tuple[float, fl
     frame_w, frame_h = _thumb_size(signed.width, signed.height, ENERGY_SIDE)
     ke = frame_w / signed.width
     pw, ph = max(8, round(rw * ke)), max(8, round(rh * ke))
-    test_detail = detail(_resize(plane, pw, ph))
-    shift = np.float32([[1, 0, (rx + dx / kf) * ke], [0, 1, (ry + dy / kf) * ke]])
-    placed = cv2.warpAffine(test_detail, shift, (frame_w, frame_h), flags=cv2.INTER_LINEAR)
-    cover = cv2.warpAffine(np.ones_like(test_detail), shift, (frame_w, frame_h), flags=cv2.INTER_LINEAR)
-    # Cells the region covers whole, less a border cell: the band-pass of a crop's edge is not content.
-    covered = _cells(cover, ENERGY_CELL) > 0.999
-    covered &= _cells(cv2.erode(cover, np.ones((7, 7), np.uint8)), ENERGY_CELL) > 0.999
-    test_energy = _cells(placed, ENERGY_CELL)[:eh, :ew]
-    covered = covered[:eh, :ew]
+    probe_e = _resize(plane, pw, ph)
     # Where the tone change clipped the copy to black or white, its detail is gone for a reason
     # that is not an edit (a brightness change): those cells are not compared.
-    probe_e = _resize(plane, pw, ph)
-    clipped = cv2.warpAffine(((probe_e >= 250) | (probe_e <= 5)).astype(np.float32), shift, (frame_w, frame_h))
-    covered &= _cells(clipped, ENERGY_CELL)[:eh, :ew] < 0.3
+    layers = np.dstack([detail(probe_e), ((probe_e >= 250) | (probe_e <= 5)).astype(np.float32)])
+    left, top = (rx + dx / kf) * ke, (ry + dy / kf) * ke
+    shift = np.float32([[1, 0, left], [0, 1, top]])
+    placed = cv2.warpAffine(layers, shift, (frame_w, frame_h), flags=cv2.INTER_LINEAR)
+    test_energy = _cells(placed[..., 0], ENERGY_CELL)[:eh, :ew]
+    clipped = _cells(placed[..., 1], ENERGY_CELL)[:eh, :ew]
+    # Cells inside the region by a margin: the band-pass of a crop's edge is not content.
+    edge = 4
+    xs, ys = np.arange(ew) * ENERGY_CELL, np.arange(eh) * ENERGY_CELL
+    inside_x = (xs >= left + edge) & (xs + ENERGY_CELL <= left + pw - edge) if pw < frame_w - 1 else np.ones(ew, bool)
+    inside_y = (ys >= top + edge) & (ys + ENERGY_CELL <= top + ph - edge) if ph < frame_h - 1 else np.ones(eh, bool)
+    covered = inside_y[:, None] & inside_x[None, :] & (clipped < 0.3)
     changed = np.zeros_like(covered)
     if covered.sum() >= 4:
         ratio = np.log2(test_energy + ENERGY_FLOOR) - np.log2(signed_energy + ENERGY_FLOOR)
@@ -514,24 +509,26 @@ def _block_residuals(reference: np.ndarray, probe: np.ndarray, block: int) -> np
     a = reference[:hb * block, :wb * block]
     b = probe[:hb * block, :wb * block]
     spread = float(a.std()) or 1.0
-    # Clipped pixels of the copy say nothing about the gain (a brightness change clips highlights).
-    unclipped = (b > 5) & (b < 250)
-    keep = unclipped if unclipped.mean() > 0.5 else np.ones(a.shape, dtype=bool)
+    # The fit is made on every fourth pixel (a quarter of the cost, the same line); clipped pixels
+    # of the copy say nothing about the gain (a brightness change clips highlights).
+    sa, sb = a[::2, ::2], b[::2, ::2]
+    unclipped = (sb > 5) & (sb < 250)
+    keep = unclipped if unclipped.mean() > 0.5 else np.ones(sa.shape, dtype=bool)
+    variance = float(sa.var())
     for _ in range(2):
-        x, y = a[keep], b[keep]
+        x, y = sa[keep], sb[keep]
         if x.size < 16 or float(x.std()) == 0:
             return np.full((1, 1), np.inf, dtype=np.float32)
         gain = float(((x - x.mean()) * (y - y.mean())).mean() / x.var())
         offset = float(y.mean() - gain * x.mean())
-        predicted = np.clip(gain * a + offset, 0, 255)
-        residual = np.abs(b - predicted)
+        residual = np.abs(sb - np.clip(gain * sa + offset, 0, 255))
         # Refit without the worst tenth (an edit must not drag the fit), unless what is left has
         # lost the image's range of tones (a flat illustration: the fit would be undetermined).
-        # (The tenth is estimated on every fourth pixel: a full sort costs more than the rest.)
-        refit = (residual <= np.quantile(residual[::2, ::2], 0.9)) & keep
-        if float(a[refit].var()) < 0.25 * float(a.var()):
+        refit = (residual <= np.quantile(residual, 0.9)) & keep
+        if float(sa[refit].var()) < 0.25 * variance:
             break
         keep = refit
+    residual = np.abs(b - np.clip(gain * a + offset, 0, 255))
     blocks = residual.reshape(hb, block, wb, block).mean(axis=(1, 3))
     return blocks / (max(abs(gain), 0.05) * spread)
 
