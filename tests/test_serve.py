@@ -26,6 +26,7 @@ from starlette.testclient import TestClient  # the serve extra
 
 from sdmark.serve.app import create_app
 from sdmark.serve.settings import ServeSettings
+from sdmark.serve.work import without_server_paths
 
 TOKEN = "correct horse battery staple"
 CHROMIUM = "/usr/bin/chromium"
@@ -104,7 +105,9 @@ def test_verify_returns_exactly_what_verify_json_prints(client, images):
         response = upload(client, images[key])
         assert response.status_code == 200, response.text
         expected["path"] = images[key].name  # over HTTP the path is the uploaded file's name
-        assert response.json() == expected
+        assert response.json() == without_server_paths(expected)
+        # No server path in a response: the registry and anchors by file name only (attack review F5).
+        assert str(images["folder"]) not in response.text
     marked = upload(client, images["marked"]).json()
     assert marked["watermarked"] is True and marked["detections"][0]["payload"] == images["payload"]
     assert marked["content_credentials"]["status"] == "valid"
