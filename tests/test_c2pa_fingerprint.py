@@ -77,7 +77,10 @@ def _edits(rgb: np.ndarray, other: np.ndarray) -> dict[str, np.ndarray]:
         return out
 
     face, eyes = (slice(70, 150), slice(150, 230)), (slice(95, 115), slice(160, 220))
-    blur = lambda x, s: cv2.GaussianBlur(x.astype(np.float32), (0, 0), s)  # noqa: E731
+
+    def blur(x, s):
+        return cv2.GaussianBlur(x.astype(np.float32), (0, 0), s)
+
     text = Image.fromarray(rgb.copy())
     ImageDraw.Draw(text).text((40, 300), "PAID $0 FAKE", fill=(255, 255, 255), font_size=22)
     ImageDraw.Draw(text).text((40, 330), "ACCOUNT 1234-5678", fill=(255, 255, 255), font_size=22)
