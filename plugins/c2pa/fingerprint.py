@@ -71,8 +71,6 @@ ENERGY_EDIT = 1.0
 of 2) is a local change of detail: a blurred face, drawn text, a patch of other texture."""
 ENERGY_FLOOR = 1.5
 """Detail energy (8-bit units) added on both sides before the ratio, so flat areas' noise does not count."""
-DIFFERENT_DETAIL = 0.4
-"""A copy whose detail differs in more than this share of the cells is not the signed content."""
 
 
 @dataclass(frozen=True)
@@ -381,10 +379,11 @@ def compare(signed: Fingerprint, image: Any, scale: float | None = None) -> Comp
     if matched and signed.detailed:
         # The window was matched with a probe rounded to whole thumbnail pixels: its centre is
         # where the image sits, its size is the scale's.
+        # A whole image is the whole signed image, whatever the watermark's scale estimate says.
         cx, cy = (window[0] + window[2] / 2) / k, (window[1] + window[3] / 2) / k
-        local = _local_edits(signed, plane, (cx - w / scale / 2, cy - h / scale / 2, w / scale, h / scale))
-        if local["detail_changed"] > DIFFERENT_DETAIL:
-            matched = False
+        whole = region == (0, 0, signed.width, signed.height)
+        local = _local_edits(signed, plane, (0.0, 0.0, float(signed.width), float(signed.height)) if whole
+                             else (cx - w / scale / 2, cy - h / scale / 2, w / scale, h / scale))
     if matched:
         if tone:
             changes.append("tone changed")
