@@ -15,6 +15,12 @@ ISCC's pure-Python DCT 4 ms), which is what lets verify compare a crop region by
 watermark's synchronisation gives the scale, the thumbnail gives the position, and the hash and a
 correlation are computed on the matching region only.
 
+Since the attack review, the fingerprint also signs a finer binding: a luma thumbnail at
+:data:`FINE_SIDE` px and the detail energy per cell at :data:`ENERGY_SIDE` px scale, so a local
+edit the 64 px thumbnail cannot see (a blurred face, drawn text, a mirrored or pasted region) reads
+``locally edited``. What it cannot see is an edit under about one cell (16 px on a 512 px image) or
+one that keeps an area's coarse structure and amount of detail (docs/content-credentials.md).
+
 Pure functions over arrays; nothing here touches files or the ``c2pa`` package.
 """
 
