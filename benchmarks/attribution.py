@@ -8,6 +8,8 @@ real stage, signer and registry), then verifies, with metadata stripped (pixels 
   and added to the other image at 42 dB PSNR; with the public key and with a private
   ``SDMARK_WATERMARK_KEY``;
 - **edited copies**: each signed image with a box and "FAKE EDIT" drawn over 10% of it, JPEG 60;
+- **local edits** (the attack review's): the most detailed 80 px square blurred (a face) or mirrored,
+  a 48 px patch of another image pasted, two lines of text drawn, a 24 px square inverted;
 - **genuine copies**: each signed image after each benign attack of the robustness benchmark.
 
 and counts the recovery verdicts (``matched``, ``different-content``, ...). "Shown as its own" is
@@ -88,6 +90,53 @@ def draw_edit(image: np.ndarray, rng: np.random.Generator, area: float = 0.10) -
     draw.rectangle([x, y, x + side, y + side], fill=(200, 30, 30))
     draw.text((x + side // 12, y + side // 3), "FAKE EDIT", fill=(255, 255, 255), font=_font(max(8, side // 6)))
     return np.asarray(out)
+
+
+def _busiest(image: np.ndarray, side: int) -> tuple[int, int]:
+    """Top-left corner of the ``side`` px square with the most detail (where a face would be)."""
+    import cv2
+
+    y = image[..., :3].astype(np.float32).mean(axis=2)
+    energy = cv2.boxFilter(np.abs(y - cv2.GaussianBlur(y, (0, 0), 2.0)), -1, (side, side), normalize=True)
+    h, w = y.shape
+    half = side // 2
+    inner = energy[half:h - side + half + 1, half:w - side + half + 1]
+    row, col = np.unravel_index(int(np.argmax(inner)), inner.shape)
+    return int(row), int(col)
+
+
+def local_edit(image: np.ndarray, kind: str, other: np.ndarray) -> np.ndarray:
+    """The attack review's local edits of a 512 px image (each leaves the rest untouched):
+    ``face blur`` (the most detailed 80 px square, Gaussian sigma 8), ``patch`` (48 px of another
+    image), ``text`` (two lines of 20 px text), ``mirror`` (the most detailed 80 px square flipped),
+    ``invert`` (a 24 px square inverted, inside the most detailed area)."""
+    import cv2
+
+    from sdmark.benchmarks.robustness import _font
+
+    out = image[..., :3].copy()
+    if kind in ("face blur", "mirror"):
+        r, c = _busiest(out, 80)
+        region = out[r:r + 80, c:c + 80]
+        out[r:r + 80, c:c + 80] = cv2.GaussianBlur(region, (0, 0), 8) if kind == "face blur" else region[:, ::-1]
+    elif kind == "patch":
+        r, c = _busiest(out, 48)
+        out[r:r + 48, c:c + 48] = other[200:248, 200:248, :3]
+    elif kind == "invert":
+        r, c = _busiest(out, 24)
+        out[r:r + 24, c:c + 24] = 255 - out[r:r + 24, c:c + 24]
+    elif kind == "text":
+        picture = Image.fromarray(out)
+        draw = ImageDraw.Draw(picture)
+        draw.text((24, 300), "PAID $0 FAKE", fill=(255, 255, 255), font=_font(20), stroke_width=1, stroke_fill=(0, 0, 0))
+        draw.text((24, 330), "ACCOUNT 1234-5678", fill=(255, 255, 255), font=_font(20), stroke_width=1, stroke_fill=(0, 0, 0))
+        out = np.asarray(picture)
+    else:
+        raise ValueError(kind)
+    return out
+
+
+LOCAL_EDITS = ("face blur", "patch", "text", "mirror", "invert")
 
 
 # -- running -------------------------------------------------------------------------------------
@@ -195,6 +244,14 @@ def run_key(images: list[tuple[str, np.ndarray]], folder: Path, key: str | None,
             name, report = check(rgb, work, f"e{i}", schemes)
             tallies["edited"][name] += 1
             own["edited"] += report["_own"]
+        log("local edits")
+        for kind in LOCAL_EDITS:
+            group = f"local: {kind}"
+            tallies[group] = Counter()
+            for i, image in enumerate(marked):
+                name, report = check(local_edit(image, kind, marked[(i + 1) % len(marked)]), work, f"l{i}", schemes)
+                tallies[group][name] += 1
+                own[group] += report["_own"]
         log("genuine copies")
         for attack in GENUINE_ATTACKS:
             tallies[attack] = Counter()
@@ -202,6 +259,7 @@ def run_key(images: list[tuple[str, np.ndarray]], folder: Path, key: str | None,
             for i, image in enumerate(marked):
                 name, report = check(np.ascontiguousarray(ATTACKS[attack](image, rng)), work, f"g{i}", schemes)
                 tallies[attack][name] += 1
+                own[attack] += report["_own"]
                 chosen = ((report.get("content_credentials") or {}).get("recovery") or {}).get("matched") or {}
                 candidates = ((report.get("content_credentials") or {}).get("recovery") or {}).get("candidates") or []
                 content = chosen.get("content") or next((c["content"] for c in candidates if "content" in c), None)
@@ -257,8 +315,9 @@ def confusion(results: dict[str, dict]) -> str:
     for key, result in results.items():
         for group, counter in result["tallies"].items():
             n = sum(counter.values())
-            own = result["own"].get(group, 0) if group in ("transplant", "edited") else "-"
-            label = {"transplant": "transplanted (forgery)", "edited": "edited + JPEG 60"}.get(group, f"genuine: {group}")
+            own = result["own"].get(group, 0)
+            label = {"transplant": "transplanted (forgery)", "edited": "box + text over 10%, JPEG 60"}.get(
+                group, group if group.startswith("local: ") else f"genuine: {group}")
             rows.append(f"| {label} | {key} | {n} | " + " | ".join(str(counter.get(v, 0)) for v in VERDICTS) + f" | {own} |")
     return "\n".join(rows)
 
@@ -275,13 +334,17 @@ def targets(results: dict[str, dict]) -> str:
             genuine.update(t[attack])
         g = sum(genuine.values())
         g_matched = genuine.get("matched", 0) + genuine.get("matched, locally edited", 0)
+        altered = sum(result["own"][g] for g in t if g in ("transplant", "edited") or g.startswith("local: "))
+        passed = sum(result["own"][a] for a in GENUINE_ATTACKS)
         lines.append(
-            f"- {key} key: forgeries or edited copies shown as their own: {result['own']['transplant'] + result['own']['edited']} "
+            f"- {key} key: forgeries or edited copies (incl. the local edits) shown as their own: {altered} "
             f"(target 0); transplants that carried the mark called different-content: "
             f"{forged.get('different-content', 0)}/{transplanted} ({_pct(forged.get('different-content', 0), transplanted)}; "
             f"target >= 99%), {forged.get('unmarked', 0)} of {n} did not carry the mark at all; "
             f"genuine copies matched {g_matched}/{g} ({_pct(g_matched, g)}; target >= 99%), called different-content "
-            f"{genuine.get('different-content', 0)} ({_pct(genuine.get('different-content', 0), g)}; target <= 0.1%)")
+            f"{genuine.get('different-content', 0)} ({_pct(genuine.get('different-content', 0), g)}; target <= 0.1%); "
+            f"genuine copies that pass --require-credentials {passed}/{g} ({_pct(passed, g)}; the rest are matched but "
+            "called locally edited: a caption band, or clipped highlights)")
     return "\n".join(lines)
 
 

@@ -180,10 +180,15 @@ class Writer:
             item.text["parameters"] = a1111_parameters(record.generation, record.software, record.stages, kinds)
         path = self._reserved.pop(item.index, None) or self.target(item.name)
         self._runtime.before_save(item=item, path=path, context=self.context)
-        # A processed image keeps the source type its input declared; we never claim we generated it.
-        source_type = (
-            TRAINED_ALGORITHMIC_MEDIA if record.kind == "generated" else item.source_metadata.get("digital_source_type")
-        )
+        # A processed image never claims we generated it, and never re-declares under our signature
+        # what its input's XMP says about its origin (anyone can write "digitalCapture" into a
+        # file): only the declaration that the input is AI-generated travels (once generated,
+        # always generated); any other is kept in the record as the input's unverified claim.
+        declared = item.source_metadata.get("digital_source_type")
+        source_type = TRAINED_ALGORITHMIC_MEDIA if record.kind == "generated" or declared == TRAINED_ALGORITHMIC_MEDIA else None
+        if declared and source_type is None and record.source is not None:
+            record.source["declared_digital_source_type"] = {"value": declared, "verified": False,
+                                                             "note": "declared by the input's XMP; not checked"}
         xmp = build_xmp(record, source_type)
         text = dict(item.text)
         parameters = text.pop("parameters", None)

@@ -44,8 +44,9 @@ STATUS_WORDS = {
     "absent": "none in the file",
 }
 RECOVERY_WORDS = {
-    "matched": "matched: this image's content matches the registered image, so the credentials below describe it "
-               "(as it was registered; later changes are not covered)",
+    "matched": "matched: this image's content matches the registered image as far as the signed fingerprint can "
+               "resolve (see the changes and resolution below); the credentials below describe the registered image, "
+               "not changes made since",
     "different-content": "DIFFERENT CONTENT: the watermark's payload is registered for another image; the mark was copied "
                          "or forged onto this one, and those credentials do not apply to it",
     "inconsistent": "inconsistent: the registry rows are contradicted by their own signed manifests, so they are ignored",

@@ -140,11 +140,16 @@ def sniff_image(path: Path, name: str) -> str:
 
 
 def keep_copy(upload: Upload, folder: Path) -> Path:
-    """The operator's opt-in: a copy named by content hash (never by the client's name)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """The operator's opt-in: a copy named by content hash (never by the client's name), readable
+    by the server's user only (uploads are other people's images): folder 0700, file 0600."""
+    import os
+
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     target = folder / f"{upload.sha256}{upload.path.suffix}"
     if not target.exists():
         partial = target.with_name(target.name + ".part")
-        shutil.copyfile(upload.path, partial)
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as out, open(upload.path, "rb") as source:
+            shutil.copyfileobj(source, out)
         partial.replace(target)
     return target

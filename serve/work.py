@@ -92,7 +92,7 @@ class Engine:
         """``sdmark verify --json``'s report for the file at ``path``, shown under ``name``."""
         from sdmark.plugins.watermark.verify import verify_file
 
-        return renamed(verify_file(path, self.schemes, runtime=self.runtime), str(path), name)
+        return without_server_paths(renamed(verify_file(path, self.schemes, runtime=self.runtime), str(path), name))
 
     def verify_uploads(self, uploads: list[Upload]) -> list[dict[str, Any]]:
         return [self.verify_path(upload.path, upload.name) for upload in uploads]
@@ -139,3 +139,15 @@ def renamed(value: Any, private: str, public: str) -> Any:
     if isinstance(value, (list, tuple)):
         return [renamed(item, private, public) for item in value]
     return value
+
+
+def without_server_paths(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` with the server's own files (its registry, its trust anchors) named by their file
+    name only: a client learns which anchor or registry answered, not where they live on the server."""
+    from sdmark.plugins.c2pa import settings
+
+    paths = [path for path in (settings.registry_path(), *settings.trust_anchor_paths()) if isinstance(path, Path)]
+    for path in paths:
+        for spelling in {str(path), str(path.resolve())}:
+            report = renamed(report, spelling, path.name)
+    return report

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 pytest.importorskip("c2pa")
 
@@ -570,6 +570,9 @@ def test_edit_then_strip_never_reads_valid(cli_runner, identity, photo_dir, tmp_
     code, report, human = _verify_cli(cli_runner, tampered, "--require-credentials")
     assert report["content_credentials"]["status"] == "tampered" and code == 1
     assert "embedded tampered" in human
+    # The signer is under the anchor given: the wording must not say it is not (attack review).
+    assert report["content_credentials"]["signer_trusted"] is True and report["content_credentials"]["trusted"] is False
+    assert "UNTRUSTED: the signer is under no trust anchor" not in human and "under a trust anchor given" in human
 
     # The same file with its metadata stripped: the registry's manifest is recovered, never "valid".
     code, report, _ = _verify_cli(cli_runner, strip_metadata(tampered, tmp_path / "stripped.png"))
@@ -584,6 +587,49 @@ def test_edit_then_strip_never_reads_valid(cli_runner, identity, photo_dir, tmp_
     assert report["content_credentials"]["status"] == "absent"
     assert recovery["verdict"] == "matched" and "locally edited" in recovery["matched"]["content"]["changes"]
     assert "PART OF THIS COPY WAS CHANGED" in human and code == 1
+
+
+def _local_edit(rgb: np.ndarray, kind: str) -> np.ndarray:
+    """The attack review's local edits of astronaut.png (the face sits at x 150-230, y 70-150)."""
+    import cv2
+
+    out = rgb.copy()
+    face = (slice(70, 150), slice(150, 230))
+    if kind == "face blurred":
+        out[face] = cv2.GaussianBlur(out[face], (0, 0), 8)
+    elif kind == "face mirrored":
+        out[face] = out[face][:, ::-1]
+    elif kind == "text drawn":
+        image = Image.fromarray(out)
+        draw = ImageDraw.Draw(image)
+        draw.text((40, 300), "PAID $0 FAKE", fill=(255, 255, 255), font_size=22)
+        draw.text((40, 330), "ACCOUNT 1234-5678", fill=(255, 255, 255), font_size=22)
+        out = np.asarray(image)
+    return out
+
+
+@needs_watermark
+def test_a_stripped_copy_edited_locally_never_passes_require_credentials(cli_runner, identity, photo_dir, tmp_path):
+    """F1 of the attack review: a blurred face, a mirrored face, drawn text or swapped detail read
+    "matched ... no visible change ... trusted" through the 64 px thumbnail and passed."""
+    signed, payload = _sign_marked(cli_runner, identity, photo_dir, tmp_path)
+    rgb = np.asarray(Image.open(signed).convert("RGB"))
+    # (Swapped detail, the review's forgery, also washes the mark out: the API test covers it.)
+    for kind in ("face blurred", "face mirrored", "text drawn"):
+        path = tmp_path / f"{kind.replace(' ', '-')}.png"
+        Image.fromarray(_local_edit(rgb, kind)).save(path)  # pixels only
+        code, report, human = _verify_cli(cli_runner, path, "--require-credentials")
+        assert report["detections"][0]["payload"] == payload, kind
+        recovery = report["content_credentials"]["recovery"]
+        changes = (recovery.get("matched") or {}).get("content", {}).get("changes", [])
+        assert recovery["verdict"] == "different-content" or "locally edited" in changes, (kind, recovery)
+        assert code == 1, kind
+        assert "no visible change" not in human and ("PART OF THIS COPY WAS CHANGED" in human or "DIFFERENT-CONTENT" in human)
+    # The same file, only stripped: matched, checked for local edits, said with its resolution.
+    code, report, human = _verify_cli(cli_runner, strip_metadata(signed, tmp_path / "copy.png"), "--require-credentials")
+    content = report["content_credentials"]["recovery"]["matched"]["content"]
+    assert code == 0 and content["local_edits_checked"] is True and content["resolution_px"] == 16
+    assert "no change the fingerprint resolves" in human and "16 px" in human
 
 
 def test_a_poisoned_registry_row_is_inconsistent_and_ignored(cli_runner, identity, photo_dir, tmp_path, register_plugin):
@@ -614,6 +660,47 @@ def test_a_poisoned_registry_row_is_inconsistent_and_ignored(cli_runner, identit
     only_poison = inspect(stripped, [{**detection, "payload": "cccc0003"}])["content_credentials"]
     assert only_poison["recovery"]["verdict"] == "inconsistent" and only_poison["recovered_from_registry"] is False
     assert "INCONSISTENT" in only_poison["summary"]
+
+
+def test_junk_rows_do_not_push_the_genuine_row_out_of_the_check(cli_runner, identity, photo_dir, tmp_path, register_plugin):
+    """F6 of the attack review: 16 junk rows under the victim's payload (newest first) filled the
+    cap of rows checked, so a genuine copy read INCONSISTENT, without saying rows were skipped."""
+    import sqlite3
+
+    register_plugin(_TestMarkPlugin(), name="testmark-plugin")
+    set_trust_anchors([identity / "ca.pem"])
+    _, lines = run_process(cli_runner, [photo_dir / "astronaut.png"], tmp_path / "out", chain="testmark:payload=aaaa0001")
+    with sqlite3.connect(tmp_path / "registry.sqlite") as db:
+        for n in range(40):
+            db.execute("INSERT INTO manifests (payload, scheme, manifest_label, manifest, format, title, created) "
+                       "VALUES ('aaaa0001', 'testmark', ?, x'00', 'image/png', 'junk.png', '2030-01-01')", (f"urn:junk:{n}",))
+    stripped = strip_metadata(Path(lines[0]["path"]), tmp_path / "astronaut-copy.png")
+    detection = {"scheme": "testmark", "p_value": 1e-12, "payload": "aaaa0001", "band": "very likely"}
+    recovery = inspect(stripped, [detection])["content_credentials"]["recovery"]
+    assert recovery["verdict"] == "matched", recovery.get("reason")
+    assert recovery["registry_matches"] == 41 and "unchecked" not in recovery
+
+
+def test_a_self_signed_manifest_does_not_hide_a_copied_mark(cli_runner, identity, photo_dir, tmp_path, monkeypatch,
+                                                            register_plugin):
+    """F3 of the attack review: any embedded manifest, even one the attacker signed with their own
+    certificate, suppressed recovery, and with it the DIFFERENT-CONTENT warning."""
+    register_plugin(_TestMarkPlugin(), name="testmark-plugin")
+    set_trust_anchors([identity / "ca.pem"])
+    run_process(cli_runner, [photo_dir / "astronaut.png"], tmp_path / "victim", chain="testmark:payload=aaaa0001")
+    # The attacker: their own identity and registry, the victim's payload on another photo.
+    monkeypatch.setenv("SDMARK_KEYS_DIR", str(tmp_path / "attacker-keys"))
+    monkeypatch.setenv("SDMARK_REGISTRY", str(tmp_path / "attacker.sqlite"))
+    runner, cli = cli_runner
+    assert runner.invoke(cli, ["keys", "init", "--name", "Test Signer", "--org", "sdmark tests"]).exit_code == 0
+    _, lines = run_process(cli_runner, [photo_dir / "coffee.jpg"], tmp_path / "forged", chain="testmark:payload=aaaa0001")
+    monkeypatch.setenv("SDMARK_REGISTRY", str(tmp_path / "registry.sqlite"))
+    detection = {"scheme": "testmark", "p_value": 1e-12, "payload": "aaaa0001", "band": "very likely"}
+    credentials = inspect(Path(lines[0]["path"]), [detection])["content_credentials"]
+    assert credentials["present"] and credentials["status"] == "untrusted"
+    assert credentials["recovery"]["verdict"] == "different-content"
+    assert credentials["recovered_from_registry"] is False and credentials["binding"] == "embedded"
+    assert "embedded untrusted" in credentials["summary"] and "DIFFERENT-CONTENT" in credentials["summary"]
 
 
 def test_two_signers_of_one_payload_and_content_are_ambiguous(cli_runner, identity, photo_dir, tmp_path, register_plugin):

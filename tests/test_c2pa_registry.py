@@ -91,3 +91,25 @@ def test_an_unreadable_registry_is_an_error_naming_the_file(tmp_path):
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(SdmarkError, match=r"garbage\.sqlite: cannot (open for )?read"):
         Registry(path).lookup("ab")
+
+
+def test_a_locked_registry_is_reported_never_read_without_locking(tmp_path):
+    """F2 of the attack review: a writer's exclusive lock stalled each lookup 30 s, then the
+    reader fell back to ``immutable=1`` and read the half-written transaction as if committed."""
+    path = tmp_path / "registry.sqlite"
+    registry = Registry(path)
+    registry.add(Entry("ab", "sdmark", "urn:c2pa:1", b"one", "image/png", "a.png"))
+    registry.close()
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=DELETE")
+    writer.execute("BEGIN EXCLUSIVE")
+    writer.execute("UPDATE manifests SET title = 'half-written'")
+    try:
+        reader = Registry(path)
+        with pytest.raises(SdmarkError, match="locked by a writer"):
+            reader.lookup("ab")
+        reader.close()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert [e.title for e in Registry(path).lookup("ab")] == ["a.png"]

@@ -96,6 +96,28 @@ def _png_with_text(path, photo, **chunks):
     photo.save(path, pnginfo=info)
 
 
+def test_an_inputs_declared_origin_is_not_redeclared_as_ours(cli_runner, tmp_path, photos):
+    """F4 of the attack review: process copied the input's unverified IPTC DigitalSourceType (say,
+    a camera capture) into its own XMP, which the C2PA signature then covers."""
+    from sdmark.core.metadata import build_xmp
+    from sdmark.core.records import ProvenanceRecord
+
+    capture = "http://cv.iptc.org/newscodes/digitalsourcetype/digitalCapture"
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", build_xmp(ProvenanceRecord(kind="processed"), capture))
+    source = tmp_path / "claims-capture.png"
+    photos["chelsea"].save(source, pnginfo=info)
+    assert read_metadata(Image.open(source))["digital_source_type"] == capture
+    runner, cli = cli_runner
+    result = runner.invoke(cli, ["process", str(source), "--chain", "", "--no-safety", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "out" / "claims-capture.png") as image:
+        meta = read_metadata(image)
+    assert meta["digital_source_type"] is None
+    assert meta["record"]["source"]["declared_digital_source_type"] == {
+        "value": capture, "verified": False, "note": "declared by the input's XMP; not checked"}
+
+
 def test_foreign_text_is_dropped_by_default_and_listed(cli_runner, tmp_path, photos):
     runner, cli = cli_runner
     source = tmp_path / "in.png"

@@ -26,6 +26,7 @@ from starlette.testclient import TestClient  # the serve extra
 
 from sdmark.serve.app import create_app
 from sdmark.serve.settings import ServeSettings
+from sdmark.serve.work import without_server_paths
 
 TOKEN = "correct horse battery staple"
 CHROMIUM = "/usr/bin/chromium"
@@ -104,7 +105,9 @@ def test_verify_returns_exactly_what_verify_json_prints(client, images):
         response = upload(client, images[key])
         assert response.status_code == 200, response.text
         expected["path"] = images[key].name  # over HTTP the path is the uploaded file's name
-        assert response.json() == expected
+        assert response.json() == without_server_paths(expected)
+        # No server path in a response: the registry and anchors by file name only (attack review F5).
+        assert str(images["folder"]) not in response.text
     marked = upload(client, images["marked"]).json()
     assert marked["watermarked"] is True and marked["detections"][0]["payload"] == images["payload"]
     assert marked["content_credentials"]["status"] == "valid"
@@ -135,6 +138,9 @@ def test_uploads_are_kept_and_logged_only_when_the_operator_opts_in(images, tmp_
             assert upload(keeping, images["unmarked"], name="holiday.png").status_code == 200
     assert [p.name for p in (tmp_path / "kept").iterdir()] == [f"{digest}.png"]
     assert (tmp_path / "kept" / f"{digest}.png").read_bytes() == data
+    # Other people's images: readable by the server's user only (F8 of the attack review).
+    assert (tmp_path / "kept").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "kept" / f"{digest}.png").stat().st_mode & 0o777 == 0o600
     assert digest in caplog.text and "'holiday.png'" in caplog.text
 
 

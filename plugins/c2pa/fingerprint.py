@@ -15,6 +15,12 @@ ISCC's pure-Python DCT 4 ms), which is what lets verify compare a crop region by
 watermark's synchronisation gives the scale, the thumbnail gives the position, and the hash and a
 correlation are computed on the matching region only.
 
+Since the attack review, the fingerprint also signs a finer binding: a luma thumbnail at
+:data:`FINE_SIDE` px and the detail energy per cell at :data:`ENERGY_SIDE` px scale, so a local
+edit the 64 px thumbnail cannot see (a blurred face, drawn text, a mirrored or pasted region) reads
+``locally edited``. What it cannot see is an edit under about one cell (16 px on a 512 px image) or
+one that keeps an area's coarse structure and amount of detail (docs/content-credentials.md).
+
 Pure functions over arrays; nothing here touches files or the ``c2pa`` package.
 """
 
@@ -52,6 +58,25 @@ EDITED_CORRELATION = 0.9
 """Smallest correlation over the agreeing blocks of a locally edited copy."""
 WHOLE = 0.97
 """A region at least this share of the signed image on both axes is compared as the whole image."""
+FINE_SIDE = 128
+"""Long side of the finer luma thumbnail (a 512 px image: 4 px a thumbnail pixel)."""
+ENERGY_SIDE = 256
+"""Long side of the plane whose detail energy is signed per cell (a 512 px image: 2 px a pixel)."""
+ENERGY_CELL = 8
+"""Side of an energy cell in that plane (a 512 px image: 16 px cells, 32 x 32 of them)."""
+FINE_BLOCK = 4
+"""Side of a residual block in the finer thumbnail (a 512 px image: 16 px)."""
+FINE_BLUR = 1.0
+"""Gaussian blur (finer-thumbnail pixels) on both sides: an area-averaged thumbnail of fine texture
+aliases, and a copy cropped off the thumbnail's pixel grid samples it at another phase."""
+FINE_EDIT = 0.45
+"""A finer-thumbnail block whose residual (share of the image's contrast, after fitting gain and
+offset) exceeds this is a local change of structure: a mirrored, pasted or inverted region."""
+ENERGY_EDIT = 1.0
+"""A cell whose detail energy differs from the image-wide change by more than this (log2: a factor
+of 2) is a local change of detail: a blurred face, drawn text, a patch of other texture."""
+ENERGY_FLOOR = 1.5
+"""Detail energy (8-bit units) added on both sides before the ratio, so flat areas' noise does not count."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +90,15 @@ class Fingerprint:
     chroma: np.ndarray | None = field(default=None, repr=False, compare=False)
     """Cr and Cb at half the thumbnail's resolution, ``(h, w, 2)``: what a grey thumbnail cannot
     see (a red box drawn over a green field of the same luma)."""
+    fine: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """The luma thumbnail at long side :data:`FINE_SIDE` (``None`` in fingerprints signed before it)."""
+    energy: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """Quantised log detail energy per cell (:func:`energy_grid`; ``None`` in older fingerprints)."""
+
+    @property
+    def detailed(self) -> bool:
+        """Whether local edits can be looked for (the fingerprint has its finer binding)."""
+        return self.fine is not None and self.energy is not None
 
     def to_json(self) -> dict[str, Any]:
         """The assertion's ``alg_params``: plain JSON (the thumbnails as zlib-compressed base64 bytes)."""
@@ -78,6 +112,11 @@ class Fingerprint:
             chroma = np.ascontiguousarray(self.chroma, dtype=np.uint8)
             out["chroma"] = {"width": int(chroma.shape[1]), "height": int(chroma.shape[0]),
                              "crcb_zlib_b64": base64.b64encode(zlib.compress(chroma.tobytes(), 9)).decode("ascii")}
+        for name, plane in (("fine", self.fine), ("energy", self.energy)):
+            if plane is not None:
+                plane = np.ascontiguousarray(plane, dtype=np.uint8)
+                out[name] = {"width": int(plane.shape[1]), "height": int(plane.shape[0]),
+                             "zlib_b64": base64.b64encode(zlib.compress(plane.tobytes(), 9)).decode("ascii")}
         return out
 
     @classmethod
@@ -95,15 +134,42 @@ class Fingerprint:
                 if not (0 < cw <= tw and 0 < ch <= th):
                     raise ValueError("chroma size out of range")
                 chroma = _plane(data["chroma"]["crcb_zlib_b64"], cw * ch * 2).reshape(ch, cw, 2).copy()
+            fine = energy = None
+            if data.get("fine") is not None or data.get("energy") is not None:
+                fw, fh = int(data["fine"]["width"]), int(data["fine"]["height"])
+                ew, eh = int(data["energy"]["width"]), int(data["energy"]["height"])
+                if not (0 < fw <= FINE_SIDE and 0 < fh <= FINE_SIDE):
+                    raise ValueError("fine thumbnail size out of range")
+                limit = -(-ENERGY_SIDE // ENERGY_CELL)
+                if not (0 < ew <= limit and 0 < eh <= limit):
+                    raise ValueError("energy grid size out of range")
+                fine = _plane(data["fine"]["zlib_b64"], fw * fh).reshape(fh, fw).copy()
+                energy = _plane(data["energy"]["zlib_b64"], ew * eh).reshape(eh, ew).copy()
             pdq = bytes.fromhex(data["pdq"])
             if len(pdq) * 8 != HASH_BITS:
                 raise ValueError("PDQ hash is not 256 bits")
             width, height = int(data["width"]), int(data["height"])
-            if width <= 0 or height <= 0:
+            if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
                 raise ValueError("image size out of range")
+            # The thumbnails must be the size this image's thumbnails would be: a fingerprint
+            # claiming a huge image over a tiny thumbnail would divide the comparison by zero.
+            if (tw, th) != _thumb_size(width, height, THUMB_SIDE):
+                raise ValueError("thumbnail size does not fit the image size")
+            if fine is not None and ((fine.shape[1], fine.shape[0]) != _thumb_size(width, height, FINE_SIDE)):
+                raise ValueError("fine thumbnail size does not fit the image size")
         except (KeyError, TypeError, ValueError, zlib.error) as exc:
             raise ValueError(f"malformed fingerprint: {exc}") from None
-        return cls(width=width, height=height, pdq=pdq, thumbnail=pixels.reshape(th, tw).copy(), chroma=chroma)
+        return cls(width=width, height=height, pdq=pdq, thumbnail=pixels.reshape(th, tw).copy(), chroma=chroma,
+                   fine=fine, energy=energy)
+
+
+MAX_SIDE = 1 << 16
+"""Largest image side a fingerprint may claim (a file's claim: bounded before any arithmetic)."""
+
+
+def _thumb_size(width: int, height: int, side: int) -> tuple[int, int]:
+    k = side / max(width, height)
+    return max(1, round(width * k)), max(1, round(height * k))
 
 
 def _plane(text: str, size: int) -> np.ndarray:
@@ -132,12 +198,19 @@ class Comparison:
     """The largest block residual (share of the image's contrast) after fitting gain and offset."""
     worst_chroma: float = 0.0
     """The largest chroma block residual (8-bit units) after fitting a gain per channel."""
+    local: dict[str, Any] | None = None
+    """The finer binding's findings (``None`` when the signed fingerprint has none, or no match)."""
+    resolution: int = 0
+    """Side (signed pixels) of the smallest area compared on its own: edits smaller than this can pass."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"distance": round(self.distance, 4), "correlation": round(self.correlation, 4),
                                "agreeing": round(self.agreeing, 4), "worst_block": round(min(self.worst_block, 99.0), 4),
                                "worst_chroma": round(self.worst_chroma, 2),
-                               "changes": self.changes}
+                               "changes": self.changes, "local_edits_checked": self.local is not None,
+                               "resolution_px": self.resolution}
+        if self.local is not None:
+            out["local"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in self.local.items()}
         if self.region is not None:
             out["region"] = list(self.region)
         return out
@@ -195,7 +268,45 @@ def fingerprint(image: Any) -> Fingerprint:
     thumb = thumbnail(plane)
     th, tw = thumb.shape
     chroma = _resize(crcb, max(1, tw // 2), max(1, th // 2))
-    return Fingerprint(width=plane.shape[1], height=plane.shape[0], pdq=pdq(thumb), thumbnail=thumb, chroma=chroma)
+    h, w = plane.shape
+    energy_plane = _resize(plane, *_thumb_size(w, h, ENERGY_SIDE))
+    return Fingerprint(width=w, height=h, pdq=pdq(thumb), thumbnail=thumb, chroma=chroma,
+                       fine=thumbnail(plane, FINE_SIDE), energy=_quantise(energy_grid(energy_plane)))
+
+
+def detail(plane: np.ndarray) -> np.ndarray:
+    """Per-pixel detail of a luma plane at :data:`ENERGY_SIDE` scale: the absolute band-pass
+    (the plane minus its blur), the texture a blur removes and drawn text or a pasted patch adds."""
+    import cv2
+
+    p = plane.astype(np.float32)
+    return np.abs(p - cv2.GaussianBlur(p, (0, 0), 1.0))
+
+
+def energy_grid(plane: np.ndarray) -> np.ndarray:
+    """Mean :func:`detail` per :data:`ENERGY_CELL` cell (partial cells at the edges included)."""
+    return _cells(detail(plane), ENERGY_CELL)
+
+
+def _cells(values: np.ndarray, cell: int) -> np.ndarray:
+    h, w = values.shape
+    gh, gw = -(-h // cell), -(-w // cell)
+    if (gh * cell, gw * cell) == (h, w):
+        return values.reshape(gh, cell, gw, cell).mean(axis=(1, 3), dtype=np.float32)
+    padded = np.zeros((gh * cell, gw * cell), dtype=np.float32)
+    padded[:h, :w] = values
+    counts = np.zeros_like(padded)
+    counts[:h, :w] = 1
+    return (padded.reshape(gh, cell, gw, cell).sum(axis=(1, 3))
+            / counts.reshape(gh, cell, gw, cell).sum(axis=(1, 3)))
+
+
+def _quantise(energy: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(32 * np.log2(1 + energy)), 0, 255).astype(np.uint8)
+
+
+def _dequantise(energy: np.ndarray) -> np.ndarray:
+    return np.exp2(energy.astype(np.float32) / 32) - 1
 
 
 def hamming(a: bytes, b: bytes) -> float:
@@ -225,9 +336,9 @@ def compare(signed: Fingerprint, image: Any, scale: float | None = None) -> Comp
     import cv2
 
     full = image.size if hasattr(image, "size") and not isinstance(image, np.ndarray) else (image.shape[1], image.shape[0])
-    # Nothing finer than the thumbnail is compared, so the image is box-reduced first (a whole
-    # factor, down to twice the thumbnail): most of the cost of a large image is gone before luma.
-    plane, crcb = planes(image, reduce_to=2 * THUMB_SIDE)
+    # Nothing finer than the energy plane is compared, so the image is box-reduced first (a whole
+    # factor, down to that plane's side): most of the cost of a large image is gone before luma.
+    plane, crcb = planes(image, reduce_to=ENERGY_SIDE)
     h, w = plane.shape
     if (w, h) != tuple(full):
         scale = None if scale is None else scale * w / full[0]
@@ -270,16 +381,161 @@ def compare(signed: Fingerprint, image: Any, scale: float | None = None) -> Comp
     edited_match = (agreeing >= MIN_AGREEING and edited_box <= MAX_EDITED_BOX
                     and correlation >= EDITED_CORRELATION)
     matched = whole_match or edited_match
+    local = None
+    if matched and signed.detailed:
+        # The window was matched with a probe rounded to whole thumbnail pixels: its centre is
+        # where the image sits, its size is the scale's.
+        # A whole image is the whole signed image, whatever the watermark's scale estimate says.
+        cx, cy = (window[0] + window[2] / 2) / k, (window[1] + window[3] / 2) / k
+        whole = region == (0, 0, signed.width, signed.height)
+        local = _local_edits(signed, plane, (0.0, 0.0, float(signed.width), float(signed.height)) if whole
+                             else (cx - w / scale / 2, cy - h / scale / 2, w / scale, h / scale))
     if matched:
         if tone:
             changes.append("tone changed")
         colour = _chroma_worst(signed, crcb, window)
-        if agreeing < 1.0 or worst > EDIT_FLAG or colour > CHROMA_EDIT:
+        if (agreeing < 1.0 or worst > EDIT_FLAG or colour > CHROMA_EDIT
+                or (local is not None and (local["detail_cells"] or local["structure_blocks"]))):
             changes.append("locally edited")
     else:
         colour = 0.0
     return Comparison(matched=matched, distance=distance, correlation=correlation, changes=changes, region=region,
-                      agreeing=agreeing, worst_block=worst, worst_chroma=colour)
+                      agreeing=agreeing, worst_block=worst, worst_chroma=colour, local=local,
+                      resolution=_resolution(signed))
+
+
+def _resolution(signed: Fingerprint) -> int:
+    """The side (signed pixels) of the smallest area the comparison looks at on its own: an edit
+    smaller than this, or one that keeps an area's structure and detail, can pass unseen."""
+    if signed.detailed:
+        return max(1, round(max(ENERGY_CELL * signed.width / (ENERGY_SIDE * signed.width / max(signed.width, signed.height)),
+                                FINE_BLOCK * max(signed.width, signed.height) / FINE_SIDE)))
+    return max(1, round(EDIT_BLOCK * max(signed.width, signed.height) / THUMB_SIDE))
+
+
+def _local_edits(signed: Fingerprint, plane: np.ndarray, region: tuple[float, float, float, float]) -> dict[str, Any]:
+    """Local changes the coarse comparison cannot see, over ``region`` (x, y, w, h in signed
+    pixels: where ``plane`` sits in the signed image).
+
+    Two checks, both after the image-wide change is factored out (so a resize, JPEG, a light blur
+    or a tone change is not an edit): the structure of the finer thumbnail per block (a mirrored,
+    inverted or pasted region) and the detail energy per cell (a blurred face, drawn text, a patch
+    of other texture).
+    """
+    import cv2
+
+    rx, ry, rw, rh = region
+    fine = signed.fine.astype(np.float32)
+    kf = fine.shape[1] / signed.width
+    cw, ch = max(8, round(rw * kf)), max(8, round(rh * kf))
+    probe = cv2.GaussianBlur(_resize(plane, cw, ch).astype(np.float32), (0, 0), FINE_BLUR)
+    # The probe was resampled to whole pixels: the reference is sampled at exactly its scale (a
+    # rounding of half a pixel over the width would read as a change at the edges).
+    zx, zy = cw / (rw * kf), ch / (rh * kf)
+    x0, y0 = rx * kf, ry * kf
+    reference = _window(fine, x0, y0, zx, zy, cw, ch)
+    # Phase correlation takes the coarse alignment's shift below a tenth of a pixel: at this scale
+    # a third of a pixel on a sharp edge already reads as a change of structure. OpenCV pads to a
+    # fast DFT size, which moves the peak by half a pixel, so it gets a window of such a size (and
+    # copies: it windows its inputs in place).
+    nw, nh = _dft_size(cw), _dft_size(ch)
+    ox, oy = (cw - nw) // 2, (ch - nh) // 2
+    smoothed = cv2.GaussianBlur(reference, (0, 0), FINE_BLUR)
+    (sx, sy), _ = cv2.phaseCorrelate(probe[oy:oy + nh, ox:ox + nw].copy(), smoothed[oy:oy + nh, ox:ox + nw].copy(),
+                                     cv2.createHanningWindow((nw, nh), cv2.CV_32F))
+    dx = dy = 0.0
+    if abs(sx) < 3 and abs(sy) < 3:
+        dx, dy = sx / zx, sy / zy
+        reference = _window(fine, x0 + dx, y0 + dy, zx, zy, cw, ch)
+    reference = cv2.GaussianBlur(reference, (0, 0), FINE_BLUR)
+    structure = _block_residuals(reference, probe, FINE_BLOCK)
+    if rw < WHOLE * signed.width or rh < WHOLE * signed.height:
+        structure = structure[1:-1, 1:-1]  # a crop's edge blocks are part resampled border
+    structure_blocks = int((structure > FINE_EDIT).sum())
+
+    # Detail energy, in the signed energy plane's frame: the test plane resampled to its scale,
+    # its detail placed where the region sits (shifted by the finer alignment), then averaged per cell.
+    signed_energy = _dequantise(signed.energy)
+    eh, ew = signed.energy.shape
+    frame_w, frame_h = _thumb_size(signed.width, signed.height, ENERGY_SIDE)
+    ke = frame_w / signed.width
+    pw, ph = max(8, round(rw * ke)), max(8, round(rh * ke))
+    probe_e = _resize(plane, pw, ph)
+    # Where the tone change clipped the copy to black or white, its detail is gone for a reason
+    # that is not an edit (a brightness change): those cells are not compared.
+    layers = np.dstack([detail(probe_e), ((probe_e >= 250) | (probe_e <= 5)).astype(np.float32)])
+    left, top = (rx + dx / kf) * ke, (ry + dy / kf) * ke
+    shift = np.float32([[1, 0, left], [0, 1, top]])
+    placed = cv2.warpAffine(layers, shift, (frame_w, frame_h), flags=cv2.INTER_LINEAR)
+    test_energy = _cells(placed[..., 0], ENERGY_CELL)[:eh, :ew]
+    clipped = _cells(placed[..., 1], ENERGY_CELL)[:eh, :ew]
+    # Cells inside the region by a margin: the band-pass of a crop's edge is not content.
+    edge = 4
+    xs, ys = np.arange(ew) * ENERGY_CELL, np.arange(eh) * ENERGY_CELL
+    inside_x = (xs >= left + edge) & (xs + ENERGY_CELL <= left + pw - edge) if pw < frame_w - 1 else np.ones(ew, bool)
+    inside_y = (ys >= top + edge) & (ys + ENERGY_CELL <= top + ph - edge) if ph < frame_h - 1 else np.ones(eh, bool)
+    covered = inside_y[:, None] & inside_x[None, :] & (clipped < 0.3)
+    changed = np.zeros_like(covered)
+    if covered.sum() >= 4:
+        ratio = np.log2(test_energy + ENERGY_FLOOR) - np.log2(signed_energy + ENERGY_FLOOR)
+        deviation = ratio - float(np.median(ratio[covered]))
+        changed = covered & (np.abs(deviation) > ENERGY_EDIT)
+    detail_cells = int(changed.sum())
+    return {"detail_cells": detail_cells, "detail_changed": detail_cells / max(1, int(covered.sum())),
+            "structure_blocks": structure_blocks, "worst_structure": float(structure.max()) if structure.size else 0.0}
+
+
+def _dft_size(n: int) -> int:
+    """The largest size up to ``n`` that OpenCV's DFT takes without padding."""
+    import cv2
+
+    while n > 1 and cv2.getOptimalDFTSize(n) != n:
+        n -= 1
+    return n
+
+
+def _window(plane: np.ndarray, x0: float, y0: float, zx: float, zy: float, width: int, height: int) -> np.ndarray:
+    """``plane`` resampled so that its point (``x0``, ``y0``) (pixel edges, not centres) lands on
+    the output's top-left corner and one of its pixels spans ``zx`` x ``zy`` output pixels."""
+    import cv2
+
+    inverse = np.float32([[1 / zx, 0, x0 + 0.5 / zx - 0.5], [0, 1 / zy, y0 + 0.5 / zy - 0.5]])
+    return cv2.warpAffine(plane, inverse, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def _block_residuals(reference: np.ndarray, probe: np.ndarray, block: int) -> np.ndarray:
+    """Per-block mean residual of ``probe`` against ``reference`` after a robust gain and offset
+    fit (clipped to 0-255, as a brightness change clips), as a share of the reference's contrast."""
+    h, w = reference.shape
+    hb, wb = h // block, w // block
+    if not hb or not wb:
+        return np.zeros((0, 0), dtype=np.float32)
+    a = reference[:hb * block, :wb * block]
+    b = probe[:hb * block, :wb * block]
+    spread = float(a.std()) or 1.0
+    # The fit is made on every fourth pixel (a quarter of the cost, the same line); clipped pixels
+    # of the copy say nothing about the gain (a brightness change clips highlights).
+    sa, sb = a[::2, ::2], b[::2, ::2]
+    unclipped = (sb > 5) & (sb < 250)
+    keep = unclipped if unclipped.mean() > 0.5 else np.ones(sa.shape, dtype=bool)
+    variance = float(sa.var())
+    for _ in range(2):
+        x, y = sa[keep], sb[keep]
+        if x.size < 16 or float(x.std()) == 0:
+            return np.full((1, 1), np.inf, dtype=np.float32)
+        gain = float(((x - x.mean()) * (y - y.mean())).mean() / x.var())
+        offset = float(y.mean() - gain * x.mean())
+        residual = np.abs(sb - np.clip(gain * sa + offset, 0, 255))
+        # Refit without the worst tenth (an edit must not drag the fit), unless what is left has
+        # lost the image's range of tones (a flat illustration: the fit would be undetermined).
+        refit = (residual <= np.quantile(residual, 0.9)) & keep
+        if float(sa[refit].var()) < 0.25 * variance:
+            break
+        keep = refit
+    residual = np.abs(b - np.clip(gain * a + offset, 0, 255))
+    blocks = residual.reshape(hb, block, wb, block).mean(axis=(1, 3))
+    return blocks / (max(abs(gain), 0.05) * spread)
 
 
 def _chroma_worst(signed: Fingerprint, crcb: np.ndarray, window: tuple[float, float, float, float]) -> float:

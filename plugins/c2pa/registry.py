@@ -85,6 +85,18 @@ class Entry:
     signer_sha256: str | None = None
 
 
+READ_TIMEOUT = 2.0
+"""Seconds a lookup waits for a writer's lock before the registry is reported unreadable."""
+
+
+def _locked(exc: Exception) -> bool:
+    """Whether an SQLite error says another connection holds a lock (busy), not that the file cannot be opened."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 def open_registry(path: "Path | DatabaseURL") -> "RegistryStore":
     """A :class:`Registry` for ``path``. Connections are opened lazily and kept per object; the
     caller keeps the object for a run (opening and closing SQLite in WAL mode costs more than an insert).
@@ -141,11 +153,16 @@ class Registry:
         last: Exception | None = None
         # mode=ro still needs the -shm file of a WAL database to be writable; immutable=1 reads a
         # file on read-only media (no locking: safe only because nobody can be writing it then).
+        # A registry that is locked is being written: it is never read without locking (a half-
+        # written transaction would be read as if committed), and a reader waits only briefly.
         for query in ("?mode=ro", "?immutable=1"):
             try:
-                connection = sqlite3.connect(uri + query, uri=True, timeout=30, check_same_thread=False)
+                connection = sqlite3.connect(uri + query, uri=True, timeout=READ_TIMEOUT, check_same_thread=False)
                 connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
             except sqlite3.Error as exc:
+                if _locked(exc):
+                    raise SdmarkError(f"manifest registry {self.path}: locked by a writer for over "
+                                      f"{READ_TIMEOUT:g} s; not read ({_reason(exc)})") from None
                 last = exc
                 continue
             self._reader = connection

@@ -10,8 +10,8 @@ Two verdicts, kept apart (docs/content-credentials.md has every JSON field):
 ``invalid``    anything else the SDK rejects (expired or malformed certificate, bad signature)
 ``absent``     no manifest in the file
 
-**Recovery** (``recovery.verdict``), only for a file without a manifest whose watermark payload is
-read: payload -> registry rows -> each row checked against the signed manifest it stores (the
+**Recovery** (``recovery.verdict``), for a file without valid, trusted embedded credentials whose
+watermark payload is read (an untrusted, tampered or invalid manifest does not stop it): payload -> registry rows -> each row checked against the signed manifest it stores (the
 payload must be that manifest's signed soft binding; the content fingerprint comes from the signed
 manifest, never from a registry column) -> the image under test compared with that fingerprint.
 
@@ -51,7 +51,9 @@ HARD_BINDING_MISMATCH = {"assertion.dataHash.mismatch", "assertion.boxesHash.mis
 POSITIVE_BANDS = {"very likely", "likely"}
 POSITIVE_P_VALUE = 1e-6
 MAX_CANDIDATES = 16
-"""Registry rows checked for one payload; beyond that the payload cannot identify one image anyway."""
+"""Registry rows compared with the image for one payload; beyond that the payload cannot identify one image anyway."""
+MAX_ROWS = 256
+"""Registry rows whose signed manifest is checked for one payload (a bound on the time junk rows can cost)."""
 AMBIGUOUS_MARGIN = 0.05
 """Two rows that both match are told apart only when one is closer by this much PDQ distance."""
 READABLE = {"image/png", "image/jpeg", "image/webp", "image/tiff", "image/gif", "image/avif", "image/heic"}
@@ -104,7 +106,11 @@ def inspect_credentials(path: Path, detections: list[dict[str, Any]] | None = No
     if binding and detections:
         found["soft_binding_matches_watermark"] = any(
             payload_key(d.get("payload")) == binding["payload"] for d in _positive(detections))
-    if not found["present"] and detections:
+    # A manifest that is not valid and trusted proves nothing about the mark: anyone can sign a
+    # copy-attacked image with their own certificate. The registry is asked all the same, so a
+    # copied mark is still reported; only the embedded fields describe the file's own manifest.
+    own_credentials = found["status"] == "valid" and bool(found.get("trusted"))
+    if not own_credentials and detections:
         recovery = recover(detections, image, context, mime)
         if recovery is not None:
             found["recovery"] = recovery
@@ -112,7 +118,7 @@ def inspect_credentials(path: Path, detections: list[dict[str, Any]] | None = No
                 if key in recovery:
                     found[key] = recovery[key]
             chosen = recovery.get("matched")
-            if recovery["verdict"] == "matched" and chosen:
+            if recovery["verdict"] == "matched" and chosen and not found["present"]:
                 found.update(recovered_from_registry=True, registry=recovery.get("registry"), binding="watermark",
                              registry_entry=chosen["registry_entry"], record=chosen.get("record"))
     found["summary"] = summary(found)
@@ -158,12 +164,24 @@ def _decide(detection: dict[str, Any], entries: list[Entry], image: Any, context
             mime: str | None = None) -> dict[str, Any]:
     """Check each row, then pick: one matching row (or one clearly closest), else the reason none can be."""
     payload = payload_key(detection["payload"])
-    checked = [check_row(entry, payload, detection.get("scale"), image, context, mime) for entry in entries[:MAX_CANDIDATES]]
+    # Rows its own signed manifest contradicts (junk, a forged label) cost one signature check and
+    # do not count toward the cap on content comparisons: junk rows must not push a genuine one out.
+    checked: list[dict[str, Any]] = []
+    compared = 0
+    for entry in entries[:MAX_ROWS]:
+        if compared >= MAX_CANDIDATES:
+            break
+        candidate = check_row(entry, payload, detection.get("scale"), image, context, mime)
+        checked.append(candidate)
+        compared += candidate["verdict"] != "inconsistent"
     out: dict[str, Any] = {"verdict": None, "payload": payload, "scheme": detection.get("scheme"), "key": detection.get("key"),
                            "registry": str(registry_file), "registry_matches": len(entries),
                            "candidates": [_public(c) for c in checked]}
-    if len(entries) > MAX_CANDIDATES:
-        out["note"] = f"only the newest {MAX_CANDIDATES} of {len(entries)} rows were checked"
+    unchecked = len(entries) - len(checked)
+    if unchecked:
+        out["unchecked"] = unchecked
+        out["note"] = (f"{unchecked} of {len(entries)} rows were left unchecked (at most {MAX_CANDIDATES} content "
+                       f"comparisons and {MAX_ROWS} rows per payload)")
     matched = sorted((c for c in checked if c["verdict"] == "matched"), key=lambda c: c["content"]["distance"])
     by_label: dict[str, dict[str, Any]] = {}
     for candidate in matched:
@@ -180,6 +198,8 @@ def _decide(detection: dict[str, Any], entries: list[Entry], image: Any, context
     elif not consistent:
         out["verdict"] = "inconsistent"
         out["reason"] = "; ".join(sorted({c["reason"] for c in checked}))
+        if unchecked:
+            out["reason"] += f"; {unchecked} more rows were not checked"
     elif len(consistent) == 1:
         out["verdict"] = consistent[0]["verdict"]
         out["reason"] = consistent[0].get("reason")
@@ -312,6 +332,7 @@ def describe_store(store: dict[str, Any], *, expect_hard_binding_mismatch: bool 
     described: dict[str, Any] = {
         "status": status,
         "trusted": trusted and status == "valid",
+        "signer_trusted": trusted,
         "validation_state": state,
         "failures": failures,
         "manifest": label,
@@ -411,8 +432,9 @@ def summary(found: dict[str, Any]) -> str:
     return "; ".join(parts) if parts else "none"
 
 
-def signer_words(signer: dict[str, Any], trusted: bool | None) -> str:
-    """Who signed, in words that tell two identities with the same name apart."""
+def signer_words(signer: dict[str, Any], trusted: bool | None, signer_trusted: bool | None = None) -> str:
+    """Who signed, in words that tell two identities with the same name apart. ``signer_trusted``:
+    the certificate chains to an anchor although the manifest itself failed (tampered, invalid)."""
     name = signer.get("common_name") or "an unnamed signer"
     words = f"signed by {name}" + (f" (issuer {signer['issuer']})" if signer.get("issuer") else "")
     if signer.get("certificate_sha256"):
@@ -421,6 +443,8 @@ def signer_words(signer: dict[str, Any], trusted: bool | None) -> str:
         words += f", certificate serial {signer['serial']}"
     if trusted:
         return words + ", trusted"
+    if signer_trusted:
+        return words + " (a certificate under a trust anchor given), but the manifest fails, so nothing in it is trusted"
     return words + ", UNTRUSTED: the signer is under no trust anchor given (--trust CA.pem); anyone can make a certificate with this name"
 
 
@@ -431,7 +455,7 @@ def embedded_summary(found: dict[str, Any]) -> str:
     parts = [f"embedded {status}"]
     if status == "tampered":
         parts.append("the file changed after it was signed")
-    parts.append(signer_words(found.get("signer") or {}, found.get("trusted")))
+    parts.append(signer_words(found.get("signer") or {}, found.get("trusted"), found.get("signer_trusted")))
     source_type = found.get("digital_source_type")
     if source_type:
         parts.append(source_type.rsplit("/", 1)[-1])
@@ -448,19 +472,30 @@ def recovery_summary(recovery: dict[str, Any]) -> str:
     if verdict == "matched":
         chosen = recovery["matched"]
         content = chosen.get("content") or {}
-        changes = ", ".join(content.get("changes") or []) or "no visible change"
+        resolution = content.get("resolution_px")
+        if content.get("local_edits_checked"):
+            unchanged = (f"no change the fingerprint resolves (it compares areas of about {resolution} px; "
+                         "a smaller edit can pass unseen)")
+        else:
+            unchanged = ("LOCAL EDITS NOT CHECKED: the signed fingerprint is the older, coarse one "
+                         f"(areas of about {resolution} px), which a blurred face or drawn text can pass")
+        changes = ", ".join(content.get("changes") or []) or unchanged
         title = (chosen.get("registry_entry") or {}).get("title")
         words = (f"recovery: matched the registered image {title} (content distance {content.get('distance', 0):.2f}; "
                  f"{changes}); {signer_words(chosen.get('signer') or {}, chosen.get('trusted'))}; "
                  "these credentials describe the registered image, not this file")
         if "locally edited" in (content.get("changes") or []):
             words += "; PART OF THIS COPY WAS CHANGED after signing, and the credentials do not cover the change"
+        elif content.get("changes") and not content.get("local_edits_checked"):
+            words += f"; {unchanged}"
         return words
     if verdict == "different-content":
         return (f"recovery: DIFFERENT-CONTENT: the watermark's payload {payload} is registered for another image; "
                 "the mark was copied or forged onto this one, and those credentials do not apply to it")
     if verdict == "inconsistent":
         return f"recovery: INCONSISTENT registry: {recovery.get('reason')}; ignored"
+    if recovery.get("unchecked") and verdict != "matched":
+        return f"recovery: {verdict}: {recovery.get('reason')} ({recovery['note']})"
     if verdict == "ambiguous":
         return f"recovery: ambiguous: {recovery.get('reason')} (payload {payload})"
     if verdict == "unverifiable":

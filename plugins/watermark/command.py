@@ -71,14 +71,16 @@ def _human_lines(report: dict[str, Any]) -> list[str]:
 
 def meets_credentials(report: dict[str, Any]) -> bool:
     """``--require-credentials``: valid embedded credentials, or a clean ``matched`` recovery whose
-    signer is trusted. A tampered manifest never passes, and neither does a copy changed in part."""
+    signer is trusted and whose fingerprint was fine enough to look for local edits. A tampered
+    manifest never passes, and neither does a copy changed in part."""
     credentials = report.get("content_credentials") or {}
     if credentials.get("present"):
         return credentials.get("status") == "valid" and bool(credentials.get("trusted"))
     recovery = credentials.get("recovery") or {}
     chosen = recovery.get("matched") or {}
+    content = chosen.get("content") or {}
     return (recovery.get("verdict") == "matched" and bool(chosen.get("trusted"))
-            and "locally edited" not in ((chosen.get("content") or {}).get("changes") or []))
+            and content.get("local_edits_checked") is True and "locally edited" not in (content.get("changes") or []))
 
 
 def _list_schemes(runtime: Runtime) -> None:
