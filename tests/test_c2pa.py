@@ -551,6 +551,7 @@ def test_a_transplanted_mark_is_different_content_never_the_victims_credentials(
     assert credentials["recovery"]["verdict"] == "different-content"
     assert "matched" not in credentials["recovery"] and "valid" not in json.dumps(credentials["recovery"]["candidates"][0].get("verdict"))
     assert "DIFFERENT-CONTENT" in human and "copied or forged" in human
+    assert all("thumbnail" not in candidate for candidate in credentials["recovery"]["candidates"])  # no peeking
     assert code == 1  # --require-credentials
 
     # The genuine image, stripped and re-encoded, still passes.

@@ -182,6 +182,9 @@ def test_plain_form_post_gives_the_report_as_html(client, images):
     assert "Watermark found" in html and images["payload"] in html and "No watermark found" in html
     assert "Serve Test Signer" in html and "Recovered from the registry" in html
     assert "<td>watermark</td>" in html  # the sdmark record's stages
+    # The stripped copy matched: its registered thumbnail (from the signed manifest) sits beside the upload.
+    assert 'alt="Thumbnail of the registered image, from its signed manifest"' in html
+    assert "The report has no registered thumbnail" not in html
 
 
 def test_mark_needs_the_token_and_returns_a_marked_image(client, images):
@@ -459,6 +462,8 @@ def test_browser_shows_payload_signer_and_no_watermark(server, images, tmp_path)
             assert images["payload"] in marked.inner_text() and "Serve Test Signer" in marked.locator(".signer").inner_text()
             copy = report_for(page, images["stripped"].name)
             assert "Recovered from the registry" in copy.inner_text()
+            registered = copy.get_by_alt_text("Thumbnail of the registered image, from its signed manifest")
+            assert registered.count() == 1 and registered.evaluate("img => img.naturalWidth") > 0
             plain = report_for(page, images["unmarked"].name)
             assert "No watermark found" in plain.locator(".verdict").inner_text()
             shot = Path(os.environ.get("SDMARK_SERVE_SCREENSHOT") or tmp_path / "serve.png")

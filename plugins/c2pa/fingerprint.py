@@ -100,13 +100,17 @@ class Fingerprint:
         """Whether local edits can be looked for (the fingerprint has its finer binding)."""
         return self.fine is not None and self.energy is not None
 
+    def thumbnail_json(self) -> dict[str, Any]:
+        """The small greyscale thumbnail as plain JSON (zlib-compressed base64 bytes, row by row)."""
+        thumb = np.ascontiguousarray(self.thumbnail, dtype=np.uint8)
+        return {"width": int(thumb.shape[1]), "height": int(thumb.shape[0]),
+                "grey_zlib_b64": base64.b64encode(zlib.compress(thumb.tobytes(), 9)).decode("ascii")}
+
     def to_json(self) -> dict[str, Any]:
         """The assertion's ``alg_params``: plain JSON (the thumbnails as zlib-compressed base64 bytes)."""
-        thumb = np.ascontiguousarray(self.thumbnail, dtype=np.uint8)
         out = {
             "width": int(self.width), "height": int(self.height), "pdq": self.pdq.hex(),
-            "thumbnail": {"width": int(thumb.shape[1]), "height": int(thumb.shape[0]),
-                          "grey_zlib_b64": base64.b64encode(zlib.compress(thumb.tobytes(), 9)).decode("ascii")},
+            "thumbnail": self.thumbnail_json(),
         }
         if self.chroma is not None:
             chroma = np.ascontiguousarray(self.chroma, dtype=np.uint8)

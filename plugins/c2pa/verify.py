@@ -256,6 +256,9 @@ def check_row(entry: Entry, payload: str, scale: Any, image: Any, context: Any, 
     candidate["content"] = comparison.to_json()
     if comparison.matched:
         candidate["verdict"] = "matched"
+        # The registered image as its signer's manifest shows it, so a person can compare the two;
+        # only for a match: a forged payload must not fetch another image's thumbnail.
+        candidate["thumbnail"] = fingerprint.thumbnail_json()
         title = ((store.get("manifests") or {}).get(store.get("active_manifest")) or {}).get("title") or ""
         signed_format = MIME_BY_SUFFIX.get(Path(title).suffix.lower())
         if mime and signed_format and mime != signed_format:
