@@ -28,17 +28,11 @@ pytestmark = pytest.mark.skipif(
     shutil.which("tesseract") is None, reason="the tesseract binary is missing (apt-get install tesseract-ocr)"
 )
 
+# The benchmark's own reading rules and drawn images, so the test checks what the benchmark measures.
+from sdmark.benchmarks.caption_ocr import illustrations as drawn_illustrations  # noqa: E402
+from sdmark.benchmarks.caption_ocr import normalise, squeeze  # noqa: E402
+
 SIZES = [(256, 256), (1024, 1024), (640, 256)]
-_FOLD = str.maketrans({"l": "i", "1": "i", "|": "i", "!": "i"})
-
-
-def normalise(text: str) -> str:
-    return " ".join(text.lower().translate(_FOLD).split())
-
-
-def squeeze(text: str) -> str:
-    """Spaces dropped: a monospaced "AI -generated" is the same label."""
-    return "".join(text.split())
 
 
 def read_box(image: Image.Image, box: list[int], font_px: int) -> str:
@@ -68,22 +62,10 @@ def stamp(spec: str, image: Image.Image, record: ProvenanceRecord | None = None)
     return item.image, item.record.find("caption")[0].result
 
 
-def _on_white(array: np.ndarray) -> Image.Image:
-    image = Image.fromarray(array)
-    if image.mode in ("RGBA", "LA"):
-        flat = Image.new("RGB", image.size, "white")
-        flat.paste(image, mask=image.getchannel("A"))
-        return flat
-    return image.convert("RGB")
-
-
 @pytest.fixture(scope="module")
 def illustrations() -> dict[str, Image.Image]:
     """Drawn, not photographed: scikit-image's logo, colour wheel and horse silhouette."""
-    from skimage import data
-
-    return {"logo": _on_white(data.logo()), "colorwheel": _on_white(data.colorwheel()),
-            "horse": _on_white((~data.horse()).astype(np.uint8) * 255)}
+    return drawn_illustrations()
 
 
 def read_whole(image: Image.Image) -> str:
