@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from sdmark.core.errors import SdmarkError
+from sdmark.plugins.c2pa.registry_store import insert_sql, lookup_sql
 
 if TYPE_CHECKING:
     from sdmark.plugins.c2pa.registry_store import DatabaseURL, RegistryStore
@@ -185,25 +186,19 @@ class Registry:
                   entry.file_sha256, created, entry.pdq, entry.thumbnail, entry.signer, entry.signer_sha256)
         try:
             with self._lock, self._connect_writer() as db:
-                db.execute(f"INSERT INTO manifests ({', '.join(_V2_COLUMNS)}) VALUES ({', '.join('?' * len(_V2_COLUMNS))})",
-                           values)
+                db.execute(insert_sql(_V2_COLUMNS, "?"), values)
         except sqlite3.Error as exc:
             raise SdmarkError(f"manifest registry {self.path}: cannot store the manifest ({_reason(exc)})") from None
 
     def lookup(self, payload: str, scheme: str | None = None) -> list[Entry]:
         """Manifests stored under ``payload`` (and ``scheme`` when given), newest first. Read-only."""
-        args: list[str] = [payload]
         try:
             with self._lock:
                 db = self._connect_reader()
                 if db is None:
                     return []
                 columns = _columns(db)
-                query = f"SELECT {', '.join(columns)} FROM manifests WHERE payload = ?"
-                if scheme is not None:
-                    query += " AND scheme = ?"
-                    args.append(scheme)
-                rows = db.execute(query + " ORDER BY id DESC", args).fetchall()
+                rows = db.execute(*lookup_sql(columns, payload, scheme, "?")).fetchall()
         except sqlite3.Error as exc:
             raise SdmarkError(f"manifest registry {self.path}: cannot read ({_reason(exc)})") from None
         return [Entry(**dict(zip(columns, row))) for row in rows]

@@ -17,7 +17,7 @@ from typing import Any
 
 from sdmark.core.errors import SdmarkError
 from sdmark.plugins.c2pa.registry import _V1_COLUMNS, _V2_COLUMNS, SCHEMA_VERSION, Entry
-from sdmark.plugins.c2pa.registry_store import DatabaseURL
+from sdmark.plugins.c2pa.registry_store import DatabaseURL, insert_sql, lookup_sql
 
 CONNECT_TIMEOUT_S = 10
 # pg_advisory_xact_lock key: "sdmark" in ASCII, so unrelated applications' locks do not collide.
@@ -139,9 +139,7 @@ class PostgresRegistry:
         columns = _V2_COLUMNS if self.migrate_to >= 2 else _V1_COLUMNS
         try:
             with self._lock:
-                self._connect(read_only=False).execute(
-                    f"INSERT INTO manifests ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})",
-                    values[:len(columns)])
+                self._connect(read_only=False).execute(insert_sql(columns, "%s"), values[:len(columns)])
         except psycopg.Error as exc:
             raise SdmarkError(f"manifest registry {self.location}: cannot store the manifest ({_reason(exc)})") from None
 
@@ -158,12 +156,7 @@ class PostgresRegistry:
                     raise SdmarkError(f"manifest registry {self.location}: schema version {version} is newer than "
                                       f"this sdmark understands ({SCHEMA_VERSION})")
                 columns = _V2_COLUMNS if version >= 2 else _V1_COLUMNS
-                query = f"SELECT {', '.join(columns)} FROM manifests WHERE payload = %s"
-                args: list[str] = [payload]
-                if scheme is not None:
-                    query += " AND scheme = %s"
-                    args.append(scheme)
-                rows = db.execute(query + " ORDER BY id DESC", args).fetchall()
+                rows = db.execute(*lookup_sql(columns, payload, scheme, "%s")).fetchall()
         except psycopg.Error as exc:
             raise SdmarkError(f"manifest registry {self.location}: cannot read ({_reason(exc)})") from None
         return [Entry(**{name: bytes(value) if isinstance(value, memoryview) else value

@@ -20,6 +20,22 @@ if TYPE_CHECKING:
 DATABASE_SCHEMES = ("postgresql", "postgres")
 
 
+def insert_sql(columns: tuple[str, ...] | list[str], mark: str) -> str:
+    """The one INSERT of a registry row, with the driver's placeholder ``mark`` (``?``, ``%s``)."""
+    return f"INSERT INTO manifests ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
+
+
+def lookup_sql(columns: tuple[str, ...] | list[str], payload: str, scheme: str | None,
+               mark: str) -> tuple[str, list[str]]:
+    """The one lookup query (rows under ``payload``, and ``scheme`` when given, newest first) and its arguments."""
+    query = f"SELECT {', '.join(columns)} FROM manifests WHERE payload = {mark}"
+    args = [payload]
+    if scheme is not None:
+        query += f" AND scheme = {mark}"
+        args.append(scheme)
+    return query + " ORDER BY id DESC", args
+
+
 class RegistryStore(Protocol):
     """A manifest registry backend."""
 
