@@ -234,7 +234,6 @@ def process_with(
     the same order, the same files. Returned results carry no pixels (``item.image`` is ``None``)."""
     from tqdm.auto import tqdm
 
-
     from sdmark.core.process import prepare_process
 
     warnings = _Warnings(warn or default_warn)

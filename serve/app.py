@@ -197,16 +197,28 @@ async def _run(request: Request, ticket: Ticket, job: Any, html: bool = False) -
         return _error(504, str(exc), wants_html=html)
 
 
-async def verify(request: Request) -> Response:
-    """``POST /v1/verify``: the ``sdmark verify --json`` report of the image in the field ``file``."""
+async def _with_uploads(request: Request, handle: Any, *, max_files: int = 1, html: bool = False) -> Response:
+    """Admit the request (503 when saturated), receive and sniff its uploads, then answer with
+    ``await handle(engine, ticket, uploads)``. The ticket's slot is given back on the way out
+    unless its work was submitted (the engine then gives it back when that work ends)."""
     engine = _engine(request)
     ticket = engine.admit()
     if ticket is None:
-        return _busy(request)
+        return _busy(request, html=html)
     try:
-        uploads = await _checked(request, ticket, max_files=1)
+        uploads = await _checked(request, ticket, max_files=max_files, html=html)
         if isinstance(uploads, Response):
             return uploads
+        return await handle(engine, ticket, uploads)
+    finally:
+        if not ticket.submitted:
+            ticket.release()
+
+
+async def verify(request: Request) -> Response:
+    """``POST /v1/verify``: the ``sdmark verify --json`` report of the image in the field ``file``."""
+
+    async def handle(engine: Any, ticket: Ticket, uploads: Any) -> Response:
         reports = await _run(request, ticket, lambda: engine.verify_uploads(uploads))
         if isinstance(reports, Response):
             return reports
@@ -216,24 +228,16 @@ async def verify(request: Request) -> Response:
         # Serialised exactly as `sdmark verify --json` prints it (non-JSON values as str, not a 500).
         return Response(json.dumps(report, ensure_ascii=False, default=str), status_code=422 if report.get("error") else 200,
                         media_type="application/json", headers={"cache-control": "no-store"})
-    finally:
-        if not ticket.submitted:
-            ticket.release()
+
+    return await _with_uploads(request, handle)
 
 
 async def page_report(request: Request) -> Response:
     """``POST /``: the same reports as HTML (the page's form without JavaScript, and its script)."""
-    engine = _engine(request)
     settings: ServeSettings = request.app.state.settings
     fragment = request.query_params.get("fragment") == "1"
-    ticket = engine.admit()
-    if ticket is None:
-        return _busy(request, html=True)
-    try:
-        uploads = await _checked(request, ticket, max_files=settings.max_files, html=True)
-        if isinstance(uploads, Response):
-            return uploads
 
+    async def handle(engine: Any, ticket: Ticket, uploads: Any) -> Response:
         def job() -> list[dict[str, Any]]:
             return [page.view(engine.verify_path(u.path, u.name), page.thumbnail_data_uri(u.path)) for u in uploads]
 
@@ -243,9 +247,8 @@ async def page_report(request: Request) -> Response:
         _metrics(request).count_reports([v["report"] for v in views])
         html = page.render_reports(views) if fragment else page.render_index(views)
         return HTMLResponse(html, headers={"cache-control": "no-store"})
-    finally:
-        if not ticket.submitted:
-            ticket.release()
+
+    return await _with_uploads(request, handle, max_files=settings.max_files, html=True)
 
 
 async def mark(request: Request) -> Response:
@@ -262,14 +265,8 @@ async def mark(request: Request) -> Response:
     fmt = request.query_params.get("format", "png").lower()
     if fmt not in MARK_FORMATS:
         return _error(422, f"format must be one of {', '.join(MARK_FORMATS)}")
-    engine = _engine(request)
-    ticket = engine.admit()
-    if ticket is None:
-        return _busy(request)
-    try:
-        uploads = await _checked(request, ticket, max_files=1)
-        if isinstance(uploads, Response):
-            return uploads
+
+    async def handle(engine: Any, ticket: Ticket, uploads: Any) -> Response:
         folder = ticket.folder
         try:
             done = await _run(request, ticket, lambda: engine.mark(uploads[0], folder, fmt))
@@ -282,9 +279,8 @@ async def mark(request: Request) -> Response:
         return Response(data, media_type=MARK_FORMATS[fmt], headers={
             "content-disposition": f'attachment; filename="marked.{"jpg" if fmt == "jpeg" else fmt}"',
             "x-sdmark-stages": stages, "cache-control": "no-store"})
-    finally:
-        if not ticket.submitted:
-            ticket.release()
+
+    return await _with_uploads(request, handle)
 
 
 async def schemes(request: Request) -> Response:
