@@ -143,7 +143,7 @@ def top_singular(blocks: np.ndarray, vectors: bool = False, iterations: int = 5)
 
 def block_scores(ll: np.ndarray, method: str) -> np.ndarray:
     """Per-block bit scores (0/1, uint8) of a low-low band for ``dwtDct`` or ``dwtDctSvd``."""
-    return scores_of_blocks(to_blocks(ll), method)
+    return band_scores(ll, method)
 
 
 def scores_of_blocks(blocks: np.ndarray, method: str) -> np.ndarray:
@@ -173,16 +173,61 @@ def bits_from_scores(scores: np.ndarray, length: int) -> np.ndarray:
 
 def bits_at_lengths(scores: np.ndarray, lengths: tuple[int, ...], keep: int) -> np.ndarray:
     """The first ``keep`` bits :func:`bits_from_scores` gives at each of ``lengths`` (one row each):
-    the same majority votes (ties -> 1), gathered for all lengths at once."""
-    lengths_arr = np.asarray(lengths, dtype=np.int64)[:, None, None]
-    rounds = -(-len(scores) // int(lengths_arr.min()))
-    index = np.arange(keep)[None, :, None] + np.arange(rounds)[None, None, :] * lengths_arr
-    inside = index < len(scores)
-    votes = np.where(inside, scores[np.minimum(index, len(scores) - 1)], 0)
-    ones = votes.sum(axis=2, dtype=np.int64)
-    total = inside.sum(axis=2)
+    the same majority votes (ties -> 1).
+
+    Read at length ``L``, bit ``i`` votes over blocks ``i, i + L, i + 2L, ...``: the columns of the
+    scores laid out in rows of ``L``. One zero-padded copy of the scores serves every length as such
+    a view, so the work is one column sum per length and the memory one copy of ``scores``.
+    """
+    count = len(scores)
+    longest = max(lengths)
+    padded = np.zeros(count + longest, dtype=np.int64)  # summed as it is stored: no cast per length
+    padded[:count] = scores
+    ones = np.empty((len(lengths), keep), dtype=np.int64)
+    for row, length in enumerate(lengths):
+        rounds = -(-count // length)
+        np.add.reduce(padded[: rounds * length].reshape(rounds, length)[:, :keep], axis=0, out=ones[row])
+    # blocks behind bit i at length L: those of i, i + L, ... below count
+    sizes = np.asarray(lengths, dtype=np.int64)[:, None]
+    total = np.maximum(count - np.arange(keep)[None, :] + sizes - 1, 0) // sizes
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, (ones / np.maximum(total, 1)) * 255 > 127, False)
+
+
+def dct_extremes(ll: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per 4x4 block of ``ll`` (in :func:`to_blocks` order), the largest and smallest coefficient but
+    the block's first one.
+
+    ``dwtDct`` reads ``max |c - offset|`` over those coefficients, which is
+    ``max(hi - offset, offset - lo)`` exactly (rounding is monotone and symmetric), so one pass over
+    the band serves every offset (:func:`dct_scores`), with no block copy and no argmax.
+    """
+    rows, cols = ll.shape[0] // BLOCK * BLOCK, ll.shape[1] // BLOCK * BLOCK
+    band = ll[:rows, :cols]
+    first = band[0::BLOCK]  # each block's first row: its first coefficient is left out
+    below = np.maximum(np.maximum(band[1::BLOCK], band[2::BLOCK]), band[3::BLOCK])
+    hi = np.maximum(np.maximum(below[:, 0::BLOCK], below[:, 1::BLOCK]), np.maximum(below[:, 2::BLOCK], below[:, 3::BLOCK]))
+    np.maximum(hi, np.maximum(np.maximum(first[:, 1::BLOCK], first[:, 2::BLOCK]), first[:, 3::BLOCK]), out=hi)
+    below = np.minimum(np.minimum(band[1::BLOCK], band[2::BLOCK]), band[3::BLOCK])
+    lo = np.minimum(np.minimum(below[:, 0::BLOCK], below[:, 1::BLOCK]), np.minimum(below[:, 2::BLOCK], below[:, 3::BLOCK]))
+    np.minimum(lo, np.minimum(np.minimum(first[:, 1::BLOCK], first[:, 2::BLOCK]), first[:, 3::BLOCK]), out=lo)
+    return hi.ravel(), lo.ravel()
+
+
+def dct_scores(extremes: tuple[np.ndarray, np.ndarray], offset: float = 0.0) -> np.ndarray:
+    """``dwtDct`` block scores (0/1, uint8) of the band ``extremes`` came from, less ``offset``:
+    equal to :func:`scores_of_blocks` of the blocks minus ``offset``."""
+    hi, lo = extremes
+    values = np.maximum(hi - offset, offset - lo) if offset else np.maximum(hi, -lo)
+    return (np.mod(values, SCALE) > SCALE * 0.5).astype(np.uint8)
+
+
+def band_scores(ll: np.ndarray, method: str, offset: float = 0.0) -> np.ndarray:
+    """Per-block bit scores (0/1, uint8) of a low-low band less ``offset``, for ``dwtDct`` or ``dwtDctSvd``."""
+    if method == "dwtDct":
+        return dct_scores(dct_extremes(ll), offset)
+    blocks = to_blocks(ll)
+    return scores_of_blocks(blocks - offset if offset else blocks, method)
 
 
 def capacity(height: int, width: int) -> int:

@@ -114,9 +114,13 @@ def dependence_adjusted_tail(n: int, k: int, other_lengths: np.ndarray, turns: n
     count, and the binomial tail is taken of the count so adjusted. For fair, independent bits it is
     the plain binomial tail.
     """
+    return _adjusted_tail(n, k, other_lengths, turns, _self_agreement(tuple(int(b) for b in message)))
+
+
+def _adjusted_tail(n: int, k: int, other_lengths: np.ndarray, turns: np.ndarray, agreement: np.ndarray) -> float:
+    """:func:`dependence_adjusted_tail` with the message's agreement with its own turns given."""
     accuracy = k / n
     lengths_spread = float(np.var(np.asarray(other_lengths, dtype=np.float64)))
-    agreement = _self_agreement(tuple(int(b) for b in message))
     expected = agreement * accuracy + (n - agreement) * (1 - accuracy)
     turns_spread = float(np.mean((np.asarray(turns, dtype=np.float64) - expected) ** 2))
     inflation = max(1.0, max(lengths_spread, turns_spread) / (n / 4))
@@ -127,7 +131,9 @@ def dependence_adjusted_tail(n: int, k: int, other_lengths: np.ndarray, turns: n
 @lru_cache(maxsize=64)
 def _self_agreement(message: tuple[int, ...]) -> np.ndarray:
     bits = np.asarray(message, dtype=bool)
-    return np.array([int((bits == np.roll(bits, shift)).sum()) for shift in range(1, len(bits))], dtype=np.float64)
+    agreement = np.array([int((bits == np.roll(bits, shift)).sum()) for shift in range(1, len(bits))], dtype=np.float64)
+    agreement.setflags(write=False)
+    return agreement
 
 
 def turned_matches(read: np.ndarray, message: np.ndarray) -> np.ndarray:
@@ -141,6 +147,13 @@ def _turns(message: tuple[int, ...]) -> np.ndarray:
     turns = np.stack([np.roll(bits, shift) for shift in range(1, len(bits))])
     turns.setflags(write=False)
     return turns
+
+
+@lru_cache(maxsize=64)
+def _message_bits(message: tuple[int, ...]) -> np.ndarray:
+    bits = np.asarray(message, dtype=bool)
+    bits.setflags(write=False)
+    return bits
 
 
 @dataclass
@@ -226,18 +239,26 @@ class ImageView:
         """Per-block scores of a DWT method (``dwtDct``/``dwtDctSvd``) for a channel order.
 
         ``offset`` is subtracted from the low-low band first: :data:`dwt.FLOAT_OFFSET` reads a mark
-        that was embedded in a float image (see there).
+        that was embedded in a float image (see there). Every method and offset of one channel
+        order shares its U plane and Haar band, and every ``dwtDct`` offset its block extremes.
         """
-        def scores_of(blocks: np.ndarray) -> np.ndarray:
-            return dwt.scores_of_blocks(blocks - offset if offset else blocks, method)
-
+        if method not in ("dwtDct", "dwtDctSvd"):
+            raise ValueError(f"not a DWT method: {method!r}")
+        key = ("scores", method, order, offset)
         if self.height * self.width <= MEMO_BLOCKS_PIXELS:
-            blocks = self.memo(("blocks", order), lambda: _blocks(self.rgb, order))
-            return self.memo(("scores", method, order, offset), lambda: scores_of(blocks))
+            def whole() -> np.ndarray:
+                ll = self.memo(("ll", order), lambda: dwt.haar_ll(dwt.u_plane(self.rgb, order)))
+                if method == "dwtDct":
+                    return dwt.dct_scores(self.memo(("dct-extremes", order), lambda: dwt.dct_extremes(ll)), offset)
+                blocks = self.memo(("blocks", order), lambda: dwt.to_blocks(ll))
+                return dwt.scores_of_blocks(blocks - offset if offset else blocks, method)
+
+            return self.memo(key, whole)
         rows = self.height // 8 * 8  # whole block rows: what the whole-image computation uses
         step = max(8, STRIP_PIXELS // self.width // 8 * 8)
-        return self.memo(("scores", method, order, offset), lambda: np.concatenate(
-            [scores_of(_blocks(self.rgb[top:min(rows, top + step)], order)) for top in range(0, rows, step)]))
+        return self.memo(key, lambda: np.concatenate(
+            [dwt.band_scores(dwt.haar_ll(dwt.u_plane(self.rgb[top:min(rows, top + step)], order)), method, offset)
+             for top in range(0, rows, step)]))
 
     def bits(self, method: str, length: int, order: dwt.Order = "bgr", offset: float = 0.0) -> np.ndarray:
         """The ``length`` bits invisible-watermark would decode with ``method`` (bool array)."""
@@ -246,10 +267,6 @@ class ImageView:
     def carriers(self) -> int:
         """Blocks available to the DWT methods (each carries one copy of one bit)."""
         return dwt.capacity(self.height, self.width)
-
-
-def _blocks(rgb: np.ndarray, order: dwt.Order) -> np.ndarray:
-    return dwt.to_blocks(dwt.haar_ll(dwt.u_plane(rgb, order)))
 
 
 @runtime_checkable
@@ -304,14 +321,15 @@ class FixedMessageScheme:
         n = len(self.bits)
         if view.carriers() < n:
             return None
-        expected = np.asarray(self.bits, dtype=bool)
+        expected = _message_bits(self.bits)
+        turns, agreement, lengths = _turns(self.bits), _self_agreement(self.bits), null_lengths(n)
         best: tuple[float, int, str, float] | None = None
         for order, offset in self.readings:
-            read = view.bits(self.method, n, order, offset)
+            scores = view.block_scores(self.method, order, offset)
+            read = dwt.bits_from_scores(scores, n)
             matches = int((read == expected).sum())
-            others = dwt.bits_at_lengths(view.block_scores(self.method, order, offset), null_lengths(n), n)
-            tail = dependence_adjusted_tail(n, matches, (others == expected).sum(axis=1),
-                                            turned_matches(read, expected), expected)
+            others = dwt.bits_at_lengths(scores, lengths, n)
+            tail = _adjusted_tail(n, matches, (others == expected).sum(axis=1), (turns == read).sum(axis=1), agreement)
             if best is None or tail < best[0]:
                 best = (tail, matches, order, offset)
         assert best is not None
