@@ -72,8 +72,8 @@ def graphics(size: int = 320) -> Iterator[tuple[str, np.ndarray]]:
         board = ((yy // period + xx // period) % 2).astype(bool)
         yield f"checker{period}", _rgb(board)
         yield f"stripes{period}", _rgb(((xx // period) % 2).astype(bool))
-        colour = np.where(board[..., None], np.array([250, 40, 40], np.uint8), np.array([20, 20, 230], np.uint8))
-        yield f"checker{period}-colour", colour.astype(np.uint8)
+        painted = np.where(board[..., None], np.array([250, 40, 40], np.uint8), np.array([20, 20, 230], np.uint8))
+        yield f"checker{period}-colour", painted.astype(np.uint8)
     rng = np.random.default_rng(7)
     yield "noise", rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
     yield "noise-grey", _rgb(rng.integers(0, 256, (size, size), dtype=np.uint8))
@@ -212,9 +212,9 @@ def structured_corpus(count: int, seed: int = 0) -> Iterator[tuple[str, np.ndarr
             if rng.random() < 0.3:
                 image = encode(image, int(rng.integers(40, 96)))
         elif kind == "text-tiled":
-            tile = Image.new("RGB", (int(rng.integers(40, 200)), int(rng.integers(12, 40))), tuple(int(c) for c in colour()))
-            ImageDraw.Draw(tile).text((2, 1), "sale 50% off", fill=tuple(int(c) for c in colour()))
-            image = np.tile(np.asarray(tile), (-(-h // tile.height), -(-w // tile.width), 1))[:h, :w]
+            banner = Image.new("RGB", (int(rng.integers(40, 200)), int(rng.integers(12, 40))), tuple(int(c) for c in colour()))
+            ImageDraw.Draw(banner).text((2, 1), "sale 50% off", fill=tuple(int(c) for c in colour()))
+            image = np.tile(np.asarray(banner), (-(-h // banner.height), -(-w // banner.width), 1))[:h, :w]
         elif kind.startswith("photo"):
             src = sources[int(rng.integers(len(sources)))]
             scale = float(rng.uniform(0.5, 1.5))

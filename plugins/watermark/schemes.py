@@ -323,7 +323,7 @@ class FixedMessageScheme:
             return None
         expected = _message_bits(self.bits)
         turns, agreement, lengths = _turns(self.bits), _self_agreement(self.bits), null_lengths(n)
-        best: tuple[float, int, str, float] | None = None
+        best: tuple[float, int, dwt.Order, float] | None = None
         for order, offset in self.readings:
             scores = view.block_scores(self.method, order, offset)
             read = dwt.bits_from_scores(scores, n)
