@@ -151,6 +151,9 @@ def test_votes_at_many_lengths_equal_one_length_at_a_time():
             alone = [np.pad(dwt.bits_from_scores(scores, length), (0, max(0, n - length)))[:n]
                      for length in null_lengths(n)]
             assert np.array_equal(together, np.array(alone)), (count, n)
+            stack = np.stack([scores, 1 - scores, np.roll(scores, 5)])  # readings of one image, at once
+            assert np.array_equal(dwt.bits_at_lengths(stack, null_lengths(n), n),
+                                  [dwt.bits_at_lengths(row, null_lengths(n), n) for row in stack])
 
 
 def test_dct_scores_from_block_extremes_equal_the_blockwise_argmax():

@@ -173,25 +173,28 @@ def bits_from_scores(scores: np.ndarray, length: int) -> np.ndarray:
 
 def bits_at_lengths(scores: np.ndarray, lengths: tuple[int, ...], keep: int) -> np.ndarray:
     """The first ``keep`` bits :func:`bits_from_scores` gives at each of ``lengths`` (one row each):
-    the same majority votes (ties -> 1).
+    the same majority votes (ties -> 1). ``scores`` may be a stack ``(k, n)`` of score arrays of
+    one length (several readings of one image); the result is then ``(k, len(lengths), keep)``.
 
     Read at length ``L``, bit ``i`` votes over blocks ``i, i + L, i + 2L, ...``: the columns of the
     scores laid out in rows of ``L``. One zero-padded copy of the scores serves every length as such
     a view, so the work is one column sum per length and the memory one copy of ``scores``.
     """
-    count = len(scores)
-    longest = max(lengths)
-    padded = np.zeros(count + longest, dtype=np.int64)  # summed as it is stored: no cast per length
-    padded[:count] = scores
-    ones = np.empty((len(lengths), keep), dtype=np.int64)
+    stack = np.atleast_2d(scores)
+    count = stack.shape[1]
+    padded = np.zeros((len(stack), count + max(lengths)), dtype=np.int64)  # summed as stored: no cast per length
+    padded[:, :count] = stack
+    ones = np.empty((len(stack), len(lengths), keep), dtype=np.int64)
     for row, length in enumerate(lengths):
         rounds = -(-count // length)
-        np.add.reduce(padded[: rounds * length].reshape(rounds, length)[:, :keep], axis=0, out=ones[row])
+        np.add.reduce(padded[:, : rounds * length].reshape(len(stack), rounds, length)[:, :, :keep], axis=1,
+                      out=ones[:, row])
     # blocks behind bit i at length L: those of i, i + L, ... below count
     sizes = np.asarray(lengths, dtype=np.int64)[:, None]
     total = np.maximum(count - np.arange(keep)[None, :] + sizes - 1, 0) // sizes
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, (ones / np.maximum(total, 1)) * 255 > 127, False)
+        bits = np.where(total > 0, (ones / np.maximum(total, 1)) * 255 > 127, False)
+    return bits if np.ndim(scores) > 1 else bits[0]
 
 
 def dct_extremes(ll: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -324,12 +324,12 @@ class FixedMessageScheme:
         expected = _message_bits(self.bits)
         turns, agreement, lengths = _turns(self.bits), _self_agreement(self.bits), null_lengths(n)
         best: tuple[float, int, dwt.Order, float] | None = None
-        for order, offset in self.readings:
-            scores = view.block_scores(self.method, order, offset)
-            read = dwt.bits_from_scores(scores, n)
+        scores = np.stack([view.block_scores(self.method, order, offset) for order, offset in self.readings])
+        others = (dwt.bits_at_lengths(scores, lengths, n) == expected).sum(axis=2)
+        for (order, offset), reading, other in zip(self.readings, scores, others):
+            read = dwt.bits_from_scores(reading, n)
             matches = int((read == expected).sum())
-            others = dwt.bits_at_lengths(scores, lengths, n)
-            tail = _adjusted_tail(n, matches, (others == expected).sum(axis=1), (turns == read).sum(axis=1), agreement)
+            tail = _adjusted_tail(n, matches, other, (turns == read).sum(axis=1), agreement)
             if best is None or tail < best[0]:
                 best = (tail, matches, order, offset)
         assert best is not None
