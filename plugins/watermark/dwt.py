@@ -14,7 +14,9 @@ blocks (ties read 1). Per block, with step ``SCALE = 36``:
 
 The library runs a Python loop over every block; here the per-block *scores* of a plane are
 computed once with array operations, and any number of schemes then read bits of any length from
-them (:func:`bits_from_scores`), so checking five marks costs little more than checking one.
+them (:func:`bits_from_scores`, and :func:`bits_at_lengths` for many lengths at once), so checking
+five marks costs little more than checking one. ``dwtDct`` scores come from each block's largest
+and smallest coefficient (:func:`dct_extremes`), which serve every offset of the band at once.
 Decoded bits equal the library's (tests compare them on real photos); where they could differ is
 float rounding of a value that lies exactly on a decision boundary.
 
