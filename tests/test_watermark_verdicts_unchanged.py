@@ -2,10 +2,11 @@
 
 ``tests/data/dwt_verdicts.json`` holds what the earlier readers (block copies, argmax per block, one
 gather per null length) said about each image below: every default fixed-message and sdmark DWT
-scheme's p-value, band, payload and matched bits. The images are photos scikit-image ships as PNG,
-marks made by invisible-watermark's own encoder (on uint8 images) and by ours, the same weakened by noise (so that
-p-values fall between the bands), and periodic, tiled images made with numpy alone (where the
-dependence-adjusted null does the work), so they are the same on every machine. Regenerate with
+scheme's p-value, band, payload and matched (or corrected) bits. The images are photos scikit-image
+ships as PNG, marks made by invisible-watermark's own encoder (on uint8 images) and by ours, the same
+weakened by noise (so that p-values fall between the bands), and periodic, tiled images made with numpy
+alone (where the dependence-adjusted null does the work): no lossy codec or float colour conversion, so
+the pixels do not depend on library builds. Regenerate with
 ``python tests/test_watermark_verdicts_unchanged.py --write`` only when a verdict is meant to change.
 """
 
