@@ -23,12 +23,13 @@ class WorkTimeout(Exception):
 
 
 class Ticket:
-    """One admitted request: its place at the gate and its private temp folder, both released once
-    (by the request if its work never started, else when the work ends, even after a timeout)."""
+    """One place at a gate and the request's private temp folder, both released once (by the
+    request if its work never started, else when the work ends, even after a timeout). The folder
+    can be handed on to the next ticket (from receiving the upload to checking it) instead."""
 
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, gate: Gate, folder: Path | None = None) -> None:
         self._gate = gate
-        self._folder: Path | None = None
+        self._folder = folder
         self._lock = threading.Lock()
         self._released = False
         self.submitted = False
@@ -38,6 +39,11 @@ class Ticket:
         if self._folder is None:
             self._folder = Path(tempfile.mkdtemp(prefix="sdmark-serve-"))  # mode 0700
         return self._folder
+
+    def hand_over(self) -> Path:
+        """The folder, now the caller's to release (this ticket no longer deletes it)."""
+        folder, self._folder = self.folder, None
+        return folder
 
     def release(self) -> None:
         with self._lock:
@@ -50,7 +56,8 @@ class Ticket:
 
 
 class Engine:
-    """What one worker process loads once and every request shares: the schemes, the pool, the gate."""
+    """What one worker process loads once and every request shares: the schemes, the pool, the gates
+    (``receiving`` for bodies on their way in, ``gate`` for CPU work)."""
 
     def __init__(self, settings: ServeSettings) -> None:
         from sdmark.core.runtime import Runtime
@@ -60,6 +67,7 @@ class Engine:
         self.settings = settings
         self.schemes = select_schemes(runtime=self.runtime)
         self.gate = Gate(settings.threads, settings.queue)
+        self.receiving = Gate(settings.receiving, 0)
         self.pool = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="sdmark-serve")
         self.mark_chain = _checked_chain(settings.mark_chain) if settings.token else None
 
@@ -73,9 +81,14 @@ class Engine:
             Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(path)
             self.verify_path(path, "warm.png")
 
-    def admit(self) -> Ticket | None:
-        """A ticket for one request, or None when the server is saturated (answer 503)."""
-        return Ticket(self.gate) if self.gate.try_enter() else None
+    def receive_place(self) -> Ticket | None:
+        """A place for one request's body to arrive in, or None when too many are arriving (503)."""
+        return Ticket(self.receiving) if self.receiving.try_enter() else None
+
+    def admit(self, folder: Path | None = None) -> Ticket | None:
+        """A ticket for one request's CPU work (owning ``folder`` from then on), or None when the
+        server is saturated (answer 503; ``folder`` stays the caller's)."""
+        return Ticket(self.gate, folder) if self.gate.try_enter() else None
 
     async def run(self, ticket: Ticket, job: Callable[[], T]) -> T:
         """Run ``job`` in the pool; the ticket is released when it ends. Raises :class:`WorkTimeout`."""
