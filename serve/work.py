@@ -132,6 +132,7 @@ class Engine:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.runtime.close_resources()  # the registry session the checks shared
 
 
 def _checked_chain(spec: str) -> str:

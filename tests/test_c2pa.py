@@ -62,7 +62,12 @@ def inspect(path: Path, detections: list | None = None) -> dict:
     """What `sdmark verify` reports for ``path`` (through the verify hook, with given detections)."""
     loaded = read_image(path)
     report = {"path": str(path), "watermarked": bool(detections), "detections": detections or [], "error": None}
-    Runtime.load().pm.hook.sdmark_inspect_image(path=loaded.path, image=loaded.image, metadata=loaded.metadata, report=report)
+    runtime = Runtime.load()
+    try:
+        runtime.pm.hook.sdmark_inspect_image(path=loaded.path, image=loaded.image, metadata=loaded.metadata, report=report,
+                                             runtime=runtime)
+    finally:
+        runtime.close_resources()
     return report
 
 
@@ -757,3 +762,46 @@ def test_an_unreadable_registry_is_named_in_the_text_output(cli_runner, photos, 
     report = json.loads(runner.invoke(cli, ["verify", "--json", "--no-progress", str(path)]).stdout)
     assert "broken-registry.sqlite" in report["content_credentials"]["registry_error"]
     assert garbage.read_bytes() == b"not a database" * 200
+
+
+@needs_watermark
+def test_one_verify_run_opens_the_registry_once_and_a_locked_one_costs_one_busy_wait(
+        cli_runner, identity, photo_dir, tmp_path, monkeypatch):
+    """Recovery opened the registry for every image: a connection each, and with a writer holding
+    the lock, one busy wait (2 s) each. One run now keeps one session: one open, and a locked
+    registry is asked once, reported as ``registry_error`` for every image, never read unlocked."""
+    import sqlite3
+    import time
+
+    from sdmark.plugins.c2pa import verify as c2pa_verify
+    from sdmark.plugins.c2pa.registry import READ_TIMEOUT
+
+    signed, payload = _sign_marked(cli_runner, identity, photo_dir, tmp_path)
+    copies = [strip_metadata(signed, tmp_path / f"copy{i}.png") for i in range(4)]
+    opened = []
+    real_open = c2pa_verify.open_registry
+    monkeypatch.setattr(c2pa_verify, "open_registry", lambda location: opened.append(location) or real_open(location))
+    runner, cli = cli_runner
+    result = runner.invoke(cli, ["verify", "--json", "--no-progress", *map(str, copies)])
+    reports = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["content_credentials"]["recovery"]["verdict"] for r in reports] == ["matched"] * 4, result.output
+    assert len(opened) == 1
+    registry = tmp_path / "registry.sqlite"
+    writer = sqlite3.connect(registry, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=DELETE")
+    writer.execute("BEGIN EXCLUSIVE")
+    writer.execute("UPDATE manifests SET title = 'half-written'")
+    try:
+        started = time.monotonic()
+        result = runner.invoke(cli, ["verify", "--json", "--no-progress", *map(str, copies)])
+        took = time.monotonic() - started
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    reports = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(reports) == 4 and len(opened) == 2
+    for report in reports:
+        credentials = report["content_credentials"]
+        assert "locked by a writer" in credentials["registry_error"] and "recovered_from_registry" in credentials
+        assert not credentials["recovered_from_registry"] and "half-written" not in json.dumps(report)
+    assert took < 2 * READ_TIMEOUT + 3, took  # one busy wait for the run, not one per image (4 x 2 s)

@@ -67,13 +67,15 @@ def sdmark_after_save(path: Path, item: Any, context: Any) -> None:
 
 # The watermark plugin declares this hook and the next; optional, so c2pa loads without it.
 @hookimpl(optionalhook=True)
-def sdmark_inspect_image(path: Path, image: Any, metadata: dict[str, Any], report: dict[str, Any]) -> None:
+def sdmark_inspect_image(path: Path, image: Any, metadata: dict[str, Any], report: dict[str, Any], runtime: Any) -> None:
     report.setdefault("xmp_digital_source_type", metadata.get("digital_source_type"))
     report.setdefault("parameters", metadata.get("parameters"))
     try:
-        from sdmark.plugins.c2pa.verify import inspect_credentials
+        from sdmark.plugins.c2pa.verify import inspect_credentials, recovery_session
 
-        report["content_credentials"] = inspect_credentials(Path(path), report.get("detections"), image)
+        # One registry connection and row cache per run, kept by the runtime (closed when the run ends).
+        report["content_credentials"] = inspect_credentials(Path(path), report.get("detections"), image,
+                                                            recovery_session(runtime))
     except ImportError as exc:
         if exc.name != "c2pa":
             raise
