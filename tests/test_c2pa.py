@@ -271,6 +271,53 @@ def test_generate_manifest_says_trained_algorithmic_media(cli_runner, identity, 
     assert again["ingredients"][0]["manifest"] == credentials["manifest"]
     assert again["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA and again["digital_source_type_inherited"]
     assert action_names(again) == ["c2pa.opened", "c2pa.transcoded"]
+    # Its valid, trusted credentials prove what it declares: the source type travels, the record is quoted as proven.
+    proven = again["record"]["source"]["credentials"]
+    assert proven["status"] == "valid" and proven["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA
+    assert proven["record"]["generation"]["prompt"] == "a lighthouse at dusk" and proven["manifest"] == credentials["manifest"]
+    assert "declared" not in again["record"]["source"] or "record" not in again["record"]["source"]["declared"]
+    assert read_image(Path(lines[0]["path"])).metadata["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA
+
+
+def test_a_forged_record_and_source_type_in_the_input_are_quoted_unverified_never_as_ours(
+        cli_runner, identity, photos, tmp_path):
+    """F4 of the attack review: a forged sdmark record in the input was quoted verbatim as
+    ``source.record`` inside our signed manifest, and its unverified XMP source type re-declared."""
+    from PIL import PngImagePlugin
+
+    from sdmark.core.metadata import PNG_RECORD_KEY, build_xmp
+    from sdmark.core.records import ProvenanceRecord
+
+    capture = "http://cv.iptc.org/newscodes/digitalsourcetype/digitalCapture"
+
+    def forge(path: Path, photo, prompt: str, source_type: str) -> None:
+        forged = ProvenanceRecord(kind="generated", generation={"prompt": prompt, "seed": 1, "model": "the Ministry of Truth"})
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", build_xmp(forged, source_type))
+        info.add_itxt(PNG_RECORD_KEY, forged.to_json())
+        photo.save(path, pnginfo=info)
+
+    source, small = tmp_path / "forged.png", tmp_path / "forged-small.png"
+    forge(source, photos["chelsea"], "x" * 200_000, capture + "?" + "y" * 5000)
+    forge(small, photos["coffee"], "a forged prompt", TRAINED_ALGORITHMIC_MEDIA)
+    set_trust_anchors([identity / "ca.pem"])
+    result, lines = run_process(cli_runner, [source, small], tmp_path / "out", "--format", "png")
+    assert result.exit_code == 0, result.output
+    for line in lines:
+        written = Path(line["path"])
+        credentials = inspect(written)["content_credentials"]
+        assert credentials["status"] == "valid"  # our signature, over what we say the input declared
+        signed_source = credentials["record"]["source"]
+        assert "record" not in signed_source and "credentials" not in signed_source
+        declared = signed_source["declared"]
+        assert declared["verified"] is False and "not checked" in declared["note"]
+        assert read_image(written).metadata["digital_source_type"] is None  # not re-declared, not even "AI"
+        if written.stem == "forged":
+            assert "omitted" in declared["record"]  # bounded: the 200 KB record is not quoted
+            assert declared["digital_source_type"].startswith(capture) and len(declared["digital_source_type"]) < 300
+        else:
+            assert declared["record"]["generation"]["prompt"] == "a forged prompt"
+            assert declared["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA
 
 
 def test_without_identity_images_are_written_unsigned_with_one_warning(cli_runner, photo_dir, tmp_path):
@@ -770,6 +817,7 @@ def test_one_verify_run_opens_the_registry_once_and_a_locked_one_costs_one_busy_
     """Recovery opened the registry for every image: a connection each, and with a writer holding
     the lock, one busy wait (2 s) each. One run now keeps one session: one open, and a locked
     registry is asked once, reported as ``registry_error`` for every image, never read unlocked."""
+    import gc
     import sqlite3
     import time
 
@@ -787,6 +835,7 @@ def test_one_verify_run_opens_the_registry_once_and_a_locked_one_costs_one_busy_
     assert [r["content_credentials"]["recovery"]["verdict"] for r in reports] == ["matched"] * 4, result.output
     assert len(opened) == 1
     registry = tmp_path / "registry.sqlite"
+    gc.collect()  # the signing run's registry writer (kept in its RunContext) must be gone to leave WAL mode
     writer = sqlite3.connect(registry, isolation_level=None)
     writer.execute("PRAGMA journal_mode=DELETE")
     writer.execute("BEGIN EXCLUSIVE")

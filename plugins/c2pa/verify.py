@@ -74,22 +74,67 @@ READABLE = {"image/png", "image/jpeg", "image/webp", "image/tiff", "image/gif", 
 _contexts: dict[tuple, Any] = {}
 
 
-def reading_context() -> tuple[Any, list[dict[str, str]]]:
-    """The SDK context for reading (offline, trust anchors loaded) and a description of the anchors."""
+def reading_context(paths: tuple[Path, ...] | None = None) -> tuple[Any, list[dict[str, str]]]:
+    """The SDK context for reading (offline, trust anchors loaded) and a description of the anchors.
+
+    ``paths``: the anchors (default: :func:`settings.trust_anchor_paths`)."""
     import c2pa
 
     from sdmark.plugins.c2pa.identity import describe_certificate
 
-    paths = tuple(settings.trust_anchor_paths())
+    paths = tuple(settings.trust_anchor_paths()) if paths is None else paths
     key = (os.getpid(), paths)
     if key not in _contexts:
         config: dict[str, Any] = {"verify": {"verify_trust": True, "remote_manifest_fetch": False}}
         if paths:
             config["trust"] = {"user_anchors": "".join(settings.read_anchor(p) for p in paths)}
         anchors = [{"path": str(p), "subject": describe_certificate(p)["subject"]} for p in paths]
-        _contexts.clear()
+        if len(_contexts) >= 4:  # a process reads with one or two sets of anchors
+            _contexts.clear()
         _contexts[key] = (c2pa.Context.from_dict(config), anchors)
     return _contexts[key]
+
+
+def input_credentials(path: Path) -> dict[str, Any] | None:
+    """What a ``process`` input proves about itself through its own embedded manifest: ``None``
+    without one; ``{"status": ...}`` alone when it is not valid and trusted; with ``valid``, the
+    manifest, its signer and what it declares (``digital_source_type``, sdmark's ``record``,
+    bounded), which the processed image may then carry as proven.
+
+    Trusted are the anchors given (``SDMARK_TRUST_ANCHORS``, ``--trust``) and this machine's own
+    signing CA (``sdmark keys init``): what this machine signed, it may carry on."""
+    import c2pa
+
+    from sdmark.core.metadata import source_record
+
+    mime = sniff_mime(path)
+    if mime not in READABLE:
+        return None
+    anchors = list(settings.trust_anchor_paths())
+    own = settings.keys_dir() / "ca.pem"
+    if own.is_file() and own not in anchors:
+        anchors.append(own)
+    context, _ = reading_context(tuple(anchors))
+    try:
+        with open(path, "rb") as stream:
+            reader = c2pa.Reader.try_create(mime, stream, context=context)
+            if reader is None:
+                return None
+            store = json.loads(reader.json())
+            reader.close()
+    except (c2pa.C2paError, OSError, ValueError) as exc:
+        return {"status": "invalid", "error": f"cannot read the C2PA manifest: {exc}"}
+    described = describe_store(store)
+    if described["status"] != "valid":
+        return {"status": described["status"]}
+    signer = dict(described.get("signer") or {})
+    _add_certificate(signer, store_from_file(path), described.get("manifest"))
+    found: dict[str, Any] = {"status": "valid", "manifest": described.get("manifest"), "signer": signer,
+                             "digital_source_type": described.get("digital_source_type")}
+    record = source_record({"record": _record(store)})
+    if record is not None:
+        found["record"] = record
+    return found
 
 
 class RegistryUnavailable(Exception):
