@@ -19,7 +19,8 @@ PREFIX = "SDMARK_SERVE_"
 @dataclass(frozen=True)
 class ServeSettings:
     """Limits and switches of one server. ``token`` enables ``POST /v1/mark``; ``store_dir`` and
-    ``log_images`` are the operator's opt-ins to keep uploads or name them in the log."""
+    ``log_images`` are the operator's opt-ins to keep uploads or name them in the log;
+    ``mark_no_safety`` the operator's explicit opt-out of the safety stage for ``/v1/mark``."""
 
     max_upload_bytes: int = 25 * 1024 * 1024
     max_files: int = 16  # per page upload; the API takes one file per request
@@ -34,7 +35,8 @@ class ServeSettings:
     upload_grace_s: float = 5.0
     retry_after_s: int = 2
     token: str | None = field(default=None, repr=False)
-    mark_chain: str = "watermark"
+    mark_chain: str = "watermark"  # 'safety' is added first unless mark_no_safety, as `sdmark process` does
+    mark_no_safety: bool = False
     store_dir: Path | None = None
     log_images: bool = False
 
@@ -82,7 +84,7 @@ def _parse(name: str, raw: str) -> object:
         return int(raw)
     if name in ("timeout_s", "upload_grace_s"):
         return float(raw)
-    if name == "log_images":
+    if name in ("log_images", "mark_no_safety"):
         if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
             raise ValueError(raw)
         return raw.lower() in ("1", "true", "yes")

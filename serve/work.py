@@ -11,6 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from sdmark.core.errors import SdmarkError
 from sdmark.serve.limits import Gate
 from sdmark.serve.settings import ServeSettings
 from sdmark.serve.uploads import Upload
@@ -69,7 +70,7 @@ class Engine:
         self.gate = Gate(settings.threads, settings.queue)
         self.receiving = Gate(settings.receiving, 0)
         self.pool = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="sdmark-serve")
-        self.mark_chain = _checked_chain(settings.mark_chain) if settings.token else None
+        self.mark_chain = _mark_chain(settings) if settings.token else None
 
     def warm_up(self) -> None:
         """Run one verification so that lazy imports and caches are paid for before the first request."""
@@ -113,14 +114,15 @@ class Engine:
     def mark(self, upload: Upload, folder: Path, fmt: str) -> tuple[bytes, dict[str, Any]]:
         """Run the operator's mark chain on the upload; the written file's bytes and its record."""
         from sdmark.core.chain import parse_chain
-        from sdmark.core.errors import SdmarkError
         from sdmark.core.output import OutputOptions
         from sdmark.core.process import process_images
 
         warnings: list[str] = []
         out = folder / "out"
-        results = process_images([upload.path], parse_chain(self.settings.mark_chain, self.runtime), OutputOptions(directory=out, format=fmt),
-                                 safety="on", batch_size=1, device="cpu", progress=False, warn=warnings.append)
+        assert self.mark_chain is not None, "marking is off without a token"
+        results = process_images([upload.path], parse_chain(self.mark_chain, self.runtime), OutputOptions(directory=out, format=fmt),
+                                 safety="off" if self.settings.mark_no_safety else "on", batch_size=1, device="cpu",
+                                 progress=False, warn=warnings.append)
         result = results[0]
         if result.status != "written" or result.path is None:
             raise SdmarkError(renamed(result.error or f"not written ({result.status})", str(upload.path), upload.name))
@@ -135,11 +137,21 @@ class Engine:
         self.runtime.close_resources()  # the registry session the checks shared
 
 
-def _checked_chain(spec: str) -> str:
-    """Fail at start-up, not on the first request, when the mark chain names an unknown stage or option."""
+def _mark_chain(settings: ServeSettings) -> str:
+    """The chain ``/v1/mark`` runs: the operator's, with 'safety' first unless they turned it off
+    explicitly (``--mark-no-safety``), as ``sdmark process`` does. Fails at start-up, not on the
+    first request, when it names an unknown stage or option."""
     from sdmark.core.chain import parse_chain
 
-    parse_chain(spec)
+    chain = parse_chain(settings.mark_chain)
+    has_safety = any(stage.checks_safety for stage in chain.stages)
+    spec = settings.mark_chain
+    if settings.mark_no_safety:
+        if has_safety:
+            raise SdmarkError("serve: --mark-no-safety, but the mark chain has a safety stage; remove one or the other")
+    elif not has_safety:
+        spec = f"safety {spec}".strip()
+        parse_chain(spec)
     return spec
 
 

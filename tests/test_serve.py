@@ -74,7 +74,8 @@ def images(tmp_path_factory, photos):
 
 @pytest.fixture(scope="module")
 def client(images):
-    with TestClient(create_app(ServeSettings(token=TOKEN, max_upload_bytes=2 * 1024 * 1024))) as test_client:
+    # Marking without the safety stage is the operator's explicit choice here (NudeNet is tested elsewhere).
+    with TestClient(create_app(ServeSettings(token=TOKEN, max_upload_bytes=2 * 1024 * 1024, mark_no_safety=True))) as test_client:
         yield test_client
 
 
@@ -198,6 +199,16 @@ def test_mark_needs_the_token_and_returns_a_marked_image(client, images):
     assert marked.headers["content-type"] == "image/webp" and marked.headers["x-sdmark-stages"] == "watermark"
     check = client.post("/v1/verify", files={"file": ("marked.webp", marked.content)}).json()
     assert check["watermarked"] is True and check["content_credentials"]["status"] == "valid"
+
+
+def test_the_mark_chain_gets_safety_first_unless_turned_off_explicitly():
+    from sdmark.core.errors import SdmarkError
+    from sdmark.serve.work import _mark_chain
+
+    assert _mark_chain(ServeSettings(token=TOKEN)) == "safety watermark"
+    assert _mark_chain(ServeSettings(token=TOKEN, mark_no_safety=True)) == "watermark"
+    with pytest.raises(SdmarkError, match="mark-no-safety"):
+        _mark_chain(ServeSettings(token=TOKEN, mark_chain="safety watermark", mark_no_safety=True))
 
 
 def test_mark_is_off_without_a_token(images):
