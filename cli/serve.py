@@ -51,7 +51,8 @@ MISSING = "sdmark serve needs its extra: pip install 'sdmark[serve]'"
 @click.option("--trust-own/--no-trust-own", default=True, show_default=True,
               help="Trust this machine's own signing CA (from `sdmark keys init`) when it has one.")
 def serve_command(host: str, port: int, workers: int, threads: int, queue: int, receiving: int, min_upload_kib: float,
-                  upload_grace_s: float, max_upload_mb: float, timeout_s: float, token_file: Path | None, mark_chain: str, mark_no_safety: bool, store_dir: Path | None, log_images: bool, trust_own: bool) -> None:
+                  upload_grace_s: float, max_upload_mb: float, timeout_s: float, token_file: Path | None, mark_chain: str, mark_no_safety: bool,
+                  store_dir: Path | None, log_images: bool, trust_own: bool) -> None:
     """Serve the verify report over HTTP: POST /v1/verify, the page at /, the API at /docs.
 
     Uploads are checked in memory and private temp files that are deleted when the request ends;
@@ -70,7 +71,8 @@ def serve_command(host: str, port: int, workers: int, threads: int, queue: int, 
     token = read_token_file(token_file) if token_file else (os.environ.get("SDMARK_SERVE_TOKEN") or None)
     settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 1024 * 1024), timeout_s=timeout_s, threads=threads,
                              queue=queue, receiving=receiving, min_upload_rate=int(min_upload_kib * 1024),
-                             upload_grace_s=upload_grace_s, token=token, mark_chain=mark_chain, mark_no_safety=mark_no_safety, store_dir=store_dir, log_images=log_images)
+                             upload_grace_s=upload_grace_s, token=token, mark_chain=mark_chain, mark_no_safety=mark_no_safety,
+                             store_dir=store_dir, log_images=log_images)
     settings.check()
     own_ca = c2pa_settings.keys_dir() / "ca.pem"
     if trust_own and own_ca.is_file() and own_ca not in c2pa_settings.trust_anchor_paths():

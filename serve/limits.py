@@ -93,7 +93,7 @@ class PacedReceive:
     ``grace_s``, and one that trickles a byte now and then soon after, without holding a CPU place;
     raises :class:`UploadTooSlow`."""
 
-    def __init__(self, receive: Receive, *, timeout_s: float, min_rate: float, grace_s: float) -> None:
+    def __init__(self, receive: Callable[[], Awaitable[Any]], *, timeout_s: float, min_rate: float, grace_s: float) -> None:
         self.receive = receive
         self.timeout_s = timeout_s
         self.min_rate = min_rate
