@@ -854,3 +854,29 @@ def test_one_verify_run_opens_the_registry_once_and_a_locked_one_costs_one_busy_
         assert "locked by a writer" in credentials["registry_error"] and "recovered_from_registry" in credentials
         assert not credentials["recovered_from_registry"] and "half-written" not in json.dumps(report)
     assert took < 2 * READ_TIMEOUT + 3, took  # one busy wait for the run, not one per image (4 x 2 s)
+
+
+@needs_watermark
+def test_a_verify_file_call_without_a_runtime_closes_what_it_opened(cli_runner, identity, photo_dir, tmp_path):
+    """``verify_file(path)`` alone is a run of one image: the registry it opened is closed when it returns."""
+    import gc
+
+    from sdmark.plugins.watermark.verify import verify_file
+
+    signed, _ = _sign_marked(cli_runner, identity, photo_dir, tmp_path)
+    copy = strip_metadata(signed, tmp_path / "copy.png")
+    gc.collect()
+    registry = str((tmp_path / "registry.sqlite").resolve())
+
+    def open_on_registry() -> list[str]:
+        links = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")]
+        return [link for link in links if link.startswith(registry)]
+
+    gc.disable()  # nothing is closed by the collector behind the test's back
+    try:
+        for _ in range(2):
+            report = verify_file(copy)
+            assert report["content_credentials"]["recovery"]["verdict"] == "matched"
+            assert open_on_registry() == []
+    finally:
+        gc.enable()
