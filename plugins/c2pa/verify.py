@@ -163,16 +163,24 @@ class RecoverySession:
         with self._lock:
             if self._error is not None and time.monotonic() - self._failed_at < REGISTRY_RETRY_S:
                 raise RegistryUnavailable(self._error)
-            try:
-                if self._registry is None:
-                    self._registry = open_registry(self.location)
-                entries = self._registry.lookup(payload)
-            except Exception as exc:  # whatever the store raised: verify reports it and goes on
-                self._error, self._failed_at = str(exc), time.monotonic()
-                self._close_registry()
-                raise RegistryUnavailable(self._error) from None
-            self._error = None
-            return entries
+            # A connection that worked before and fails now may just be stale (a database server
+            # restarted, an idle session ended): one fresh connection is tried at once. A lock is
+            # not retried: that would be a second busy wait.
+            attempts = 2 if self._registry is not None else 1
+            for attempt in range(attempts):
+                try:
+                    if self._registry is None:
+                        self._registry = open_registry(self.location)
+                    entries = self._registry.lookup(payload)
+                except Exception as exc:  # whatever the store raised: verify reports it and goes on
+                    self._close_registry()
+                    if attempt + 1 < attempts and "locked" not in str(exc):
+                        continue
+                    self._error, self._failed_at = str(exc), time.monotonic()
+                    raise RegistryUnavailable(self._error) from None
+                self._error = None
+                return entries
+            raise AssertionError("unreachable")
 
     def signed_row(self, manifest: bytes, context: Any) -> dict[str, Any]:
         """The row's stored manifest as :func:`read_signed_manifest` judges it, from the cache when seen before."""
