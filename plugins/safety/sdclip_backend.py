@@ -117,7 +117,9 @@ class SdClipBackend(SafetyBackend):
             except Exception as exc:  # not in the cache, missing files, wrong format: all mean "try the next"
                 if label.startswith("hub id"):
                     hub_ids.append(source)
-                    tried.append(f"{label}: not in the local Hugging Face cache ({first_line(exc)})")
+                    # The loaders' own words for a missing file speak of connecting, which never happened.
+                    tried.append(f"{label}: not in the local Hugging Face cache" if isinstance(exc, OSError)
+                                 else f"{label}: in the local Hugging Face cache but unreadable ({first_line(exc)})")
                 else:
                     tried.append(f"{label} ({first_line(exc)})")
                 continue
