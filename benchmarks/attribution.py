@@ -276,11 +276,16 @@ def _reencode(rgb: np.ndarray, fmt: str, **options) -> io.BytesIO:
     return buffer
 
 
-def recovery_cost(signed: list[Path], folder: Path, repeats: int = 20) -> tuple[float, float]:
+def recovery_cost(signed: list[Path], folder: Path, repeats: int = 20) -> dict[str, float]:
     """Per image at 512², one core: ``content_credentials`` for a stripped copy with the registry
     (lookup, manifest check, content comparison) and with it off; milliseconds (the fastest of
-    ``repeats`` per image, so that other load on a shared machine does not count, then the median)."""
-    from sdmark.plugins.c2pa.verify import inspect_credentials
+    ``repeats`` per image, so that other load on a shared machine does not count, then the median).
+
+    ``per image``: the registry opened and every row's signed manifest read for each image (as
+    before, and as a caller without a session still gets); ``session``: one
+    :class:`~sdmark.plugins.c2pa.verify.RecoverySession` for the run, as ``sdmark verify`` keeps."""
+    from sdmark.plugins.c2pa.verify import RecoverySession, inspect_credentials
+    from sdmark.plugins.c2pa.settings import registry_path
     from sdmark.plugins.watermark.verify import verify_image
 
     cases = []
@@ -291,19 +296,32 @@ def recovery_cost(signed: list[Path], folder: Path, repeats: int = 20) -> tuple[
         image.load()
         cases.append((copy, image, verify_image(image)["detections"]))
     timings = {}
-    for label, registry in (("with", os.environ["SDMARK_REGISTRY"]), ("off", "off")):
+    for label, registry in (("per image", os.environ["SDMARK_REGISTRY"]), ("session", os.environ["SDMARK_REGISTRY"]),
+                            ("off", "off")):
         with environment(SDMARK_REGISTRY=registry):
+            location = registry_path()
+            session = RecoverySession(location) if label == "session" and location is not None else None
             runs = []
             for copy, image, detections in cases:
-                inspect_credentials(copy, detections, image)  # warm
+                inspect_credentials(copy, detections, image, session)  # warm
                 best = float("inf")
                 for _ in range(repeats):
                     start = time.perf_counter()
-                    inspect_credentials(copy, detections, image)
+                    inspect_credentials(copy, detections, image, session)
                     best = min(best, time.perf_counter() - start)
                 runs.append(best * 1000)
+            if session is not None:
+                session.close()
             timings[label] = statistics.median(runs)
-    return timings["with"], timings["off"]
+    return timings
+
+
+def cost_line(cost: dict[str, float]) -> str:
+    off = cost["off"]
+    return (f"Recovery cost per image, 512², one core (lookup, signed-manifest check, content comparison), over "
+            f"{off:.2f} ms with the registry off: **+{cost['session'] - off:.2f} ms** with one session per run "
+            f"(target <= 5 ms), +{cost['per image'] - off:.2f} ms opening the registry and reading each row per image "
+            f"(before); {(cost['per image'] - off) / max(cost['session'] - off, 1e-9):.2f}x")
 
 
 # -- tables --------------------------------------------------------------------------------------
@@ -449,8 +467,7 @@ def main(argv: list[str] | None = None) -> int:
                 if cost is None:
                     cost = recovery_cost(results[key]["signed"], folder)
     if args.cost:
-        print(f"Recovery cost per image, 512², one core: {cost[0]:.2f} ms with the registry against {cost[1]:.2f} ms "
-              f"with it off: +{cost[0] - cost[1]:.2f} ms (target <= 5 ms)")
+        print(cost_line(cost))
         return 0
     n = len(images)
     print(f"## Attribution: {n} images ({n // 2} photos, {n - n // 2} illustrations), 512², metadata stripped\n")
@@ -460,8 +477,7 @@ def main(argv: list[str] | None = None) -> int:
           "correlation >= 0.80, or a compact local edit):\n")
     print(distance_table(results) + "\n")
     if cost:
-        print(f"Recovery cost per image, 512², one core: {cost[0]:.2f} ms with the registry (lookup, signed-manifest "
-              f"check, content comparison) against {cost[1]:.2f} ms with it off: **+{cost[0] - cost[1]:.2f} ms** (target <= 5 ms)")
+        print(cost_line(cost))
     return 0
 
 

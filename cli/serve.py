@@ -27,13 +27,21 @@ MISSING = "sdmark serve needs its extra: pip install 'sdmark[serve]'"
               help="Verifications at once in each worker (CPU-bound: more workers scale better).")
 @click.option("--queue", type=click.IntRange(min=0), default=32, show_default=True,
               help="Requests per worker that may wait for a thread; past that the answer is 503 with Retry-After.")
+@click.option("--receiving", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Uploads per worker that may be arriving at once (they hold no CPU place); past that, 503.")
+@click.option("--min-upload-rate", "min_upload_kib", type=click.FloatRange(min=0), default=16.0, show_default=True,
+              help="KiB/s an upload must average after its grace period, else 408 (0: only --timeout applies).")
+@click.option("--upload-grace", "upload_grace_s", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Seconds an upload may go before the minimum rate applies (an idle connection is dropped then).")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0.001), default=25.0, show_default=True,
               help="Largest upload; a larger body is answered 413 as soon as it passes the limit.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="Seconds an upload may take to arrive (else 408), and its check, queue included (else 504).")
 @click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="File with the bearer token that turns on POST /v1/mark (or set SDMARK_SERVE_TOKEN).")
-@click.option("--mark-chain", default="watermark", show_default=True, help="The chain POST /v1/mark runs.")
+@click.option("--mark-chain", default="watermark", show_default=True,
+              help="The chain POST /v1/mark runs; 'safety' is added first unless --mark-no-safety.")
+@click.option("--mark-no-safety", is_flag=True, help="Mark without the safety stage (recorded in each image's metadata).")
 @click.option("--store-uploads", "store_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Opt in: keep a copy of every upload here, named by its SHA-256 (default: nothing is kept).")
 @click.option("--log-images", is_flag=True, help="Opt in: log each upload's name, size and SHA-256.")
@@ -42,8 +50,9 @@ MISSING = "sdmark serve needs its extra: pip install 'sdmark[serve]'"
               help="Trust anchor for Content Credentials (repeatable; adds to SDMARK_TRUST_ANCHORS).")
 @click.option("--trust-own/--no-trust-own", default=True, show_default=True,
               help="Trust this machine's own signing CA (from `sdmark keys init`) when it has one.")
-def serve_command(host: str, port: int, workers: int, threads: int, queue: int, max_upload_mb: float, timeout_s: float,
-                  token_file: Path | None, mark_chain: str, store_dir: Path | None, log_images: bool, trust_own: bool) -> None:
+def serve_command(host: str, port: int, workers: int, threads: int, queue: int, receiving: int, min_upload_kib: float,
+                  upload_grace_s: float, max_upload_mb: float, timeout_s: float, token_file: Path | None, mark_chain: str, mark_no_safety: bool,
+                  store_dir: Path | None, log_images: bool, trust_own: bool) -> None:
     """Serve the verify report over HTTP: POST /v1/verify, the page at /, the API at /docs.
 
     Uploads are checked in memory and private temp files that are deleted when the request ends;
@@ -61,7 +70,9 @@ def serve_command(host: str, port: int, workers: int, threads: int, queue: int, 
 
     token = read_token_file(token_file) if token_file else (os.environ.get("SDMARK_SERVE_TOKEN") or None)
     settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 1024 * 1024), timeout_s=timeout_s, threads=threads,
-                             queue=queue, token=token, mark_chain=mark_chain, store_dir=store_dir, log_images=log_images)
+                             queue=queue, receiving=receiving, min_upload_rate=int(min_upload_kib * 1024),
+                             upload_grace_s=upload_grace_s, token=token, mark_chain=mark_chain, mark_no_safety=mark_no_safety,
+                             store_dir=store_dir, log_images=log_images)
     settings.check()
     own_ca = c2pa_settings.keys_dir() / "ca.pem"
     if trust_own and own_ca.is_file() and own_ca not in c2pa_settings.trust_anchor_paths():

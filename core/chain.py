@@ -311,10 +311,10 @@ class Chain:
     def check_safety(self, mode: str, safety: str, warn: Callable[[str], None]) -> None:
         """Enforce the safety rules before any work.
 
-        ``generate`` with ``safety="on"`` needs a safety-checking stage (sdmark fails closed);
-        ``safety="off"`` is the explicit opt-out and must not contradict the chain. ``process``
-        without a safety stage runs, but says so (its records say ``not-run``); the command line
-        never gets there: ``sdmark process`` adds the stage unless ``--no-safety``.
+        ``generate`` and ``process`` with ``safety="on"`` need a safety-checking stage (sdmark
+        fails closed, in the Python API as on the command line, where ``sdmark process`` adds the
+        stage unless ``--no-safety``); ``safety="off"`` is the explicit opt-out, recorded in every
+        image's record (``safety: disabled``), and must not contradict the chain.
         """
         has_safety = any(stage.checks_safety for stage in self.stages)
         if safety == "off":
@@ -322,9 +322,9 @@ class Chain:
                 raise ChainError("safety is turned off but the chain has a safety stage; remove one or the other")
             warn("safety checking is OFF: images are written unchecked (recorded in their metadata)")
         elif not has_safety:
-            if mode == "generate":
-                raise ChainError("the chain has no safety stage: add 'safety' to it, or turn safety off explicitly (--no-safety)")
-            warn("the chain has no safety stage: images are not checked for unsafe content (recorded as not-run)")
+            raise ChainError(f"the chain has no safety stage, so {mode} would write unchecked images: add 'safety' "
+                             "to it, or turn safety off explicitly (safety='off' in the Python API, --no-safety on "
+                             "the command line; recorded in each image's metadata)")
 
     def setup(self, context: RunContext) -> None:
         for stage in self.stages:

@@ -184,8 +184,12 @@ def verify_reports(work: Sequence[VerifyJob], executor: Executor, schemes: Seque
     """Reports for ``work`` in input order, computed on ``executor``'s workers (with ``runtime``'s
     plugins; a worker process loads the same plugins itself)."""
     factory = partial(VerifyStep, tuple(schemes), all_schemes, runtime)
-    for done in executor.map(factory, chunked(work, verify_chunk_size(len(work), executor.workers))):
-        yield from done.results
+    try:
+        for done in executor.map(factory, chunked(work, verify_chunk_size(len(work), executor.workers))):
+            yield from done.results
+    finally:
+        if runtime is not None:  # what plugins kept open for the run here (c2pa's registry); workers' end with them
+            runtime.close_resources()
 
 
 class _LocalOrder:

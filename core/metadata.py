@@ -322,6 +322,32 @@ def _clean_key(key: str) -> str:
     return cleaned[:79] or "?"
 
 
+DECLARED_VALUE_LIMIT = 256
+"""Longest digital source type (an IPTC URI) that a processed record quotes from its input."""
+DECLARED_NOTE = ("declared by the input's own metadata (its sdmark text record, its XMP), not checked: "
+                 "anyone can write these")
+
+
+def declared_by_input(metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """What an input's own metadata claims about it, for a processed image's record, marked unverified.
+
+    The input's sdmark record (bounded, :func:`source_record`) and the IPTC digital source type of
+    its XMP are quoted here and nowhere else: a processed image never re-declares them as its own
+    (a plugin that verifies the input's credentials adds what they prove, ``source.credentials``).
+    """
+    declared: dict[str, Any] = {}
+    record = source_record(metadata)
+    if record is not None:
+        declared["record"] = record
+    source_type = metadata.get("digital_source_type")
+    if isinstance(source_type, str) and source_type:
+        declared["digital_source_type"] = (source_type if len(source_type) <= DECLARED_VALUE_LIMIT else
+                                           source_type[:DECLARED_VALUE_LIMIT] + "... (cut)")
+    if not declared:
+        return None
+    return declared | {"verified": False, "note": DECLARED_NOTE}
+
+
 def source_record(metadata: dict[str, Any]) -> dict[str, Any] | None:
     """The input's own sdmark record to quote in a processed image's record, if it is small enough.
 

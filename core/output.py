@@ -181,14 +181,13 @@ class Writer:
         path = self._reserved.pop(item.index, None) or self.target(item.name)
         self._runtime.before_save(item=item, path=path, context=self.context)
         # A processed image never claims we generated it, and never re-declares under our signature
-        # what its input's XMP says about its origin (anyone can write "digitalCapture" into a
-        # file): only the declaration that the input is AI-generated travels (once generated,
-        # always generated); any other is kept in the record as the input's unverified claim.
-        declared = item.source_metadata.get("digital_source_type")
-        source_type = TRAINED_ALGORITHMIC_MEDIA if record.kind == "generated" or declared == TRAINED_ALGORITHMIC_MEDIA else None
-        if declared and source_type is None and record.source is not None:
-            record.source["declared_digital_source_type"] = {"value": declared, "verified": False,
-                                                             "note": "declared by the input's XMP; not checked"}
+        # what its input's own metadata says about its origin (anyone can write "digitalCapture" or
+        # "trainedAlgorithmicMedia" into a file; the record quotes it under source.declared,
+        # unverified). A digital source type travels only when the input's valid, trusted
+        # credentials declare it (source.credentials, added by the c2pa plugin in before_save).
+        credentials = (record.source or {}).get("credentials") or {}
+        verified_type = credentials.get("digital_source_type") if credentials.get("status") == "valid" else None
+        source_type = TRAINED_ALGORITHMIC_MEDIA if record.kind == "generated" else verified_type
         xmp = build_xmp(record, source_type)
         text = dict(item.text)
         parameters = text.pop("parameters", None)

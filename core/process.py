@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Literal
 from sdmark.core.chain import Chain
 from sdmark.core.errors import ImageReadError, SdmarkError
 from sdmark.core.io import InputEntry, iter_inputs, output_format, read_image, sha256_file
-from sdmark.core.metadata import foreign_text, source_record
+from sdmark.core.metadata import declared_by_input, foreign_text
 from sdmark.core.output import ItemResult, OutputOptions, Writer, check_conflicts, finish_batch, remove_stale_temps
 from sdmark.core.records import ProvenanceRecord
 from sdmark.core.stages import ImageItem, RunContext, default_warn
@@ -133,9 +133,11 @@ def load_item(entry: InputEntry, index: int, safety: str, name: str | None = Non
             "format": loaded.format,
             "width": loaded.image.width,
             "height": loaded.image.height,
-            "record": source_record(loaded.metadata),
         },
     )
+    declared = declared_by_input(loaded.metadata)  # the input's own claims, quoted as unverified
+    if declared is not None:
+        record.source["declared"] = declared
     text, foreign = foreign_text(loaded.metadata, keep_metadata)
     if foreign is not None:
         record.source["metadata"] = foreign

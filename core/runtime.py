@@ -86,6 +86,7 @@ class Runtime:
         self._registries: dict[str, Any] = {}
         self._origins: dict[str, tuple[str | None, str | None]] = {}
         self._undo_tracing: Callable[[], None] | None = None
+        self._resources: dict[tuple[str, int], Any] = {}
         self._environ: dict[str, str] = {}
         self.skipped: list[str] = []
         """Entry points the allowlist or the deny list kept out (in entry-point order)."""
@@ -222,6 +223,27 @@ class Runtime:
             self._registries[hook_name] = registry
         return self._registries[hook_name]
 
+    # -- what plugins keep open for a run ---------------------------------------------------
+
+    def resource(self, name: str, open: Callable[[], R]) -> R:
+        """The object ``name`` that a plugin keeps open for the length of a run (a database
+        connection, a cache), made by ``open()`` on first use in this process and kept until
+        :meth:`close_resources`. Whoever drives a run (verify's drivers, a server's engine) closes
+        them when it ends; a worker process's die with it."""
+        key = (name, os.getpid())  # an object opened before a fork stays with its process
+        if key not in self._resources:
+            self._resources[key] = open()
+        return self._resources[key]
+
+    def close_resources(self) -> None:
+        """Close (``close()``) and forget every :meth:`resource` of this process; the next use opens anew."""
+        pid = os.getpid()
+        for key in [key for key in self._resources if key[1] == pid]:
+            resource = self._resources.pop(key)
+            close = getattr(resource, "close", None)
+            if close is not None:
+                close()
+
     def has_hook(self, hook_name: str) -> bool:
         """Whether a loaded plugin (or the core) declares the hook ``hook_name``."""
         caller = getattr(self.pm.hook, hook_name, None)
@@ -277,7 +299,7 @@ class Runtime:
         if not self.has_hook("sdmark_inspect_image"):
             return
         try:
-            self.pm.hook.sdmark_inspect_image(path=path, image=image, metadata=metadata, report=report)
+            self.pm.hook.sdmark_inspect_image(path=path, image=image, metadata=metadata, report=report, runtime=self)
         except Exception as exc:  # a plugin's extra report must not stop a folder or hide the verdict
             report["inspect_error"] = f"{type(exc).__name__}: {exc}"
 

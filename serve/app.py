@@ -1,17 +1,18 @@
 """The Starlette application of ``sdmark serve``.
 
 Every CPU-bound step (reading, verifying, marking, thumbnails) runs in the engine's thread pool,
-never on the event loop; the body limit and the admission gate act before the body is read.
+never on the event loop. The body limit acts while the body streams; the body must keep a minimum
+pace; it is received before a CPU place is taken, so slow uploads cannot fill the admission gate.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 from starlette.applications import Starlette
@@ -24,7 +25,7 @@ from starlette.staticfiles import StaticFiles
 from sdmark import __version__
 from sdmark.core.errors import SdmarkError
 from sdmark.serve import page
-from sdmark.serve.limits import BodyLimit, BodyTooLarge
+from sdmark.serve.limits import BodyLimit, BodyTooLarge, PacedReceive, UploadTooSlow
 from sdmark.serve.metrics import Metrics
 from sdmark.serve.openapi import docs_page, openapi_document
 from sdmark.serve.settings import ServeSettings
@@ -167,17 +168,18 @@ def _busy(request: Request, html: bool = False) -> Response:
                   headers={"Retry-After": str(settings.retry_after_s)})
 
 
-async def _checked(request: Request, ticket: Ticket, max_files: int, html: bool = False) -> Any:
-    """The uploads of an admitted request, or the error response that refuses them."""
+async def _checked(request: Request, folder: Path, max_files: int, html: bool = False) -> Any:
+    """The uploads of the request, stored in ``folder``, or the error response that refuses them."""
     settings: ServeSettings = request.app.state.settings
+    # The body must keep a pace: an idle or trickling connection is answered 408 after the grace
+    # period instead of holding its place for the whole timeout.
+    paced = PacedReceive(request.receive, timeout_s=settings.timeout_s, min_rate=settings.min_upload_rate,
+                         grace_s=settings.upload_grace_s)
     try:
-        # A body trickled in slowly would hold its admission place for ever: it gets the same timeout.
-        uploads = await asyncio.wait_for(receive_uploads(request, ticket.folder, max_files, settings.max_upload_bytes),
-                                         timeout=settings.timeout_s)
-    except asyncio.TimeoutError:
+        uploads = await receive_uploads(Request(request.scope, paced), folder, max_files, settings.max_upload_bytes)
+    except UploadTooSlow as exc:
         _metrics(request).rejections.labels(reason="timeout").inc()
-        return _error(408, f"the upload took longer than {settings.timeout_s:g} s", wants_html=html,
-                      headers={"connection": "close"})
+        return _error(408, str(exc), wants_html=html, headers={"connection": "close"})
     except UploadRejected as exc:
         _metrics(request).rejections.labels(reason=exc.reason).inc()
         return _error(exc.status, exc.message, wants_html=html)
@@ -198,17 +200,30 @@ async def _run(request: Request, ticket: Ticket, job: Any, html: bool = False) -
 
 
 async def _with_uploads(request: Request, handle: Any, *, max_files: int = 1, html: bool = False) -> Response:
-    """Admit the request (503 when saturated), receive and sniff its uploads, then answer with
-    ``await handle(engine, ticket, uploads)``. The ticket's slot is given back on the way out
-    unless its work was submitted (the engine then gives it back when that work ends)."""
+    """Receive and sniff the request's uploads, then admit it to the CPU (503 when saturated) and
+    answer with ``await handle(engine, ticket, uploads)``.
+
+    The body is received first, holding only a place among the uploads arriving (``receiving``),
+    so a slow or stalled upload never holds one of the few CPU places. A server already saturated
+    refuses before reading the body. The CPU ticket's place is given back on the way out unless
+    its work was submitted (the engine then gives it back when that work ends)."""
     engine = _engine(request)
-    ticket = engine.admit()
-    if ticket is None:
+    if engine.gate.full:  # would be refused after the upload anyway: spare the client sending it
+        return _busy(request, html=html)
+    arriving = engine.receive_place()
+    if arriving is None:
         return _busy(request, html=html)
     try:
-        uploads = await _checked(request, ticket, max_files=max_files, html=html)
+        uploads = await _checked(request, arriving.folder, max_files=max_files, html=html)
         if isinstance(uploads, Response):
             return uploads
+        ticket = engine.admit(arriving.folder)
+        if ticket is None:
+            return _busy(request, html=html)
+        arriving.hand_over()
+    finally:
+        arriving.release()
+    try:
         return await handle(engine, ticket, uploads)
     finally:
         if not ticket.submitted:
@@ -296,7 +311,7 @@ async def schemes(request: Request) -> Response:
 async def healthz(request: Request) -> Response:
     engine = _engine(request)
     return JSONResponse({"status": "ok", "version": __version__, "schemes": [s.name for s in engine.schemes],
-                         "busy": engine.gate.held, "capacity": engine.gate.capacity,
+                         "busy": engine.gate.held, "capacity": engine.gate.capacity, "receiving": engine.receiving.held,
                          "mark": bool(request.app.state.settings.token)})
 
 

@@ -1,8 +1,12 @@
-"""Request limits that hold before any work: the streaming body cap and the concurrency gate."""
+"""Request limits that hold before any work: the streaming body cap, the pace an upload must keep,
+and the gates that bound how many requests receive and how many wait for the CPU."""
 
 from __future__ import annotations
 
+import asyncio
+import math
 import threading
+import time
 from typing import Any, Awaitable, Callable
 
 Scope = dict[str, Any]
@@ -78,11 +82,53 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
+class UploadTooSlow(Exception):
+    """The body did not arrive whole within the timeout, or fell behind the minimum rate."""
+
+
+class PacedReceive:
+    """An ASGI ``receive`` that bounds how long a body may take: each chunk must come before the
+    deadline, which is the overall ``timeout_s`` or, sooner, ``grace_s`` plus the time the bytes seen
+    so far buy at ``min_rate`` bytes per second. An idle connection is thus dropped after
+    ``grace_s``, and one that trickles a byte now and then soon after, without holding a CPU place;
+    raises :class:`UploadTooSlow`."""
+
+    def __init__(self, receive: Callable[[], Awaitable[Any]], *, timeout_s: float, min_rate: float, grace_s: float) -> None:
+        self.receive = receive
+        self.timeout_s = timeout_s
+        self.min_rate = min_rate
+        self.grace_s = grace_s
+        self.started = time.monotonic()
+        self.seen = 0
+
+    def deadline(self) -> float:
+        paced = self.grace_s + self.seen / self.min_rate if self.min_rate > 0 else math.inf
+        return self.started + min(self.timeout_s, paced)
+
+    def reason(self) -> str:
+        if self.min_rate > 0 and self.grace_s + self.seen / self.min_rate < self.timeout_s:
+            return (f"the upload fell below {self.min_rate / 1024:g} KiB/s ({self.seen} bytes in "
+                    f"{time.monotonic() - self.started:.1f} s)")
+        return f"the upload took longer than {self.timeout_s:g} s"
+
+    async def __call__(self) -> Message:
+        remaining = self.deadline() - time.monotonic()
+        if remaining <= 0:
+            raise UploadTooSlow(self.reason())
+        try:
+            message = await asyncio.wait_for(self.receive(), timeout=remaining)
+        except asyncio.TimeoutError:
+            raise UploadTooSlow(self.reason()) from None
+        if message["type"] == "http.request":
+            self.seen += len(message.get("body", b""))
+        return message
+
+
 class Gate:
-    """Admission for CPU work: at most ``running + waiting`` requests hold a place at once; the
-    next one is turned away (503 with Retry-After) instead of queueing without bound. A place is
-    given back when the work itself ends, not when its request gives up, so abandoned work still
-    counts against the capacity it uses."""
+    """At most ``running + waiting`` holders at once; the next one is turned away (503 with
+    Retry-After) instead of queueing without bound. The engine has two: one for requests whose
+    body is arriving, one for CPU work, whose place is given back when the work itself ends, not
+    when its request gives up, so abandoned work still counts against the capacity it uses."""
 
     def __init__(self, running: int, waiting: int) -> None:
         self.capacity = running + waiting
@@ -103,3 +149,7 @@ class Gate:
     @property
     def held(self) -> int:
         return self._held
+
+    @property
+    def full(self) -> bool:
+        return self._held >= self.capacity

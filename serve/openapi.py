@@ -51,7 +51,7 @@ def _upload_body(description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     words = {400: "Malformed multipart body", 401: "Missing or wrong bearer token", 404: "Marking is off on this server",
-             408: "The upload took longer than the timeout",
+             408: "The upload took longer than the timeout, or fell below the minimum rate after its grace",
              413: "Upload over the size limit (refused while streaming)", 415: "Not an image (judged by content)",
              422: "Decompression bomb, unreadable image, or no field `file`", 503: "Saturated; retry after Retry-After seconds",
              504: "The per-request timeout passed"}

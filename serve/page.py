@@ -178,7 +178,7 @@ def _recovery(credentials: dict[str, Any]) -> dict[str, Any] | None:
         candidates = [c for c in recovery.get("candidates") or [] if isinstance(c, dict)]
         shown = {"verdict", "matched", "candidates", "reason", "payload", "key", "scheme", "note"}
         return {
-            "verdict": verdict, "words": RECOVERY_WORDS.get(verdict, verdict or "no verdict"),
+            "verdict": verdict, "words": RECOVERY_WORDS.get(verdict if isinstance(verdict, str) else "", str(verdict or "no verdict")),
             "reason": recovery.get("reason"), "note": recovery.get("note"), "payload": recovery.get("payload"),
             "key": recovery.get("key"), "scheme": recovery.get("scheme"), "manifest": chosen,
             "content": (chosen or {}).get("content") if isinstance((chosen or {}).get("content"), dict) else None,

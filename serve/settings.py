@@ -19,16 +19,24 @@ PREFIX = "SDMARK_SERVE_"
 @dataclass(frozen=True)
 class ServeSettings:
     """Limits and switches of one server. ``token`` enables ``POST /v1/mark``; ``store_dir`` and
-    ``log_images`` are the operator's opt-ins to keep uploads or name them in the log."""
+    ``log_images`` are the operator's opt-ins to keep uploads or name them in the log;
+    ``mark_no_safety`` the operator's explicit opt-out of the safety stage for ``/v1/mark``."""
 
     max_upload_bytes: int = 25 * 1024 * 1024
     max_files: int = 16  # per page upload; the API takes one file per request
-    timeout_s: float = 60.0
+    timeout_s: float = 60.0  # for an upload to arrive whole, and for its check
     threads: int = 1  # verifications at once per worker process
     queue: int = 32  # requests that may wait for a thread before 503
+    # Uploads arrive before a CPU place is taken; these bound what arriving ones may hold: the number
+    # receiving at once per worker (disk: each up to max_upload_bytes), and the pace a body must keep
+    # after its first upload_grace_s seconds (an idle or trickling connection is dropped with 408).
+    receiving: int = 64
+    min_upload_rate: int = 16 * 1024  # bytes per second, averaged from the start of the body
+    upload_grace_s: float = 5.0
     retry_after_s: int = 2
     token: str | None = field(default=None, repr=False)
-    mark_chain: str = "watermark"
+    mark_chain: str = "watermark"  # 'safety' is added first unless mark_no_safety, as `sdmark process` does
+    mark_no_safety: bool = False
     store_dir: Path | None = None
     log_images: bool = False
 
@@ -54,8 +62,10 @@ class ServeSettings:
 
     def check(self) -> None:
         """Refuse settings that would make the server unsafe or useless."""
-        if self.max_upload_bytes < 1 or self.threads < 1 or self.queue < 0 or self.timeout_s <= 0 or self.max_files < 1:
-            raise SdmarkError("serve: limits must be positive (max upload, threads, timeout, max files; queue >= 0)")
+        if (self.max_upload_bytes < 1 or self.threads < 1 or self.queue < 0 or self.timeout_s <= 0 or self.max_files < 1
+                or self.receiving < 1 or self.min_upload_rate < 0 or self.upload_grace_s <= 0):
+            raise SdmarkError("serve: limits must be positive (max upload, threads, timeout, max files, receiving, "
+                              "upload grace; queue and minimum upload rate >= 0)")
         if self.token is not None and len(self.token) < 16:
             raise SdmarkError("serve: the mark token must be at least 16 characters")
 
@@ -70,11 +80,11 @@ class ServeSettings:
 
 
 def _parse(name: str, raw: str) -> object:
-    if name in ("max_upload_bytes", "max_files", "threads", "queue", "retry_after_s"):
+    if name in ("max_upload_bytes", "max_files", "threads", "queue", "retry_after_s", "receiving", "min_upload_rate"):
         return int(raw)
-    if name == "timeout_s":
+    if name in ("timeout_s", "upload_grace_s"):
         return float(raw)
-    if name == "log_images":
+    if name in ("log_images", "mark_no_safety"):
         if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
             raise ValueError(raw)
         return raw.lower() in ("1", "true", "yes")

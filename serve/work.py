@@ -11,6 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from sdmark.core.errors import SdmarkError
 from sdmark.serve.limits import Gate
 from sdmark.serve.settings import ServeSettings
 from sdmark.serve.uploads import Upload
@@ -23,12 +24,13 @@ class WorkTimeout(Exception):
 
 
 class Ticket:
-    """One admitted request: its place at the gate and its private temp folder, both released once
-    (by the request if its work never started, else when the work ends, even after a timeout)."""
+    """One place at a gate and the request's private temp folder, both released once (by the
+    request if its work never started, else when the work ends, even after a timeout). The folder
+    can be handed on to the next ticket (from receiving the upload to checking it) instead."""
 
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, gate: Gate, folder: Path | None = None) -> None:
         self._gate = gate
-        self._folder: Path | None = None
+        self._folder = folder
         self._lock = threading.Lock()
         self._released = False
         self.submitted = False
@@ -38,6 +40,11 @@ class Ticket:
         if self._folder is None:
             self._folder = Path(tempfile.mkdtemp(prefix="sdmark-serve-"))  # mode 0700
         return self._folder
+
+    def hand_over(self) -> Path:
+        """The folder, now the caller's to release (this ticket no longer deletes it)."""
+        folder, self._folder = self.folder, None
+        return folder
 
     def release(self) -> None:
         with self._lock:
@@ -50,7 +57,8 @@ class Ticket:
 
 
 class Engine:
-    """What one worker process loads once and every request shares: the schemes, the pool, the gate."""
+    """What one worker process loads once and every request shares: the schemes, the pool, the gates
+    (``receiving`` for bodies on their way in, ``gate`` for CPU work)."""
 
     def __init__(self, settings: ServeSettings) -> None:
         from sdmark.core.runtime import Runtime
@@ -60,8 +68,9 @@ class Engine:
         self.settings = settings
         self.schemes = select_schemes(runtime=self.runtime)
         self.gate = Gate(settings.threads, settings.queue)
+        self.receiving = Gate(settings.receiving, 0)
         self.pool = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="sdmark-serve")
-        self.mark_chain = _checked_chain(settings.mark_chain) if settings.token else None
+        self.mark_chain = _mark_chain(settings) if settings.token else None
 
     def warm_up(self) -> None:
         """Run one verification so that lazy imports and caches are paid for before the first request."""
@@ -73,9 +82,14 @@ class Engine:
             Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(path)
             self.verify_path(path, "warm.png")
 
-    def admit(self) -> Ticket | None:
-        """A ticket for one request, or None when the server is saturated (answer 503)."""
-        return Ticket(self.gate) if self.gate.try_enter() else None
+    def receive_place(self) -> Ticket | None:
+        """A place for one request's body to arrive in, or None when too many are arriving (503)."""
+        return Ticket(self.receiving) if self.receiving.try_enter() else None
+
+    def admit(self, folder: Path | None = None) -> Ticket | None:
+        """A ticket for one request's CPU work (owning ``folder`` from then on), or None when the
+        server is saturated (answer 503; ``folder`` stays the caller's)."""
+        return Ticket(self.gate, folder) if self.gate.try_enter() else None
 
     async def run(self, ticket: Ticket, job: Callable[[], T]) -> T:
         """Run ``job`` in the pool; the ticket is released when it ends. Raises :class:`WorkTimeout`."""
@@ -100,14 +114,15 @@ class Engine:
     def mark(self, upload: Upload, folder: Path, fmt: str) -> tuple[bytes, dict[str, Any]]:
         """Run the operator's mark chain on the upload; the written file's bytes and its record."""
         from sdmark.core.chain import parse_chain
-        from sdmark.core.errors import SdmarkError
         from sdmark.core.output import OutputOptions
         from sdmark.core.process import process_images
 
         warnings: list[str] = []
         out = folder / "out"
-        results = process_images([upload.path], parse_chain(self.settings.mark_chain, self.runtime), OutputOptions(directory=out, format=fmt),
-                                 safety="on", batch_size=1, device="cpu", progress=False, warn=warnings.append)
+        assert self.mark_chain is not None, "marking is off without a token"
+        results = process_images([upload.path], parse_chain(self.mark_chain, self.runtime), OutputOptions(directory=out, format=fmt),
+                                 safety="off" if self.settings.mark_no_safety else "on", batch_size=1, device="cpu",
+                                 progress=False, warn=warnings.append)
         result = results[0]
         if result.status != "written" or result.path is None:
             raise SdmarkError(renamed(result.error or f"not written ({result.status})", str(upload.path), upload.name))
@@ -119,13 +134,24 @@ class Engine:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.runtime.close_resources()  # the registry session the checks shared
 
 
-def _checked_chain(spec: str) -> str:
-    """Fail at start-up, not on the first request, when the mark chain names an unknown stage or option."""
+def _mark_chain(settings: ServeSettings) -> str:
+    """The chain ``/v1/mark`` runs: the operator's, with 'safety' first unless they turned it off
+    explicitly (``--mark-no-safety``), as ``sdmark process`` does. Fails at start-up, not on the
+    first request, when it names an unknown stage or option."""
     from sdmark.core.chain import parse_chain
 
-    parse_chain(spec)
+    chain = parse_chain(settings.mark_chain)
+    has_safety = any(stage.checks_safety for stage in chain.stages)
+    spec = settings.mark_chain
+    if settings.mark_no_safety:
+        if has_safety:
+            raise SdmarkError("serve: --mark-no-safety, but the mark chain has a safety stage; remove one or the other")
+    elif not has_safety:
+        spec = f"safety {spec}".strip()
+        parse_chain(spec)
     return spec
 
 

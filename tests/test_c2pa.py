@@ -62,7 +62,12 @@ def inspect(path: Path, detections: list | None = None) -> dict:
     """What `sdmark verify` reports for ``path`` (through the verify hook, with given detections)."""
     loaded = read_image(path)
     report = {"path": str(path), "watermarked": bool(detections), "detections": detections or [], "error": None}
-    Runtime.load().pm.hook.sdmark_inspect_image(path=loaded.path, image=loaded.image, metadata=loaded.metadata, report=report)
+    runtime = Runtime.load()
+    try:
+        runtime.pm.hook.sdmark_inspect_image(path=loaded.path, image=loaded.image, metadata=loaded.metadata, report=report,
+                                             runtime=runtime)
+    finally:
+        runtime.close_resources()
     return report
 
 
@@ -266,6 +271,53 @@ def test_generate_manifest_says_trained_algorithmic_media(cli_runner, identity, 
     assert again["ingredients"][0]["manifest"] == credentials["manifest"]
     assert again["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA and again["digital_source_type_inherited"]
     assert action_names(again) == ["c2pa.opened", "c2pa.transcoded"]
+    # Its valid, trusted credentials prove what it declares: the source type travels, the record is quoted as proven.
+    proven = again["record"]["source"]["credentials"]
+    assert proven["status"] == "valid" and proven["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA
+    assert proven["record"]["generation"]["prompt"] == "a lighthouse at dusk" and proven["manifest"] == credentials["manifest"]
+    assert "declared" not in again["record"]["source"] or "record" not in again["record"]["source"]["declared"]
+    assert read_image(Path(lines[0]["path"])).metadata["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA
+
+
+def test_a_forged_record_and_source_type_in_the_input_are_quoted_unverified_never_as_ours(
+        cli_runner, identity, photos, tmp_path):
+    """F4 of the attack review: a forged sdmark record in the input was quoted verbatim as
+    ``source.record`` inside our signed manifest, and its unverified XMP source type re-declared."""
+    from PIL import PngImagePlugin
+
+    from sdmark.core.metadata import PNG_RECORD_KEY, build_xmp
+    from sdmark.core.records import ProvenanceRecord
+
+    capture = "http://cv.iptc.org/newscodes/digitalsourcetype/digitalCapture"
+
+    def forge(path: Path, photo, prompt: str, source_type: str) -> None:
+        forged = ProvenanceRecord(kind="generated", generation={"prompt": prompt, "seed": 1, "model": "the Ministry of Truth"})
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", build_xmp(forged, source_type))
+        info.add_itxt(PNG_RECORD_KEY, forged.to_json())
+        photo.save(path, pnginfo=info)
+
+    source, small = tmp_path / "forged.png", tmp_path / "forged-small.png"
+    forge(source, photos["chelsea"], "x" * 200_000, capture + "?" + "y" * 5000)
+    forge(small, photos["coffee"], "a forged prompt", TRAINED_ALGORITHMIC_MEDIA)
+    set_trust_anchors([identity / "ca.pem"])
+    result, lines = run_process(cli_runner, [source, small], tmp_path / "out", "--format", "png")
+    assert result.exit_code == 0, result.output
+    for line in lines:
+        written = Path(line["path"])
+        credentials = inspect(written)["content_credentials"]
+        assert credentials["status"] == "valid"  # our signature, over what we say the input declared
+        signed_source = credentials["record"]["source"]
+        assert "record" not in signed_source and "credentials" not in signed_source
+        declared = signed_source["declared"]
+        assert declared["verified"] is False and "not checked" in declared["note"]
+        assert read_image(written).metadata["digital_source_type"] is None  # not re-declared, not even "AI"
+        if written.stem == "forged":
+            assert "omitted" in declared["record"]  # bounded: the 200 KB record is not quoted
+            assert declared["digital_source_type"].startswith(capture) and len(declared["digital_source_type"]) < 300
+        else:
+            assert declared["record"]["generation"]["prompt"] == "a forged prompt"
+            assert declared["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA
 
 
 def test_without_identity_images_are_written_unsigned_with_one_warning(cli_runner, photo_dir, tmp_path):
@@ -757,3 +809,74 @@ def test_an_unreadable_registry_is_named_in_the_text_output(cli_runner, photos, 
     report = json.loads(runner.invoke(cli, ["verify", "--json", "--no-progress", str(path)]).stdout)
     assert "broken-registry.sqlite" in report["content_credentials"]["registry_error"]
     assert garbage.read_bytes() == b"not a database" * 200
+
+
+@needs_watermark
+def test_one_verify_run_opens_the_registry_once_and_a_locked_one_costs_one_busy_wait(
+        cli_runner, identity, photo_dir, tmp_path, monkeypatch):
+    """Recovery opened the registry for every image: a connection each, and with a writer holding
+    the lock, one busy wait (2 s) each. One run now keeps one session: one open, and a locked
+    registry is asked once, reported as ``registry_error`` for every image, never read unlocked."""
+    import gc
+    import sqlite3
+    import time
+
+    from sdmark.plugins.c2pa import verify as c2pa_verify
+    from sdmark.plugins.c2pa.registry import READ_TIMEOUT
+
+    signed, payload = _sign_marked(cli_runner, identity, photo_dir, tmp_path)
+    copies = [strip_metadata(signed, tmp_path / f"copy{i}.png") for i in range(4)]
+    opened = []
+    real_open = c2pa_verify.open_registry
+    monkeypatch.setattr(c2pa_verify, "open_registry", lambda location: opened.append(location) or real_open(location))
+    runner, cli = cli_runner
+    result = runner.invoke(cli, ["verify", "--json", "--no-progress", *map(str, copies)])
+    reports = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["content_credentials"]["recovery"]["verdict"] for r in reports] == ["matched"] * 4, result.output
+    assert len(opened) == 1
+    registry = tmp_path / "registry.sqlite"
+    gc.collect()  # the signing run's registry writer (kept in its RunContext) must be gone to leave WAL mode
+    writer = sqlite3.connect(registry, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=DELETE")
+    writer.execute("BEGIN EXCLUSIVE")
+    writer.execute("UPDATE manifests SET title = 'half-written'")
+    try:
+        started = time.monotonic()
+        result = runner.invoke(cli, ["verify", "--json", "--no-progress", *map(str, copies)])
+        took = time.monotonic() - started
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    reports = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(reports) == 4 and len(opened) == 2
+    for report in reports:
+        credentials = report["content_credentials"]
+        assert "locked by a writer" in credentials["registry_error"] and "recovered_from_registry" in credentials
+        assert not credentials["recovered_from_registry"] and "half-written" not in json.dumps(report)
+    assert took < 2 * READ_TIMEOUT + 3, took  # one busy wait for the run, not one per image (4 x 2 s)
+
+
+@needs_watermark
+def test_a_verify_file_call_without_a_runtime_closes_what_it_opened(cli_runner, identity, photo_dir, tmp_path):
+    """``verify_file(path)`` alone is a run of one image: the registry it opened is closed when it returns."""
+    import gc
+
+    from sdmark.plugins.watermark.verify import verify_file
+
+    signed, _ = _sign_marked(cli_runner, identity, photo_dir, tmp_path)
+    copy = strip_metadata(signed, tmp_path / "copy.png")
+    gc.collect()
+    registry = str((tmp_path / "registry.sqlite").resolve())
+
+    def open_on_registry() -> list[str]:
+        links = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")]
+        return [link for link in links if link.startswith(registry)]
+
+    gc.disable()  # nothing is closed by the collector behind the test's back
+    try:
+        for _ in range(2):
+            report = verify_file(copy)
+            assert report["content_credentials"]["recovery"]["verdict"] == "matched"
+            assert open_on_registry() == []
+    finally:
+        gc.enable()

@@ -195,7 +195,7 @@ def test_template_fields_from_a1111_parameters(tmp_path, photos):
     source.parent.mkdir()
     photos["astronaut"].save(source, pnginfo=info)
     chain = Chain.build("caption:text='{prompt} / {negative_prompt} / {seed} {steps} {sampler} {guidance} {model} {source}'")
-    [result] = process_images([source], chain, OutputOptions(tmp_path / "out"), progress=False, warn=lambda m: None)
+    [result] = process_images([source], chain, OutputOptions(tmp_path / "out"), safety="off", progress=False, warn=lambda m: None)
     assert result.status == "written"
     [entry] = result.record.find("caption")
     assert entry.result["text"] == "a castle, by the sea / blurry / 777 25 Euler a 6.5 dream, v2 castle.png"
@@ -213,7 +213,7 @@ def test_caption_in_generate_and_the_source_record_in_process(tiny_pipe, tmp_pat
         assert written.size == (256, 256 + entry.result["box"][3])
     # Processing that file again reads the seed and prompt from the sdmark record it carries.
     again = Chain.build("caption:text='{prompt} {seed}'")
-    [processed] = process_images([result.path], again, None, progress=False, warn=lambda m: None)
+    [processed] = process_images([result.path], again, None, safety="off", progress=False, warn=lambda m: None)
     assert processed.record.find("caption")[0].result["text"] == "a lighthouse 5"
 
 
@@ -225,7 +225,7 @@ def test_a_chain_file_with_typed_options(tmp_path, photos):
     assert chain.stages[0].options["size"] == 0.08
     path = tmp_path / "camera.png"
     photos["camera"].save(path)
-    [processed] = process_images([path], chain, None, progress=False, warn=lambda m: None)
+    [processed] = process_images([path], chain, None, safety="off", progress=False, warn=lambda m: None)
     result = processed.record.find("caption")[0].result
     assert result["lines"] == ["Made with AI", "by sdmark"] and result["font_px"] == round(0.08 * 512)
     assert result["box"][1] == 0

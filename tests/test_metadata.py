@@ -84,9 +84,14 @@ def test_processing_keeps_what_the_input_said_about_itself(generated, cli_runner
     assert meta["record"]["source"]["metadata"]["kept"] == {}
     with Image.open(out / "00000-5.webp") as image:
         meta = read_metadata(image)
-    # Once generated, always generated: the input's own declaration travels with it.
-    assert meta["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA
-    assert meta["record"]["kind"] == "processed" and meta["record"]["source"]["record"]["kind"] == "generated"
+    # The input declares it was generated (its XMP, its sdmark record), but without credentials that
+    # prove it, so it is quoted as the input's unverified declaration, never re-declared as ours (F4;
+    # test_c2pa has the signed input, whose source type travels).
+    assert meta["digital_source_type"] is None
+    declared = meta["record"]["source"]["declared"]
+    assert declared["verified"] is False and declared["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA
+    assert meta["record"]["kind"] == "processed" and declared["record"]["kind"] == "generated"
+    assert "record" not in meta["record"]["source"]
 
 
 def _png_with_text(path, photo, **chunks):
@@ -114,8 +119,8 @@ def test_an_inputs_declared_origin_is_not_redeclared_as_ours(cli_runner, tmp_pat
     with Image.open(tmp_path / "out" / "claims-capture.png") as image:
         meta = read_metadata(image)
     assert meta["digital_source_type"] is None
-    assert meta["record"]["source"]["declared_digital_source_type"] == {
-        "value": capture, "verified": False, "note": "declared by the input's XMP; not checked"}
+    declared = meta["record"]["source"]["declared"]
+    assert declared["digital_source_type"] == capture and declared["verified"] is False
 
 
 def test_foreign_text_is_dropped_by_default_and_listed(cli_runner, tmp_path, photos):

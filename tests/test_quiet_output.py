@@ -49,8 +49,8 @@ def test_a_local_model_without_a_checker_never_asks_the_hub(tiny_model_dir, tiny
     with pytest.raises(ModelLoadError) as error:
         generate(settings, Chain.build("safety:backend=sd-clip"), None, pipeline=tiny_pipe, progress=False)
     message = str(error.value)
-    assert "hub id CompVis/stable-diffusion-safety-checker (not in the local cache; the hub was not asked" in message
-    assert "safety:model=CompVis/stable-diffusion-safety-checker to download it" in message
+    assert "hub id CompVis/stable-diffusion-safety-checker: not in the local Hugging Face cache" in message
+    assert "never asked" in message and "hf download CompVis/stable-diffusion-safety-checker" in message
     assert "127.0.0.1" not in message
 
 

@@ -195,3 +195,24 @@ def test_two_ray_workers_and_two_processes_sign_into_one_registry(
         assert credentials["recovery"]["verdict"] == "matched"
         assert credentials["registry_entry"]["title"] == Path(report["path"]).name
         assert credentials["recovery"]["registry"] == str(DatabaseURL(database))
+
+
+def test_a_recovery_session_survives_its_database_connection_being_dropped(database):
+    """A verify run keeps one registry session (``sdmark serve``: for the life of the worker); a
+    connection the server ended (restart, failover, idle timeout) is replaced at once, not
+    reported as a broken registry for the next minute."""
+    from sdmark.plugins.c2pa.verify import RecoverySession
+
+    writer = PostgresRegistry(database)
+    writer.add(_entry("ab", "urn:c2pa:one"))
+    writer.close()
+    session = RecoverySession(parse_location(database))
+    try:
+        assert [e.manifest_label for e in session.lookup("ab")] == ["urn:c2pa:one"]
+        with psycopg.connect(database, autocommit=True) as admin:
+            ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                  "WHERE application_name = 'sdmark' AND pid <> pg_backend_pid()").fetchall()
+        assert ended and all(row[0] for row in ended)
+        assert [e.manifest_label for e in session.lookup("ab")] == ["urn:c2pa:one"]
+    finally:
+        session.close()

@@ -123,7 +123,61 @@ def test_load_errors_name_what_was_tried_and_how_to_fix_it(tmp_path, photo_pngs,
     assert "pass safety:model=FOLDER" in str(empty.value) and "save_pretrained()" in str(empty.value)
     with pytest.raises(ModelLoadError) as default:
         _check([photo_pngs / "coffee.png"], "safety:backend=sd-clip")
-    assert "tried: hub id CompVis/stable-diffusion-safety-checker (" in str(default.value)
+    assert "tried: hub id CompVis/stable-diffusion-safety-checker: not in the local Hugging Face cache" in str(default.value)
+
+
+def test_weights_not_local_fail_fast_without_asking_the_hub(tmp_path, photo_pngs):
+    """With nothing local, no network and HF_HUB_OFFLINE unset, loading used to go on to the hub
+    and wait through its retries. Now every candidate is read with local_files_only: a hub that
+    would answer (here a listening socket standing in for it) is never asked for the weights."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    hub = socket.socket()
+    hub.bind(("127.0.0.1", 0))
+    hub.listen(16)
+    hub.settimeout(0.2)
+    connections = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = hub.accept()
+            except OSError:
+                continue
+            conn.settimeout(2)
+            try:
+                connections.append(conn.recv(4096).split(b"\r\n", 1)[0].decode("latin-1"))
+            except OSError:
+                connections.append("?")
+            conn.close()
+
+    listener = threading.Thread(target=accept)
+    listener.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{hub.getsockname()[1]}", HF_HOME=str(tmp_path / "hf-home"),
+               PYTHONPATH=os.environ.get("PYTHONPATH", str(root.parent)))
+    try:
+        result = subprocess.run([sys.executable, "-m", "sdmark.cli", "process", str(photo_pngs / "coffee.png"),
+                                 "--chain", "safety:backend=sd-clip", "-o", str(tmp_path / "out")],
+                                env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        stop.set()
+        listener.join()
+        hub.close()
+    # huggingface_hub's own user-agent lookup (/api/agent-harnesses, once a day, 3 s timeout; off with
+    # HF_HUB_DISABLE_TELEMETRY=1) is not ours; no request may be about the checker's files.
+    assert [line for line in connections if "/api/agent-harnesses" not in line] == [], connections
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "hub id CompVis/stable-diffusion-safety-checker: not in the local Hugging Face cache" in result.stderr
+    assert "hf download CompVis/stable-diffusion-safety-checker" in result.stderr and "safety:model=FOLDER" in result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 @pytest.fixture(scope="module")

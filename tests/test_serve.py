@@ -4,6 +4,7 @@ page in a real browser (Playwright driving Debian's Chromium)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -73,7 +74,8 @@ def images(tmp_path_factory, photos):
 
 @pytest.fixture(scope="module")
 def client(images):
-    with TestClient(create_app(ServeSettings(token=TOKEN, max_upload_bytes=2 * 1024 * 1024))) as test_client:
+    # Marking without the safety stage is the operator's explicit choice here (NudeNet is tested elsewhere).
+    with TestClient(create_app(ServeSettings(token=TOKEN, max_upload_bytes=2 * 1024 * 1024, mark_no_safety=True))) as test_client:
         yield test_client
 
 
@@ -197,6 +199,16 @@ def test_mark_needs_the_token_and_returns_a_marked_image(client, images):
     assert marked.headers["content-type"] == "image/webp" and marked.headers["x-sdmark-stages"] == "watermark"
     check = client.post("/v1/verify", files={"file": ("marked.webp", marked.content)}).json()
     assert check["watermarked"] is True and check["content_credentials"]["status"] == "valid"
+
+
+def test_the_mark_chain_gets_safety_first_unless_turned_off_explicitly():
+    from sdmark.core.errors import SdmarkError
+    from sdmark.serve.work import _mark_chain
+
+    assert _mark_chain(ServeSettings(token=TOKEN)) == "safety watermark"
+    assert _mark_chain(ServeSettings(token=TOKEN, mark_no_safety=True)) == "watermark"
+    with pytest.raises(SdmarkError, match="mark-no-safety"):
+        _mark_chain(ServeSettings(token=TOKEN, mark_chain="safety watermark", mark_no_safety=True))
 
 
 def test_mark_is_off_without_a_token(images):
@@ -342,11 +354,11 @@ def test_page_renders_unknown_and_missing_fields_without_breaking():
 # -- a real server, and the page in a real browser ----------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server(images):
-    """``sdmark serve --port 0 --workers 2`` in a subprocess on 127.0.0.1; yields its base URL."""
+@contextlib.contextmanager
+def running_server(*options: str):
+    """``sdmark serve --port 0 OPTIONS`` in a subprocess on 127.0.0.1, up and warm; yields its base URL."""
     env = dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", str(ROOT.parent)), SDMARK_SERVE_TOKEN="")
-    process = subprocess.Popen([sys.executable, "-m", "sdmark.cli", "serve", "--port", "0", "--workers", "2", "--max-upload-mb", "2"],
+    process = subprocess.Popen([sys.executable, "-m", "sdmark.cli", "serve", "--port", "0", *options],
                                env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     url = None
     try:
@@ -377,6 +389,18 @@ def server(images):
             process.wait()
         if process.stderr:
             process.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def server(images):
+    """``sdmark serve --port 0 --workers 2`` in a subprocess on 127.0.0.1; yields its base URL."""
+    with running_server("--workers", "2", "--max-upload-mb", "2") as url:
+        yield url
+
+
+def _health(url: str) -> dict:
+    with urllib.request.urlopen(url + "/healthz", timeout=30) as answer:
+        return json.loads(answer.read())
 
 
 def _post_file(url: str, data: bytes, name: str) -> tuple[int, dict]:
@@ -430,6 +454,61 @@ def test_real_server_verifies_and_refuses_a_stream_past_the_limit(server, images
     unmarked = re.search(r'sdmark_serve_verdicts_total\{verdict="unmarked"\} ([0-9.]+)', text)
     assert unmarked and float(unmarked.group(1)) >= 4, text[:2000]
     assert re.search(r'sdmark_serve_rejections_total\{reason="too_large"\} [1-9]', text)
+
+
+def test_stalled_uploads_hold_no_cpu_place_and_are_dropped_after_the_grace(images):
+    """Review finding F7: 33 connections that start an upload and stop used to fill the 1 + 32
+    admission places until the 60 s timeout, denying everyone. Bodies now arrive before a CPU
+    place is taken; an idle one is answered 408 after the grace, a trickling one once it falls
+    below the minimum rate."""
+    grace = 6.0
+    with running_server("--threads", "1", "--queue", "32", "--upload-grace", str(grace), "--min-upload-rate", "16") as url:
+        host, port = url.removeprefix("http://").split(":")
+        head = (b"POST /v1/verify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=zz\r\n"
+                b"Content-Length: 100000\r\n\r\n--zz\r\nContent-Disposition: form-data; name=\"file\"; "
+                b"filename=\"slow.png\"\r\n\r\n\x89PNG")
+        stalled = []
+        try:
+            opened = time.monotonic()
+            for _ in range(40):
+                conn = socket.create_connection((host, int(port)), timeout=30)
+                conn.sendall(head)
+                stalled.append(conn)
+            deadline = time.monotonic() + 15
+            while _health(url).get("receiving") != 40 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            health = _health(url)
+            assert health.get("receiving") == 40 and health["busy"] == 0, health
+            status, report = _post_file(url + "/v1/verify", images["marked"].read_bytes(), "marked.png")
+            assert status == 200 and report["detections"][0]["payload"] == images["payload"]
+            assert time.monotonic() - opened < grace, "inconclusive: the stalled uploads had already been dropped"
+            trickler = stalled[0]
+            answers = []
+            for conn in stalled[1:]:
+                received = b""
+                while b"\r\n\r\n" not in received and (chunk := conn.recv(65536)):
+                    received += chunk
+                answers.append(received.decode("latin-1"))
+            assert all(answer.startswith("HTTP/1.1 408") for answer in answers), answers[:3]
+            waited = time.monotonic() - opened
+            assert waited < grace + 10, waited  # the grace, not the 60 s timeout
+            trickler.settimeout(0.4)  # the first one sends a byte now and then: below 16 KiB/s
+            received = b""
+            for _ in range(100):
+                try:
+                    trickler.sendall(b"\0")
+                    received += trickler.recv(65536)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    break
+                if b"\r\n\r\n" in received:
+                    break
+            assert received.startswith(b"HTTP/1.1 408") and b"KiB/s" in received, received[:300]
+            assert _health(url)["receiving"] == 0
+        finally:
+            for conn in stalled:
+                conn.close()
 
 
 def report_for(page, name: str):

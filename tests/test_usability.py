@@ -53,6 +53,29 @@ def test_a_symlink_loop_is_one_failed_item(cli_runner, tmp_path):
     assert "1 written, 2 failed" in result.stderr
 
 
+def test_the_library_refuses_to_process_or_generate_without_safety_unless_told(tmp_path, tiny_pipe):
+    """The CLI refused a chain without a safety stage; ``process_images()`` only warned and wrote
+    unchecked images. Both now fail closed before any work, and the explicit opt-out is recorded."""
+    from sdmark.core.chain import Chain
+    from sdmark.core.errors import ChainError
+    from sdmark.core.generate import GenerationSettings, generate
+    from sdmark.core.output import OutputOptions
+    from sdmark.core.process import process_images
+
+    _png(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    with pytest.raises(ChainError, match="no safety stage.*safety='off'"):
+        process_images([tmp_path / "in"], Chain.build("watermark"), OutputOptions(out), progress=False)
+    assert not out.exists()
+    settings = GenerationSettings(prompts=["a kite"], seed=1, steps=1, width=256, height=256)
+    with pytest.raises(ChainError, match="no safety stage"):
+        generate(settings, Chain.build(""), OutputOptions(tmp_path / "gen"), pipeline=tiny_pipe, progress=False)
+    assert not (tmp_path / "gen").exists()
+    [result] = process_images([tmp_path / "in"], Chain.build(""), OutputOptions(out), safety="off", progress=False,
+                              warn=lambda message: None)
+    assert result.status == "written" and result.record.safety == "disabled"
+
+
 # -- fail fast -----------------------------------------------------------------------------------
 
 

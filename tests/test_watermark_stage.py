@@ -44,7 +44,7 @@ def test_auto_ids_differ_per_image_and_are_recorded(photos, tmp_path):
     folder.mkdir()
     photos["astronaut"].save(folder / "a.png")
     photos["rocket"].save(folder / "b.png")
-    results = process_images([folder], Chain.build("watermark:method=dwtDct"), None, progress=False)
+    results = process_images([folder], Chain.build("watermark:method=dwtDct"), None, safety="off", progress=False)
     ids = [r.record.find("watermark")[0].result["id"] for r in results]
     assert len(set(ids)) == 2 and all(len(i) == 16 for i in ids)
     for result, ident in zip(results, ids):
@@ -58,7 +58,7 @@ def test_alpha_is_kept_and_odd_sizes_work(tmp_path):
     rgba = Image.fromarray(np.dstack([base, alpha]), "RGBA")
     path = tmp_path / "odd.png"
     rgba.save(path)
-    [result] = process_images([path], Chain.build("watermark"), None, progress=False)
+    [result] = process_images([path], Chain.build("watermark"), None, safety="off", progress=False)
     assert result.status == "kept", result.error
     image = result.item.image
     assert image.mode == "RGBA" and image.size == (283, 301)
@@ -91,7 +91,7 @@ def test_spectral_sdmark_method_marks_and_verify_reads_it(photos, tmp_path):
     pytest.importorskip("sdmark.plugins.watermark.spectral")
     path = tmp_path / "cat.png"
     photos["chelsea"].save(path)
-    [result] = process_images([path], Chain.build("watermark:method=sdmark,id=feed"), None, progress=False)
+    [result] = process_images([path], Chain.build("watermark:method=sdmark,id=feed"), None, safety="off", progress=False)
     assert result.status == "kept", result.error
     entry = result.record.find("watermark")[0].result
     assert (entry["method"], entry["scheme"], entry["payload"]) == ("sdmark", "sdmark", "000000000000feed")
@@ -108,7 +108,7 @@ def test_dense_texture_gets_a_stronger_mark_that_still_survives_jpeg(tmp_path):
     texture = cv2.GaussianBlur(noise, (0, 0), 1.0)
     path = tmp_path / "texture.png"
     Image.fromarray(np.clip(128 + texture / texture.std() * 40, 0, 255).astype(np.uint8)).save(path)
-    [result] = process_images([path], Chain.build("watermark:id=5eed"), None, progress=False, warn=lambda m: None)
+    [result] = process_images([path], Chain.build("watermark:id=5eed"), None, safety="off", progress=False, warn=lambda m: None)
     assert result.status == "kept", result.error
     entry = result.record.find("watermark")[0].result
     assert entry["strength"] > 1.0 and entry["summary"].endswith(f"strength {entry['strength']:g}")
@@ -123,7 +123,7 @@ def test_private_key_comes_from_the_environment_and_stays_out_of_the_record(phot
     path = tmp_path / "cat.png"
     photos["chelsea"].save(path)
     monkeypatch.setenv("SDMARK_WATERMARK_KEY", "our deployment secret")
-    [result] = process_images([path], Chain.build("watermark:method=sdmark,id=beef"), None, progress=False)
+    [result] = process_images([path], Chain.build("watermark:method=sdmark,id=beef"), None, safety="off", progress=False)
     assert result.status == "kept", result.error
     assert "secret" not in result.record.to_json()
     assert verify_image(result.item.image)["watermarked"]
@@ -185,7 +185,7 @@ def test_a_plugin_method_without_a_strength_setting_marks_through_the_stage(phot
     register_plugin(_Methods(plain), name="plain-methods")
     path = tmp_path / "cat.png"
     photos["chelsea"].save(path)
-    [result] = process_images([path], Chain.build("watermark:method=plainplugin,id=ab", runtime), None, progress=False)
+    [result] = process_images([path], Chain.build("watermark:method=plainplugin,id=ab", runtime), None, safety="off", progress=False)
     assert result.status == "kept", result.error
     assert calls == [bytes.fromhex("00000000000000ab")]
     assert result.record.stages[-1].result["strength"] == 1.0
@@ -206,7 +206,7 @@ def test_a_mark_that_never_reads_back_reports_every_strength_tried(tmp_path, run
     register_plugin(_Methods(lost), name="lost-methods")
     path = tmp_path / "white.png"
     Image.new("RGB", (512, 512), "white").save(path)
-    [result] = process_images([path], Chain.build("watermark:method=lostplugin,id=ab", runtime), OutputOptions(tmp_path / "out"),
+    [result] = process_images([path], Chain.build("watermark:method=lostplugin,id=ab", runtime), OutputOptions(tmp_path / "out"), safety="off",
                               progress=False)
     assert result.status == "failed"
     assert "strength 1: none" in result.error, result.error

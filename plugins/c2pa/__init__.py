@@ -59,6 +59,29 @@ def sdmark_finalize_output(path: Path, final: Path, item: Any, context: Any) -> 
 
 
 @hookimpl
+def sdmark_before_save(item: Any, path: Path, context: Any) -> None:
+    """A processed image's input: what its own valid, trusted credentials prove (``source.credentials``),
+    which is all the writer carries on from it (its declared metadata stays unverified)."""
+    source = item.record.source
+    if item.record.kind != "processed" or item.source is None or source is None:
+        return
+    try:
+        from sdmark.plugins.c2pa.verify import input_credentials
+    except ImportError as exc:
+        if exc.name != "c2pa":
+            raise
+        return
+    found = input_credentials(Path(item.source))
+    if found is not None:
+        source["credentials"] = found
+        declared = source.get("declared") or {}
+        if "record" in found and declared.get("record") == found["record"]:
+            del declared["record"]  # the same record, now proven: quoted once, as verified
+            if not {"record", "digital_source_type"} & declared.keys():
+                del source["declared"]
+
+
+@hookimpl
 def sdmark_after_save(path: Path, item: Any, context: Any) -> None:
     from sdmark.plugins.c2pa.sign import register_written
 
@@ -67,13 +90,15 @@ def sdmark_after_save(path: Path, item: Any, context: Any) -> None:
 
 # The watermark plugin declares this hook and the next; optional, so c2pa loads without it.
 @hookimpl(optionalhook=True)
-def sdmark_inspect_image(path: Path, image: Any, metadata: dict[str, Any], report: dict[str, Any]) -> None:
+def sdmark_inspect_image(path: Path, image: Any, metadata: dict[str, Any], report: dict[str, Any], runtime: Any) -> None:
     report.setdefault("xmp_digital_source_type", metadata.get("digital_source_type"))
     report.setdefault("parameters", metadata.get("parameters"))
     try:
-        from sdmark.plugins.c2pa.verify import inspect_credentials
+        from sdmark.plugins.c2pa.verify import inspect_credentials, recovery_session
 
-        report["content_credentials"] = inspect_credentials(Path(path), report.get("detections"), image)
+        # One registry connection and row cache per run, kept by the runtime (closed when the run ends).
+        report["content_credentials"] = inspect_credentials(Path(path), report.get("detections"), image,
+                                                            recovery_session(runtime))
     except ImportError as exc:
         if exc.name != "c2pa":
             raise

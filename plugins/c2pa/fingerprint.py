@@ -360,6 +360,8 @@ def compare(signed: Fingerprint, image: Any, scale: float | None = None) -> Comp
     if abs(scale / ratio - 1) > 0.02:
         changes.append("resized")
     window = (0.0, 0.0, float(tw), float(th))  # the region in thumbnail pixels
+    reference: np.ndarray
+    probe: np.ndarray
     if rw >= WHOLE * tw and rh >= WHOLE * th:
         region = (0, 0, signed.width, signed.height)
         reference, probe = thumb.astype(np.float32), _resize(plane, tw, th).astype(np.float32)
@@ -428,6 +430,8 @@ def _local_edits(signed: Fingerprint, plane: np.ndarray, region: tuple[float, fl
     """
     import cv2
 
+    if signed.fine is None or signed.energy is None:
+        raise ValueError("the fingerprint has no finer binding (see Fingerprint.detailed)")
     rx, ry, rw, rh = region
     fine = signed.fine.astype(np.float32)
     kf = fine.shape[1] / signed.width
@@ -469,7 +473,7 @@ def _local_edits(signed: Fingerprint, plane: np.ndarray, region: tuple[float, fl
     # that is not an edit (a brightness change): those cells are not compared.
     layers = np.dstack([detail(probe_e), ((probe_e >= 250) | (probe_e <= 5)).astype(np.float32)])
     left, top = (rx + dx / kf) * ke, (ry + dy / kf) * ke
-    shift = np.float32([[1, 0, left], [0, 1, top]])
+    shift = np.array([[1, 0, left], [0, 1, top]], dtype=np.float32)
     placed = cv2.warpAffine(layers, shift, (frame_w, frame_h), flags=cv2.INTER_LINEAR)
     test_energy = _cells(placed[..., 0], ENERGY_CELL)[:eh, :ew]
     clipped = _cells(placed[..., 1], ENERGY_CELL)[:eh, :ew]
@@ -503,7 +507,7 @@ def _window(plane: np.ndarray, x0: float, y0: float, zx: float, zy: float, width
     the output's top-left corner and one of its pixels spans ``zx`` x ``zy`` output pixels."""
     import cv2
 
-    inverse = np.float32([[1 / zx, 0, x0 + 0.5 / zx - 0.5], [0, 1 / zy, y0 + 0.5 / zy - 0.5]])
+    inverse = np.array([[1 / zx, 0, x0 + 0.5 / zx - 0.5], [0, 1 / zy, y0 + 0.5 / zy - 0.5]], dtype=np.float32)
     return cv2.warpAffine(plane, inverse, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                           borderMode=cv2.BORDER_REPLICATE)
 
@@ -578,9 +582,9 @@ def _vertex(scores: np.ndarray, x: int, y: int, axis: int) -> float:
     return float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5)) if curvature < 0 else 0.0
 
 
-def _agreement(reference: np.ndarray, probe: np.ndarray) -> tuple[float, float, float, bool]:
+def _agreement(reference: np.ndarray, probe: np.ndarray) -> tuple[float, float, float, bool, float]:
     """(correlation over the agreeing blocks, share of blocks agreeing, share of the area inside the
-    bounding box of the disagreeing blocks, whether tone changed).
+    bounding box of the disagreeing blocks, whether tone changed, the worst block's residual).
 
     Gain and offset are fitted on block means, first on all blocks, then on the better half, then on
     the blocks within :data:`EDIT_RESIDUAL` of the image's contrast, so a caption band or a drawn box

@@ -159,8 +159,7 @@ class PostgresRegistry:
                 rows = db.execute(*lookup_sql(columns, payload, scheme, "%s")).fetchall()
         except psycopg.Error as exc:
             raise SdmarkError(f"manifest registry {self.location}: cannot read ({_reason(exc)})") from None
-        return [Entry(**{name: bytes(value) if isinstance(value, memoryview) else value
-                         for name, value in zip(columns, row)}) for row in rows]
+        return [_entry(columns, row) for row in rows]
 
     def schema_version(self) -> int:
         with self._lock:
@@ -176,6 +175,13 @@ class PostgresRegistry:
                 return db.execute("SELECT COUNT(*) FROM manifests").fetchone()[0]
         except psycopg.Error as exc:
             raise SdmarkError(f"manifest registry {self.location}: cannot read ({_reason(exc)})") from None
+
+
+def _entry(columns: tuple[str, ...], row: Any) -> Entry:
+    """A row as an :class:`Entry` (psycopg gives BYTEA columns as memoryview)."""
+    values: dict[str, Any] = {name: bytes(value) if isinstance(value, memoryview) else value
+                              for name, value in zip(columns, row)}
+    return Entry(**values)
 
 
 def _reason(exc: BaseException) -> str:

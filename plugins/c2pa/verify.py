@@ -29,11 +29,16 @@ verdict, never alone.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import io
 import json
 import os
+import threading
+import time
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdmark.plugins.c2pa import settings
 from sdmark.plugins.c2pa.fingerprint import ALG as FINGERPRINT_ALG
@@ -42,6 +47,9 @@ from sdmark.plugins.c2pa.jumbf import signer_sha256, store_from_file
 from sdmark.plugins.c2pa.manifest import RECORD_LABEL, SOFT_BINDING_LABEL, payload_key
 from sdmark.plugins.c2pa.registry import Entry, open_registry
 from sdmark.plugins.c2pa.sign import MIME_BY_SUFFIX, sniff_mime
+
+if TYPE_CHECKING:
+    from sdmark.plugins.c2pa.registry_store import DatabaseURL, RegistryStore
 
 UNTRUSTED = "signingCredential.untrusted"
 # Codes that say the asset's bytes are not the ones signed (as opposed to a problem with the signer).
@@ -56,32 +64,168 @@ MAX_ROWS = 256
 """Registry rows whose signed manifest is checked for one payload (a bound on the time junk rows can cost)."""
 AMBIGUOUS_MARGIN = 0.05
 """Two rows that both match are told apart only when one is closer by this much PDQ distance."""
+REGISTRY_RETRY_S = 60.0
+"""After the registry failed (locked past its busy timeout, unreadable), a session reports that error
+for this long without asking again: a locked registry costs one busy wait per run (per minute in a
+longer run or a server), not one per image."""
+ROW_CACHE = 256
+"""Registry rows whose signed manifest a session keeps read and decoded (about 30 KB each)."""
 READABLE = {"image/png", "image/jpeg", "image/webp", "image/tiff", "image/gif", "image/avif", "image/heic"}
 _contexts: dict[tuple, Any] = {}
 
 
-def reading_context() -> tuple[Any, list[dict[str, str]]]:
-    """The SDK context for reading (offline, trust anchors loaded) and a description of the anchors."""
+def reading_context(paths: tuple[Path, ...] | None = None) -> tuple[Any, list[dict[str, str]]]:
+    """The SDK context for reading (offline, trust anchors loaded) and a description of the anchors.
+
+    ``paths``: the anchors (default: :func:`settings.trust_anchor_paths`)."""
     import c2pa
 
     from sdmark.plugins.c2pa.identity import describe_certificate
 
-    paths = tuple(settings.trust_anchor_paths())
+    paths = tuple(settings.trust_anchor_paths()) if paths is None else paths
     key = (os.getpid(), paths)
     if key not in _contexts:
         config: dict[str, Any] = {"verify": {"verify_trust": True, "remote_manifest_fetch": False}}
         if paths:
             config["trust"] = {"user_anchors": "".join(settings.read_anchor(p) for p in paths)}
         anchors = [{"path": str(p), "subject": describe_certificate(p)["subject"]} for p in paths]
-        _contexts.clear()
+        if len(_contexts) >= 4:  # a process reads with one or two sets of anchors
+            _contexts.clear()
         _contexts[key] = (c2pa.Context.from_dict(config), anchors)
     return _contexts[key]
 
 
-def inspect_credentials(path: Path, detections: list[dict[str, Any]] | None = None, image: Any = None) -> dict[str, Any]:
+def input_credentials(path: Path) -> dict[str, Any] | None:
+    """What a ``process`` input proves about itself through its own embedded manifest: ``None``
+    without one; ``{"status": ...}`` alone when it is not valid and trusted; with ``valid``, the
+    manifest, its signer and what it declares (``digital_source_type``, sdmark's ``record``,
+    bounded), which the processed image may then carry as proven.
+
+    Trusted are the anchors given (``SDMARK_TRUST_ANCHORS``, ``--trust``) and this machine's own
+    signing CA (``sdmark keys init``): what this machine signed, it may carry on."""
+    import c2pa
+
+    from sdmark.core.metadata import source_record
+
+    mime = sniff_mime(path)
+    if mime not in READABLE:
+        return None
+    anchors = list(settings.trust_anchor_paths())
+    own = settings.keys_dir() / "ca.pem"
+    if own.is_file() and own not in anchors:
+        anchors.append(own)
+    context, _ = reading_context(tuple(anchors))
+    try:
+        with open(path, "rb") as stream:
+            reader = c2pa.Reader.try_create(mime, stream, context=context)
+            if reader is None:
+                return None
+            store = json.loads(reader.json())
+            reader.close()
+    except (c2pa.C2paError, OSError, ValueError) as exc:
+        return {"status": "invalid", "error": f"cannot read the C2PA manifest: {exc}"}
+    described = describe_store(store)
+    if described["status"] != "valid":
+        return {"status": described["status"]}
+    signer = dict(described.get("signer") or {})
+    _add_certificate(signer, store_from_file(path), described.get("manifest"))
+    found: dict[str, Any] = {"status": "valid", "manifest": described.get("manifest"), "signer": signer,
+                             "digital_source_type": described.get("digital_source_type")}
+    record = source_record({"record": _record(store)})
+    if record is not None:
+        found["record"] = record
+    return found
+
+
+class RegistryUnavailable(Exception):
+    """The registry could not be asked (locked past the busy timeout, unreadable, misconfigured)."""
+
+
+class RecoverySession:
+    """What recovery keeps for one verify run (or one worker, or one server process): the registry,
+    opened once, and the signed manifest of each registry row, read, checked and decoded once.
+
+    A registry that fails (locked by a writer past its busy timeout, unreadable) is asked once; the
+    same error is then reported for every image for :data:`REGISTRY_RETRY_S` without waiting again,
+    and it is never read without locking. Safe to share between threads (``sdmark serve``).
+    """
+
+    def __init__(self, location: "Path | DatabaseURL") -> None:
+        self.location = location
+        self._registry: RegistryStore | None = None
+        self._error: str | None = None
+        self._failed_at = 0.0
+        self._rows: OrderedDict[tuple[int, bytes], dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def lookup(self, payload: str) -> list[Entry]:
+        """The rows stored under ``payload``; raises :class:`RegistryUnavailable`."""
+        with self._lock:
+            if self._error is not None and time.monotonic() - self._failed_at < REGISTRY_RETRY_S:
+                raise RegistryUnavailable(self._error)
+            # A connection that worked before and fails now may just be stale (a database server
+            # restarted, an idle session ended): one fresh connection is tried at once. A lock is
+            # not retried: that would be a second busy wait.
+            attempts = 2 if self._registry is not None else 1
+            for attempt in range(attempts):
+                try:
+                    if self._registry is None:
+                        self._registry = open_registry(self.location)
+                    entries = self._registry.lookup(payload)
+                except Exception as exc:  # whatever the store raised: verify reports it and goes on
+                    self._close_registry()
+                    if attempt + 1 < attempts and "locked" not in str(exc):
+                        continue
+                    self._error, self._failed_at = str(exc), time.monotonic()
+                    raise RegistryUnavailable(self._error) from None
+                self._error = None
+                return entries
+            raise AssertionError("unreachable")
+
+    def signed_row(self, manifest: bytes, context: Any) -> dict[str, Any]:
+        """The row's stored manifest as :func:`read_signed_manifest` judges it, from the cache when seen before."""
+        key = (id(context), hashlib.sha256(manifest).digest())
+        with self._lock:
+            found = self._rows.get(key)
+            if found is not None:
+                self._rows.move_to_end(key)
+                return found
+        found = read_signed_manifest(manifest, context)
+        with self._lock:
+            self._rows[key] = found
+            while len(self._rows) > ROW_CACHE:
+                self._rows.popitem(last=False)
+        return found
+
+    def _close_registry(self) -> None:
+        if self._registry is not None:
+            try:
+                self._registry.close()
+            finally:
+                self._registry = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_registry()
+            self._rows.clear()
+
+
+def recovery_session(runtime: Any) -> RecoverySession | None:
+    """The run's :class:`RecoverySession` for the configured registry (``None`` when it is off),
+    kept by ``runtime`` until the run ends (``runtime.close_resources()``)."""
+    location = settings.registry_path()
+    if location is None:
+        return None
+    return runtime.resource(f"c2pa.recovery:{location}", lambda: RecoverySession(location))
+
+
+def inspect_credentials(path: Path, detections: list[dict[str, Any]] | None = None, image: Any = None,
+                        session: RecoverySession | None = None) -> dict[str, Any]:
     """The ``content_credentials`` part of a verify report for the file at ``path``.
 
     ``image`` is the decoded image (needed to compare a recovered manifest's content with it).
+    ``session`` is the run's registry and row cache (:func:`recovery_session`); without one, the
+    registry is opened for this call and closed again, which costs a connection per image.
     """
     import c2pa
 
@@ -111,7 +255,8 @@ def inspect_credentials(path: Path, detections: list[dict[str, Any]] | None = No
     # copied mark is still reported; only the embedded fields describe the file's own manifest.
     own_credentials = found["status"] == "valid" and bool(found.get("trusted"))
     if not own_credentials and detections:
-        recovery = recover(detections, image, context, mime)
+        recovery = _recover_once(detections, image, context, mime) if session is None else \
+            recover(detections, image, context, mime, session)
         if recovery is not None:
             found["recovery"] = recovery
             for key in ("registry_error", "registry_matches"):
@@ -138,30 +283,40 @@ def _positive(detections: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return found
 
 
-def recover(detections: list[dict[str, Any]], image: Any, context: Any, mime: str | None = None) -> dict[str, Any] | None:
-    """The recovery verdict for an image without a manifest, or ``None`` when there is nothing to
-    look up (no payload read, or the registry is off)."""
-    positive = _positive(detections)
-    registry_file = settings.registry_path()
-    if registry_file is None or not positive:
+def _recover_once(detections: list[dict[str, Any]], image: Any, context: Any, mime: str | None) -> dict[str, Any] | None:
+    """:func:`recover` with a session of its own, closed at once (a caller outside a verify run)."""
+    location = settings.registry_path()
+    if location is None or not _positive(detections):
         return None
-    registry = open_registry(registry_file)
+    session = RecoverySession(location)
     try:
-        lookups = [(detection, registry.lookup(payload_key(detection["payload"]))) for detection in positive]
-    except Exception as exc:  # a broken registry must not stop verify: report it for this image
-        return {"verdict": None, "registry": str(registry_file), "registry_error": f"{exc}"}
+        return recover(detections, image, context, mime, session)
     finally:
-        registry.close()
+        session.close()
+
+
+def recover(detections: list[dict[str, Any]], image: Any, context: Any, mime: str | None = None,
+            session: RecoverySession | None = None) -> dict[str, Any] | None:
+    """The recovery verdict for an image without valid, trusted embedded credentials, or ``None``
+    when there is nothing to look up (no payload read, or no registry: ``session`` is ``None``)."""
+    positive = _positive(detections)
+    if session is None or not positive:
+        return None
+    registry_file = session.location
+    try:
+        lookups = [(detection, session.lookup(payload_key(detection["payload"]))) for detection in positive]
+    except RegistryUnavailable as exc:  # a broken registry must not stop verify: report it for this image
+        return {"verdict": None, "registry": str(registry_file), "registry_error": f"{exc}"}
     for detection, entries in lookups:
         if entries:
-            return _decide(detection, entries, image, context, registry_file, mime)
+            return _decide(detection, entries, image, context, registry_file, mime, session)
     detection = positive[0]
     return {"verdict": "not-registered", "payload": payload_key(detection["payload"]), "scheme": detection.get("scheme"),
             "key": detection.get("key"), "registry": str(registry_file), "registry_matches": 0, "candidates": []}
 
 
-def _decide(detection: dict[str, Any], entries: list[Entry], image: Any, context: Any, registry_file: Path,
-            mime: str | None = None) -> dict[str, Any]:
+def _decide(detection: dict[str, Any], entries: list[Entry], image: Any, context: Any, registry_file: "Path | DatabaseURL",
+            mime: str | None, session: RecoverySession) -> dict[str, Any]:
     """Check each row, then pick: one matching row (or one clearly closest), else the reason none can be."""
     payload = payload_key(detection["payload"])
     # Rows its own signed manifest contradicts (junk, a forged label) cost one signature check and
@@ -171,7 +326,7 @@ def _decide(detection: dict[str, Any], entries: list[Entry], image: Any, context
     for entry in entries[:MAX_ROWS]:
         if compared >= MAX_CANDIDATES:
             break
-        candidate = check_row(entry, payload, detection.get("scale"), image, context, mime)
+        candidate = check_row(entry, payload, detection.get("scale"), image, context, mime, session)
         checked.append(candidate)
         compared += candidate["verdict"] != "inconsistent"
     out: dict[str, Any] = {"verdict": None, "payload": payload, "scheme": detection.get("scheme"), "key": detection.get("key"),
@@ -209,28 +364,45 @@ def _decide(detection: dict[str, Any], entries: list[Entry], image: Any, context
     return out
 
 
-def check_row(entry: Entry, payload: str, scale: Any, image: Any, context: Any, mime: str | None = None) -> dict[str, Any]:
-    """One registry row judged against the signed manifest it stores, then against the image.
-
-    Nothing a row says is believed: the manifest label, the payload and the content fingerprint are
-    all read from the signed manifest, whose signature is checked first.
-    """
+def read_signed_manifest(manifest: bytes, context: Any) -> dict[str, Any]:
+    """A registry row's stored manifest store read and its signature checked: ``store``,
+    ``described`` (:func:`describe_store`), ``signer`` (with the certificate's SHA-256), ``record``
+    and the signed content ``fingerprint``; or ``error`` when it cannot be read. Depends only on the
+    bytes (and the trust anchors), so a session computes it once per row."""
     import c2pa
 
-    candidate: dict[str, Any] = {"verdict": "inconsistent", "manifest": entry.manifest_label,
-                                 "registry_entry": _entry_summary(entry)}
     try:
-        reader = c2pa.Reader("application/c2pa", io.BytesIO(entry.manifest), context=context)
+        reader = c2pa.Reader("application/c2pa", io.BytesIO(manifest), context=context)
         store = json.loads(reader.json())
         reader.close()
     except (c2pa.C2paError, ValueError) as exc:
-        candidate["reason"] = f"the stored manifest cannot be read ({exc})"
-        return candidate
+        return {"error": f"the stored manifest cannot be read ({exc})"}
     described = describe_store(store, expect_hard_binding_mismatch=True)
     signer = described.get("signer") or {}
-    _add_certificate(signer, entry.manifest, store.get("active_manifest"))
+    _add_certificate(signer, manifest, store.get("active_manifest"))
+    title = ((store.get("manifests") or {}).get(store.get("active_manifest")) or {}).get("title") or ""
+    return {"store": store, "described": described, "signer": signer, "record": _record(store),
+            "fingerprint": _fingerprint(store), "title": title}
+
+
+def check_row(entry: Entry, payload: str, scale: Any, image: Any, context: Any, mime: str | None = None,
+              session: RecoverySession | None = None) -> dict[str, Any]:
+    """One registry row judged against the signed manifest it stores, then against the image.
+
+    Nothing a row says is believed: the manifest label, the payload and the content fingerprint are
+    all read from the signed manifest, whose signature is checked first (once per ``session``).
+    """
+    candidate: dict[str, Any] = {"verdict": "inconsistent", "manifest": entry.manifest_label,
+                                 "registry_entry": _entry_summary(entry)}
+    signed = session.signed_row(entry.manifest, context) if session is not None else read_signed_manifest(entry.manifest, context)
+    if "error" in signed:
+        candidate["reason"] = signed["error"]
+        return candidate
+    store, described = signed["store"], signed["described"]
+    # Copies: the cached row is shared by every image of the run and must not change with one.
+    signer = dict(signed["signer"])
     candidate.update(signature=described["status"], trusted=described["trusted"], signer=signer,
-                     described=described, record=_record(store))
+                     described=described, record=signed["record"])
     if store.get("active_manifest") != entry.manifest_label:
         candidate["reason"] = (f"the row names manifest {entry.manifest_label}, its stored manifest is "
                                f"{store.get('active_manifest')}")
@@ -243,7 +415,7 @@ def check_row(entry: Entry, payload: str, scale: Any, image: Any, context: Any, 
         candidate["reason"] = (f"the signed soft binding names payload {binding.get('payload')}, "
                                f"not the detected {payload}")
         return candidate
-    fingerprint = _fingerprint(store)
+    fingerprint = signed["fingerprint"]
     if fingerprint is None:
         candidate["verdict"] = "unverifiable"
         candidate["reason"] = "the signed manifest has no content fingerprint (signed by an older sdmark), so this image cannot be compared with it"
@@ -259,8 +431,7 @@ def check_row(entry: Entry, payload: str, scale: Any, image: Any, context: Any, 
         # The registered image as its signer's manifest shows it, so a person can compare the two;
         # only for a match: a forged payload must not fetch another image's thumbnail.
         candidate["thumbnail"] = fingerprint.thumbnail_json()
-        title = ((store.get("manifests") or {}).get(store.get("active_manifest")) or {}).get("title") or ""
-        signed_format = MIME_BY_SUFFIX.get(Path(title).suffix.lower())
+        signed_format = MIME_BY_SUFFIX.get(Path(signed["title"]).suffix.lower())
         if mime and signed_format and mime != signed_format:
             candidate["content"]["changes"].insert(0, f"re-encoded ({mime}, signed as {signed_format})")
     else:
@@ -284,9 +455,10 @@ def _public(candidate: dict[str, Any], full: bool = False) -> dict[str, Any]:
     out = {k: v for k, v in candidate.items() if k not in ("described", "record")}
     if full and candidate.get("described"):
         described = candidate["described"]
-        out.update({k: described[k] for k in ("claim_generator", "actions", "digital_source_type", "ingredients")
-                    if k in described})
-        out["record"] = candidate.get("record")
+        # Deep copies: the session's cached row is shared by every report of the run.
+        out.update(copy.deepcopy({k: described[k] for k in ("claim_generator", "actions", "digital_source_type",
+                                                            "ingredients") if k in described}))
+        out["record"] = copy.deepcopy(candidate.get("record"))
     return out
 
 

@@ -92,7 +92,9 @@ def _generation(item: ImageItem) -> dict[str, Any]:
     record = item.record
     generation = record.generation
     if not generation and record.source:
-        source_record = record.source.get("record")
+        # The input's verified record first, else what its own metadata declares (a template only).
+        source_record = ((record.source.get("credentials") or {}).get("record")
+                         or (record.source.get("declared") or {}).get("record"))
         if isinstance(source_record, dict) and isinstance(source_record.get("generation"), dict):
             generation = source_record["generation"]
     if generation:

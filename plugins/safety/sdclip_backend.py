@@ -8,7 +8,6 @@ concept fired and by how much, and so ``sensitivity`` can shift every score (SD'
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +29,6 @@ _HOW_TO = (
     "checker (config.json and weights) and its preprocessor_config.json (e.g. a local copy of "
     f"{DEFAULT_CHECKER}), or a Stable Diffusion model folder with safety_checker/ and feature_extractor/."
 )
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "true", "yes")
 
 
 class SdClipBackend(SafetyBackend):
@@ -101,6 +96,9 @@ class SdClipBackend(SafetyBackend):
         return candidates, skipped
 
     def _load(self, model: str, context: RunContext) -> tuple[Any, Any]:
+        """The checker and its image processor from local files only: a folder, or the Hugging Face
+        cache for a hub id. The hub is never asked (with no network it retries for minutes): weights
+        that are not local fail at once, naming every place looked in and how to provide them."""
         from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
         from transformers import CLIPImageProcessor
 
@@ -108,32 +106,28 @@ class SdClipBackend(SafetyBackend):
 
         quiet_loading()
         candidates, tried = self._candidates(model, context)
-        # Offline first: every candidate from local files (folders, the hub cache) before any network
-        # call, so a machine without network finds what it has at once instead of retrying the hub.
-        # When the user named a local folder (safety:model= or the running model), the hub is not
-        # asked at all: they chose local files.
-        local_given = bool(tried) or any(label.startswith(("model folder", "folder")) for label, *_ in candidates)
-        passes = [True] if local_given or _offline() else [True, False]
-        for local_only in passes:
-            for label, source, checker_sub, processor_sub in candidates:
-                if not local_only and not label.startswith("hub id"):
-                    continue
-                where = {"local_files_only": True} if local_only else {}
-                try:
-                    checker = StableDiffusionSafetyChecker.from_pretrained(
-                        source, **where, **({"subfolder": checker_sub} if checker_sub else {}))
-                    processor = CLIPImageProcessor.from_pretrained(
-                        source, **where, **({"subfolder": processor_sub} if processor_sub else {}))
-                except Exception as exc:  # offline hub, missing files, wrong format: all mean "try the next"
-                    if not local_only or not label.startswith("hub id") or not local_given and len(passes) == 1:
-                        tried.append(f"{label} ({first_line(exc)})")
-                    elif local_given:
-                        tried.append(f"{label} (not in the local cache; the hub was not asked because a local "
-                                     f"model was given: name it with safety:model={source} to download it)")
-                    continue
-                return checker, processor
-        raise ModelLoadError(f"could not load the Stable Diffusion safety checker (safety:backend=sd-clip); tried: "
-                             f"{'; '.join(tried)}. {_HOW_TO}")
+        hub_ids = []
+        for label, source, checker_sub, processor_sub in candidates:
+            where: dict[str, Any] = {"local_files_only": True}
+            try:
+                checker = StableDiffusionSafetyChecker.from_pretrained(
+                    source, **where, **({"subfolder": checker_sub} if checker_sub else {}))
+                processor = CLIPImageProcessor.from_pretrained(
+                    source, **where, **({"subfolder": processor_sub} if processor_sub else {}))
+            except Exception as exc:  # not in the cache, missing files, wrong format: all mean "try the next"
+                if label.startswith("hub id"):
+                    hub_ids.append(source)
+                    # The loaders' own words for a missing file speak of connecting, which never happened.
+                    tried.append(f"{label}: not in the local Hugging Face cache" if isinstance(exc, OSError)
+                                 else f"{label}: in the local Hugging Face cache but unreadable ({first_line(exc)})")
+                else:
+                    tried.append(f"{label} ({first_line(exc)})")
+                continue
+            return checker, processor
+        fetch = "".join(f" `hf download {hub_id}`" for hub_id in dict.fromkeys(hub_ids) if hub_id == DEFAULT_CHECKER)
+        raise ModelLoadError(f"could not load the Stable Diffusion safety checker (safety:backend=sd-clip) from local files; "
+                             f"tried: {'; '.join(tried)}. The hub is never asked while checking images. "
+                             + (f"To fetch it into the cache once, with network access:{fetch}. " if fetch else "") + _HOW_TO)
 
     def check(self, images: list[Image.Image]) -> list[Verdict]:
         import torch

@@ -40,7 +40,7 @@ def sdmark_register_watermark_methods(register: Callable[[Any], None]) -> None:
 
 
 @hookspec
-def sdmark_inspect_image(path: Path, image: Any, metadata: dict[str, Any], report: dict[str, Any]) -> None:
+def sdmark_inspect_image(path: Path, image: Any, metadata: dict[str, Any], report: dict[str, Any], runtime: Any) -> None:
     """Runs in ``sdmark verify`` for each readable image, after watermark detection.
 
     :param path: the image file.
@@ -48,6 +48,8 @@ def sdmark_inspect_image(path: Path, image: Any, metadata: dict[str, Any], repor
     :param metadata: what the file carried (:func:`sdmark.core.metadata.read_metadata`).
     :param report: the image's verify report: ``path``, ``watermarked``, ``detections`` (each with
         ``scheme``, ``p_value``, ``payload``, ``band``) and ``error``.
+    :param runtime: the :class:`~sdmark.core.runtime.Runtime` running this verify;
+        ``runtime.resource(name, open)`` keeps something open for the run (c2pa: the registry).
 
     May change: ``report``: add keys of your own (e.g. ``content_credentials``); do not remove or
     rewrite the keys above. Printed in ``--json`` output as they are.

@@ -134,7 +134,8 @@ def verify_file(path: Path | str, schemes: Iterable[Any] | None = None, inspect:
     from sdmark.core.errors import SdmarkError
     from sdmark.core.io import read_image
 
-    if runtime is None and (inspect or schemes is None):
+    own_runtime = runtime is None and (inspect or schemes is None)
+    if own_runtime:
         runtime = _runtime(None)
     report: dict[str, Any] = {"path": str(path), "watermarked": None, "detections": [], "error": None}
     try:
@@ -152,5 +153,9 @@ def verify_file(path: Path | str, schemes: Iterable[Any] | None = None, inspect:
         return report
     report["expected_marks"] = expected_marks(loaded.metadata.get("record"), report["detections"])
     if inspect:
-        _runtime(runtime).inspect_image(path=Path(path), image=loaded.image, metadata=loaded.metadata, report=report)
+        try:
+            _runtime(runtime).inspect_image(path=Path(path), image=loaded.image, metadata=loaded.metadata, report=report)
+        finally:
+            if own_runtime and runtime is not None:  # a run of one image: what plugins opened for it ends here
+                runtime.close_resources()
     return report
