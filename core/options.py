@@ -81,7 +81,7 @@ class Option:
 
     ``type`` is one of :data:`OPTION_TYPES`. ``applies_to`` names, for an option of an
     :class:`OptionGroup`, the selecting option and the values it belongs to (``("backend",
-    ("nudenet",))``); it is empty for a stage's own options.
+    ("nudenet",))``); ``None`` for a stage's own options.
     """
 
     name: str
@@ -91,7 +91,7 @@ class Option:
     choices: Choices = None
     minimum: float | None = None
     maximum: float | None = None
-    applies_to: tuple[str, tuple[str, ...]] | tuple[()] = ()
+    applies_to: tuple[str, tuple[str, ...]] | None = None
 
     def allowed(self, runtime: Runtime) -> tuple[str, ...] | None:
         """The allowed values (what ``runtime``'s plugins offer, for extensible choices), or ``None``."""
@@ -298,7 +298,7 @@ def configure(options_class: type[StageOptions], groups: Sequence[OptionGroup], 
         for name, opt in options.items():
             if name in known:
                 raise PluginError(f"option {stage}:{name} is declared twice (by the stage and by {group.selector} "
-                                  f"{', '.join(opt.applies_to[1] if opt.applies_to else ())})")
+                                  f"{', '.join(opt.applies_to[1]) if opt.applies_to else '?'})")
             known[name] = opt
     unknown = set(values) - set(known)
     if unknown:
@@ -317,7 +317,8 @@ def configure(options_class: type[StageOptions], groups: Sequence[OptionGroup], 
         group_class = group.choices.get(value, StageOptions)
         for name in sorted(values.keys() & options.keys()):
             if name not in {opt.name for opt in group_class.declared()}:
-                users = options[name].applies_to[1] if options[name].applies_to else ()
+                applies_to = options[name].applies_to
+                users = applies_to[1] if applies_to else ()
                 raise ChainError(group.misplaced.format(stage=stage, name=name, selector=group.selector, chosen=value,
                                                         users=", ".join(users)))
         picked = group_class.from_values({k: v for k, v in values.items() if k in options}, stage, runtime, typed)

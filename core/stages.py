@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Ty
 
 from sdmark.core.errors import ChainError, StageError
 from sdmark.core.options import (
-    MAX_OPTION_CHARS,
     ConfiguredOptions,
     DeclaresOptions,
-    Opts,
     Option,
     OptionGroup,
+    Opts,
     StageOptions,
     configure,
     option,
@@ -35,8 +34,8 @@ if TYPE_CHECKING:
     from sdmark.core.runtime import Runtime
 
 __all__ = [
-    "MAX_OPTION_CHARS", "PHASES", "DenoiseBatch", "ImageItem", "Option", "OptionGroup", "RunContext", "Stage",
-    "StageOptions", "StageRegistry", "default_warn", "option", "shown",
+    "PHASES", "DenoiseBatch", "ImageItem", "Option", "OptionGroup", "RunContext", "Stage", "StageOptions",
+    "StageRegistry", "default_warn", "option",
 ]
 
 PHASES = ("before_denoise", "after_denoise", "process")
@@ -137,8 +136,9 @@ class Stage(DeclaresOptions[Opts]):
     name: ClassVar[str]
     description: ClassVar[str] = ""
     phases: ClassVar[tuple[str, ...]] = ("process",)
-    changes_pixels: ClassVar[bool] = True
-    """Whether ``process`` changes pixels (such a stage after ``watermark`` may erase the mark)."""
+    changes_pixels: bool = True
+    """Whether ``process`` changes pixels (such a stage after ``watermark`` may erase the mark); a
+    stage may set it per instance when its options decide (safety's ``flag`` policy changes none)."""
     embeds_watermark: ClassVar[bool] = False
     """Whether this stage embeds an invisible watermark (pixel changes after it trigger a warning)."""
     checks_safety: ClassVar[bool] = False

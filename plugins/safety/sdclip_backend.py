@@ -127,12 +127,12 @@ class SdClipBackend(SafetyBackend[SdClipOptions]):
             for label, source, checker_sub, processor_sub in candidates:
                 if not local_only and not label.startswith("hub id"):
                     continue
-                where = {"local_files_only": True} if local_only else {}
+                where: dict[str, Any] = {"local_files_only": True} if local_only else {}
+                checker_where = {**where, **({"subfolder": checker_sub} if checker_sub else {})}
+                processor_where = {**where, **({"subfolder": processor_sub} if processor_sub else {})}
                 try:
-                    checker = StableDiffusionSafetyChecker.from_pretrained(
-                        source, **where, **({"subfolder": checker_sub} if checker_sub else {}))
-                    processor = CLIPImageProcessor.from_pretrained(
-                        source, **where, **({"subfolder": processor_sub} if processor_sub else {}))
+                    checker = StableDiffusionSafetyChecker.from_pretrained(source, **checker_where)
+                    processor = CLIPImageProcessor.from_pretrained(source, **processor_where)
                 except Exception as exc:  # offline hub, missing files, wrong format: all mean "try the next"
                     if not local_only or not label.startswith("hub id") or not local_given and len(passes) == 1:
                         tried.append(f"{label} ({first_line(exc)})")

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from sdmark.core.runtime import Runtime
     from sdmark.core.stages import DenoiseBatch, ImageItem, RunContext
-    from sdmark.plugins.upscale.sr_model import SrModel
+    from sdmark.plugins.upscale.sr_model import SRModel
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 PHASES = ("process", "after_denoise")
@@ -185,7 +185,7 @@ class ModelFileBackend(UpscaleBackend[ModelFileOptions]):
         key = ("upscale:model", str(path), context.device, self.options.dtype)
         if key not in context.cache:
             context.cache[key] = load_sr_model(path, context.device, self.options.dtype)
-        self._model: SrModel = context.cache[key]
+        self._model: SRModel = context.cache[key]
 
     def scale(self) -> float:
         return self._model.scale
