@@ -294,12 +294,15 @@ def configure(options_class: type[StageOptions], groups: Sequence[OptionGroup], 
     own = {opt.name: opt for opt in options_class.declared()}
     merged = [(group, group.merged(stage)) for group in groups]
     known: dict[str, Option] = dict(own)
+    owners = dict.fromkeys(own, "the stage")
     for group, options in merged:
+        if group.selector not in own:
+            raise PluginError(f"stage {stage!r}: option group {group.selector!r} is not one of the stage's own options")
         for name, opt in options.items():
+            owner = f"{group.selector} {', '.join(opt.applies_to[1]) if opt.applies_to else '?'}"
             if name in known:
-                raise PluginError(f"option {stage}:{name} is declared twice (by the stage and by {group.selector} "
-                                  f"{', '.join(opt.applies_to[1]) if opt.applies_to else '?'})")
-            known[name] = opt
+                raise PluginError(f"option {stage}:{name} is declared twice (by {owners[name]} and by {owner})")
+            known[name], owners[name] = opt, owner
     unknown = set(values) - set(known)
     if unknown:
         valid = ", ".join(sorted(known)) or "none"
@@ -308,7 +311,7 @@ def configure(options_class: type[StageOptions], groups: Sequence[OptionGroup], 
     mine = options_class.from_values({k: v for k, v in values.items() if k in own}, stage, runtime, typed)
     # Every given value is converted (a bad value is reported as such) before it is placed.
     for _, options in merged:
-        for name in values.keys() & options.keys():
+        for name in sorted(values.keys() & options.keys()):
             options[name].convert(values[name], stage, runtime, typed)
     chosen: dict[str, StageOptions] = {}
     everything = mine.values()

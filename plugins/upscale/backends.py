@@ -42,8 +42,8 @@ _STEPS_HELP = "denoising steps"
 class SizeOptions(StageOptions):
     """The ``upscale`` stage's own options: which backend, and the size asked for."""
 
-    backend: str = option("lanczos", "lanczos, opencv, model (a super-resolution model file), sd-x4, or sd-latent-x2 "
-                          "(generate only)", choices=lambda runtime: backend_registry(runtime).names())
+    backend: str = option("lanczos", "lanczos, opencv, model (a super-resolution model file), sd-x4, sd-latent-x2 "
+                          "(generate only), or a plugin's backend", choices=lambda runtime: backend_registry(runtime).names())
     factor: float = option(0.0, "scale factor; 0 = the backend's own (2 for lanczos/opencv, the model's scale, 4 for sd-x4, "
                            "2 for sd-latent-x2)", minimum=0.0, maximum=16.0)
     width: int = option(0, "target width in pixels (0 = from height's aspect ratio or factor)", minimum=0)
