@@ -32,9 +32,9 @@ class WatermarkStage(Stage[WatermarkOptions]):
     """Marks each image invisibly and checks the mark reads back.
 
     Colour images only change in their RGB channels (alpha is kept as it is); pixels beyond the
-    largest multiple-of-4 area are untouched. An image too small to carry the mark (under 256x256
-    pixels for invisible-watermark's methods, 128 a side for sdmark's own) fails with a clear error and is not written:
-    nothing leaves this stage unmarked. A method with a strength knob (``sdmark``) is made only as
+    largest multiple-of-4 area are untouched. An image too small for the method (each declares its
+    floor: 256x256 pixels for invisible-watermark's, 128 a side for sdmark's own) fails with a clear
+    error and is not written: nothing leaves this stage unmarked. A method with a strength knob (``sdmark``) is made only as
     strong as it must be for its mark to read back with margin; the strength used is recorded.
     """
 
