@@ -24,6 +24,7 @@ them, and one given for a value other than the chosen one is an error naming the
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -113,8 +114,8 @@ class Option:
         if self.minimum is None and self.maximum is None:
             return None
         if self.type is int:
-            return click.IntRange(None if self.minimum is None else int(self.minimum),
-                                  None if self.maximum is None else int(self.maximum))
+            return click.IntRange(None if self.minimum is None else math.ceil(self.minimum),
+                                  None if self.maximum is None else math.floor(self.maximum))
         return click.FloatRange(self.minimum, self.maximum)
 
     def convert(self, value: Any, stage: str, runtime: Runtime, typed: bool = False) -> Any:
