@@ -18,6 +18,7 @@ RealESRGAN_x4plus (64 features, 23 blocks) and shows what a real ESRGAN costs on
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -104,7 +105,7 @@ def main() -> None:
                     if backend in SLOW and repeat:
                         continue
                     stage = stages[backend]
-                    stage.options.update(factor=0.0, width=original.width, height=original.height)
+                    stage.options = dataclasses.replace(stage.options, factor=0.0, width=original.width, height=original.height)
                     item = ImageItem(image=small.copy(), record=ProvenanceRecord(kind="processed"), name=name)
                     start = time.perf_counter()
                     stage.process_one(item, context)

@@ -89,10 +89,12 @@ def stages(as_json: bool) -> None:
     runtime = current_runtime()
     registry = runtime.stages
     for stage in registry:
+        declared = stage.describe_options(runtime)
         options = [
             {"name": o.name, "type": o.type.__name__, "default": o.default if not hasattr(o.default, "__fspath__") else str(o.default),
-             "choices": list(o.allowed(runtime) or []) or None, "help": o.help}
-            for o in stage.options
+             "choices": list(o.allowed(runtime) or []) or None, "help": o.help,
+             **({"applies_to": {o.applies_to[0]: list(o.applies_to[1])}} if o.applies_to else {})}
+            for o in declared
         ]
         if as_json:
             click.echo(json.dumps({"name": stage.name, "description": stage.description, "phases": list(stage.phases),
@@ -101,7 +103,7 @@ def stages(as_json: bool) -> None:
         click.echo(f"{stage.name}  ({', '.join(stage.phases)})  from {registry.owner(stage.name)}")
         if stage.description:
             click.echo(f"    {stage.description}")
-        for option, data in zip(stage.options, options):
+        for option, data in zip(declared, options):
             default = "" if data["default"] in (None, "") else f", default {data['default']}"
             click.echo(f"    {option.name}  ({_option_type(option, runtime)}{default})")
             click.echo(f"        {option.help}")

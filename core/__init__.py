@@ -20,7 +20,7 @@ from sdmark.core.runtime import Runtime, hookimpl
 from sdmark.core.process import process_images
 from sdmark.core.records import ProvenanceRecord
 from sdmark.core.chain import Chain, parse_chain
-from sdmark.core.stages import DenoiseBatch, ImageItem, Option, RunContext, Stage
+from sdmark.core.stages import DenoiseBatch, ImageItem, Option, OptionGroup, RunContext, Stage, StageOptions, option
 
 __all__ = [
     "Chain",
@@ -34,15 +34,18 @@ __all__ = [
     "ImageWriteError",
     "ModelLoadError",
     "Option",
+    "OptionGroup",
     "PluginError",
     "ProvenanceRecord",
     "RunContext",
     "Runtime",
     "SdmarkError",
     "Stage",
+    "StageOptions",
     "StageError",
     "generate",
     "hookimpl",
+    "option",
     "parse_chain",
     "process_images",
 ]

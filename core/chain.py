@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from sdmark.core.errors import ChainError, StageError
 from sdmark.core.runtime import Runtime
-from sdmark.core.stages import DenoiseBatch, ImageItem, RunContext, Stage, shown
+from sdmark.core.stages import DenoiseBatch, ImageItem, RunContext, Stage
 
 _NAME = re.compile(r"[A-Za-z_][\w\-]*")
 MAX_CHAIN_FILE_BYTES = 64 * 1024
@@ -210,7 +210,7 @@ class Chain:
     runs of a chain (``generate``, ``process_images``) use the chain's runtime for every hook.
     """
 
-    def __init__(self, stages: list[Stage], runtime: Runtime | None = None) -> None:
+    def __init__(self, stages: list[Stage[Any]], runtime: Runtime | None = None) -> None:
         self.stages = stages
         self.runtime = runtime if runtime is not None else Runtime.load()
         for stage in stages:
@@ -233,16 +233,7 @@ class Chain:
                     raise ChainError(f"{exc}. If {spec.name!r} is part of the value of {before.name}:{before.bare_last}, "
                                      f"quote the value: {before.name}:{before.bare_last}=\"... {spec.name}\"") from None
                 raise
-            known = {option.name: option for option in cls_.options}
-            unknown = set(spec.options) - set(known)
-            if unknown:
-                valid = ", ".join(sorted(known)) or "none"
-                raise ChainError(f"stage {spec.name!r} has no option {', '.join(shown(u) if len(u) > 60 else u for u in sorted(unknown))}; valid options: {valid}")
-            values = {name: option.default for name, option in known.items()}
-            for key, raw in spec.options.items():
-                values[key] = known[key].coerce(raw, spec.name, runtime, strict=spec.typed)
-            stage = cls_(**values)
-            stage.runtime = runtime
+            stage = cls_.configure(spec.options, runtime, typed=spec.typed)
             stages.append(stage)
         return cls(stages, runtime)
 
@@ -277,7 +268,7 @@ class Chain:
                     f"{', '.join(map(repr, earlier))} run(s) before {stage.name!r}: the safety check sees their "
                     f"output, not the generated image; put {stage.name!r} first"
                 )
-        marked_by: Stage | None = None
+        marked_by: Stage[Any] | None = None
         seen: dict[str, int] = {}
         for position, stage in enumerate(self.stages, 1):
             if stage.name in seen:
@@ -336,7 +327,7 @@ class Chain:
             if phase in stage.active_phases():
                 result = getattr(stage, phase)(batch, context)
                 for record in records:
-                    record.add(stage.name, phase, stage.options, result)
+                    record.add(stage.name, phase, stage.option_values(), result)
 
     def run_process(self, items: list[ImageItem], context: RunContext) -> None:
         """Run every stage's ``process`` phase on the live items; failures mark items, not the batch."""

@@ -25,7 +25,7 @@ import logging
 import pickle
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -226,7 +226,8 @@ class ProcessImages:
     file on the driver before it starts, so it has no such case."""
 
     def __init__(self, chain: str = "safety watermark", output_dir: str | Path = "processed", *, format: str = "png",
-                 quality: int = 95, overwrite: bool = False, safety: str = "on", device: str | None = None) -> None:
+                 quality: int = 95, overwrite: bool = False, safety: Literal["on", "off"] = "on",
+                 device: str | None = None) -> None:
         from sdmark.core.chain import Chain
         from sdmark.core.executor_steps import ProcessStep
         from sdmark.core.output import OutputOptions

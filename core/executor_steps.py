@@ -44,9 +44,12 @@ def _use_threads(threads: int | None) -> None:
 
 
 def _strip(result: ItemResult) -> ItemResult:
-    """The result without its pixels, which need not travel back to the driver."""
+    """The result without its pixels, which need not travel back to the driver: its item's image is
+    an empty (0x0) one (the written file holds the pixels)."""
     if result.item is not None:
-        result.item = replace(result.item, image=None)
+        from PIL import Image
+
+        result.item = replace(result.item, image=Image.new(result.item.image.mode, (0, 0)))
     return result
 
 
@@ -91,7 +94,7 @@ class ProcessStep:
 
     ``protected`` are the run's input files, which no output may replace (every worker guards all of them)."""
 
-    def __init__(self, chain: Chain, output: OutputOptions | None, safety: str = "on", device: str | None = None,
+    def __init__(self, chain: Chain, output: OutputOptions | None, safety: Literal["on", "off"] = "on", device: str | None = None,
                  threads: int | None = None, protected: Sequence[Path] = (), keep_metadata: bool = False) -> None:
         from sdmark.core.pipeline import pick_device
 
@@ -132,7 +135,7 @@ class ProcessStep:
 class GenerateStep:
     """``sdmark generate`` for chunks of image indices; one pipeline per worker (its own GPU on Ray)."""
 
-    def __init__(self, settings: Any, chain: Chain, output: OutputOptions | None, safety: str = "on",
+    def __init__(self, settings: Any, chain: Chain, output: OutputOptions | None, safety: Literal["on", "off"] = "on",
                  threads: int | None = None, names: Sequence[str] | None = None) -> None:
         from sdmark.core.pipeline import load_pipeline
 

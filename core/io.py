@@ -110,8 +110,9 @@ def read_image(path: Path | str) -> LoadedImage:
                     raise ImageReadError(pixel_limit_error(path, (width, height), width * height, limit))
                 fmt = opened.format or "unknown"
                 notes = []
-                if getattr(opened, "n_frames", 1) > 1:
-                    notes.append(f"{opened.n_frames} frames: only the first is used")
+                frames = getattr(opened, "n_frames", 1)
+                if frames > 1:
+                    notes.append(f"{frames} frames: only the first is used")
                 opened.load()
                 metadata = read_metadata(opened)
                 image = _normalise(opened)
@@ -189,6 +190,8 @@ def _to_srgb(image: Image.Image, icc: bytes) -> Image.Image:
     try:
         converted = ImageCms.profileToProfile(base, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
     except ImageCms.PyCMSError:
+        converted = None
+    if converted is None:  # a failed conversion (None is also what inPlace=True returns, not used here)
         converted = base.convert("RGB")
     if alpha is not None:
         converted.putalpha(alpha)

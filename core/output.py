@@ -204,6 +204,27 @@ class Writer:
         return written
 
 
+def _outcome(item: ImageItem, writer: Writer | None) -> ItemResult:
+    """What became of one finished item: failed, dropped, kept, or written by ``writer``."""
+
+    def result(status: str, error: str | None = None, path: Path | None = None) -> ItemResult:
+        return ItemResult(name=item.name, status=status, path=path, source=item.source, error=error,
+                          record=item.record, item=item)
+
+    if item.error is not None:
+        return result("failed", item.error)
+    if item.dropped is not None:
+        return result("dropped", item.dropped)
+    if writer is None:
+        return result("kept")
+    try:
+        return result("written", path=writer.write(item))
+    except SdmarkError as exc:
+        return result("failed", str(exc))
+    except (OSError, RuntimeError) as exc:  # e.g. a symlink loop met while resolving paths
+        return result("failed", f"cannot write: {type(exc).__name__}: {exc}")
+
+
 def finish_batch(
     items: list[ImageItem],
     chain: Chain,
@@ -215,20 +236,7 @@ def finish_batch(
     chain.run_process(items, context)
     results = []
     for item in items:
-        base = {"name": item.name, "source": item.source, "record": item.record, "item": item}
-        if item.error is not None:
-            result = ItemResult(status="failed", error=item.error, **base)
-        elif item.dropped is not None:
-            result = ItemResult(status="dropped", error=item.dropped, **base)
-        elif writer is None:
-            result = ItemResult(status="kept", **base)
-        else:
-            try:
-                result = ItemResult(status="written", path=writer.write(item), **base)
-            except SdmarkError as exc:
-                result = ItemResult(status="failed", error=str(exc), **base)
-            except (OSError, RuntimeError) as exc:  # e.g. a symlink loop met while resolving paths
-                result = ItemResult(status="failed", error=f"cannot write: {type(exc).__name__}: {exc}", **base)
+        result = _outcome(item, writer)
         results.append(result)
         if on_result is not None:
             on_result(result)

@@ -16,9 +16,17 @@ from sdmark.core.errors import ModelLoadError, SdmarkError, first_line
 from sdmark.core.runtime import hookimpl
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     import torch
-    from diffusers import DiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
     from PIL import Image
+
+    # The real classes' modules: the names at diffusers' top level resolve to its placeholder
+    # ("dummy") classes for a type checker, which have none of the pipelines' attributes.
+    SdPipeline: TypeAlias = StableDiffusionPipeline | StableDiffusionXLPipeline
+    """The pipelines sdmark runs (what :func:`sdmark_load_pipeline` accepts from any loader)."""
 
     from sdmark.core.runtime import Runtime
 
@@ -96,7 +104,7 @@ def pick_dtype(requested: str | None, device: str) -> torch.dtype:
         raise SdmarkError(f"unknown dtype {requested!r}; choose auto, fp32, fp16 or bf16") from None
 
 
-def set_scheduler(pipe: DiffusionPipeline, name: str) -> None:
+def set_scheduler(pipe: SdPipeline, name: str) -> None:
     """Replace the pipeline's scheduler by short name (``euler-a``) or diffusers class name."""
     import diffusers
 
@@ -109,7 +117,7 @@ def set_scheduler(pipe: DiffusionPipeline, name: str) -> None:
     pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **extra)
 
 
-def sampler_name(pipe: DiffusionPipeline, scheduler: str | None) -> str:
+def sampler_name(pipe: SdPipeline, scheduler: str | None) -> str:
     """The A1111 sampler name for the pipeline's scheduler (for the ``parameters`` text)."""
     if scheduler in SCHEDULERS:
         return SCHEDULERS[scheduler][1]
@@ -123,7 +131,7 @@ def looks_local(model: str) -> bool:
 
 
 @hookimpl(trylast=True)
-def sdmark_load_pipeline(model: str, device: str, dtype: Any, options: dict[str, Any]) -> DiffusionPipeline:
+def sdmark_load_pipeline(model: str, device: str, dtype: Any, options: dict[str, Any]) -> SdPipeline:
     """Built-in loader: ``from_pretrained`` on a hub id or a local folder, or a single-file checkpoint."""
     import diffusers
 
@@ -148,8 +156,10 @@ def sdmark_load_pipeline(model: str, device: str, dtype: Any, options: dict[str,
             f"could not load model {where} {model!r}: {first_line(exc)}. "
             "Without network access, pass a local folder saved with save_pretrained() (it needs model_index.json)."
         ) from exc
-    supported = (diffusers.StableDiffusionPipeline, diffusers.StableDiffusionXLPipeline)
-    if not isinstance(pipe, supported):
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
+
+    if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
         raise ModelLoadError(f"{model!r} is a {type(pipe).__name__}; sdmark runs Stable Diffusion 1.x/2.x and SDXL text-to-image pipelines")
     return pipe
 
@@ -181,7 +191,7 @@ def load_pipeline(
     vae_tiling: bool = False,
     attention_slicing: bool = False,
     runtime: Runtime | None = None,
-) -> DiffusionPipeline:
+) -> SdPipeline:
     """Load a pipeline through ``runtime``'s ``sdmark_load_pipeline`` hook (the installed plugins'
     when ``runtime`` is ``None``) and apply device and memory options."""
     from sdmark.core.runtime import Runtime
@@ -217,7 +227,7 @@ def load_pipeline(
     return pipe
 
 
-def drop_builtin_watermarker(pipe: DiffusionPipeline) -> None:
+def drop_builtin_watermarker(pipe: SdPipeline) -> None:
     """Take diffusers' own SDXL invisible watermarker off ``pipe``: sdmark never applies it.
 
     diffusers gives every SDXL pipeline a fixed 48-bit dwtDct mark whenever invisible-watermark is
@@ -230,10 +240,10 @@ def drop_builtin_watermarker(pipe: DiffusionPipeline) -> None:
     what sdmark does, also to plugins that call it. ``sdmark verify`` still recognises SDXL's mark
     on images made elsewhere.
     """
-    from diffusers import StableDiffusionXLPipeline
+    from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
 
     if isinstance(pipe, StableDiffusionXLPipeline):
-        pipe.watermark = None
+        pipe.watermark = None  # type: ignore[assignment]  # diffusers sets None itself without add_watermarker; its inferred type misses that
 
 
 def verbose() -> bool:
@@ -264,7 +274,7 @@ def quiet_loading() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def latent_shape(pipe: DiffusionPipeline, height: int, width: int) -> tuple[int, int, int]:
+def latent_shape(pipe: SdPipeline, height: int, width: int) -> tuple[int, int, int]:
     """(channels, height, width) of one image's latents; sizes must be multiples of the VAE factor."""
     factor = pipe.vae_scale_factor
     if height % factor or width % factor:
@@ -272,12 +282,12 @@ def latent_shape(pipe: DiffusionPipeline, height: int, width: int) -> tuple[int,
     return pipe.unet.config.in_channels, height // factor, width // factor
 
 
-def default_size(pipe: DiffusionPipeline) -> int:
+def default_size(pipe: SdPipeline) -> int:
     """The model's native resolution (512 for SD 1.x, 768 for SD 2 v, 1024 for SDXL)."""
     return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
 
 
-def initial_latents(pipe: DiffusionPipeline, seeds: list[int], height: int, width: int) -> tuple[torch.Tensor, list[torch.Generator]]:
+def initial_latents(pipe: SdPipeline, seeds: list[int], height: int, width: int) -> tuple[torch.Tensor, list[torch.Generator]]:
     """N(0, 1) latents drawn one image at a time from CPU generators seeded ``seeds``.
 
     Identical to what the pipeline draws itself when called with
@@ -294,7 +304,7 @@ def initial_latents(pipe: DiffusionPipeline, seeds: list[int], height: int, widt
     return latents, generators
 
 
-def _upcast_vae(pipe: DiffusionPipeline) -> None:
+def _upcast_vae(pipe: SdPipeline) -> None:
     """Upcast an fp16 SDXL VAE as the pipeline's own ``__call__`` does in the installed diffusers.
 
     Before diffusers 0.36 ``upcast_vae`` kept some attention layers in fp16; later it is a plain
@@ -312,14 +322,14 @@ def _upcast_vae(pipe: DiffusionPipeline) -> None:
         pipe.upcast_vae()
 
 
-def decode(pipe: DiffusionPipeline, latents: torch.Tensor) -> list[Image.Image]:
+def decode(pipe: SdPipeline, latents: torch.Tensor) -> list[Image.Image]:
     """Decode final latents to PIL images exactly as the pipeline's own ``__call__`` does.
 
     For SDXL that is the call with its built-in watermarker off (``add_watermarker=False``): see
     :func:`drop_builtin_watermarker`. It is never applied here, whoever loaded ``pipe``.
     """
     import torch
-    from diffusers import StableDiffusionXLPipeline
+    from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
 
     vae = pipe.vae
     with torch.no_grad():

@@ -7,7 +7,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 from sdmark.core.chain import Chain
 from sdmark.core.errors import ImageReadError, SdmarkError
@@ -124,23 +124,20 @@ def load_item(entry: InputEntry, index: int, safety: str, name: str | None = Non
     if entry.error:
         raise ImageReadError(entry.error)
     loaded = read_image(entry.path)
-    record = ProvenanceRecord(
-        kind="processed",
-        safety="disabled" if safety == "off" else "not-run",
-        source={
-            "name": entry.path.name,
-            "sha256": sha256_file(entry.path),
-            "format": loaded.format,
-            "width": loaded.image.width,
-            "height": loaded.image.height,
-        },
-    )
+    source: dict[str, Any] = {
+        "name": entry.path.name,
+        "sha256": sha256_file(entry.path),
+        "format": loaded.format,
+        "width": loaded.image.width,
+        "height": loaded.image.height,
+    }
     declared = declared_by_input(loaded.metadata)  # the input's own claims, quoted as unverified
     if declared is not None:
-        record.source["declared"] = declared
+        source["declared"] = declared
     text, foreign = foreign_text(loaded.metadata, keep_metadata)
     if foreign is not None:
-        record.source["metadata"] = foreign
+        source["metadata"] = foreign
+    record = ProvenanceRecord(kind="processed", safety="disabled" if safety == "off" else "not-run", source=source)
     relative = entry.relative or Path(entry.path.name)
     return ImageItem(
         image=loaded.image, record=record, name=name or str(relative.with_suffix("")), index=index,

@@ -1,8 +1,9 @@
 """Stages: the units a user composes into a chain, and the objects they work on.
 
-A stage is a :class:`Stage` subclass with a ``name``, typed :class:`Option` s and one or more
-phases: ``before_denoise`` and ``after_denoise`` see latents during ``generate``; ``process``
-sees decoded images in ``generate`` and ``process`` alike.
+A stage is a :class:`Stage` subclass with a ``name``, typed options (a :class:`StageOptions`
+dataclass, see :mod:`sdmark.core.options`) and one or more phases: ``before_denoise`` and
+``after_denoise`` see latents during ``generate``; ``process`` sees decoded images in ``generate``
+and ``process`` alike.
 """
 
 from __future__ import annotations
@@ -10,9 +11,20 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, TypeVar, cast
 
 from sdmark.core.errors import ChainError, StageError
+from sdmark.core.options import (
+    ConfiguredOptions,
+    DeclaresOptions,
+    Option,
+    OptionGroup,
+    Opts,
+    StageOptions,
+    configure,
+    option,
+    shown,
+)
 from sdmark.core.records import ProvenanceRecord
 
 if TYPE_CHECKING:
@@ -21,91 +33,13 @@ if TYPE_CHECKING:
 
     from sdmark.core.runtime import Runtime
 
+__all__ = [
+    "PHASES", "DenoiseBatch", "ImageItem", "Option", "OptionGroup", "RunContext", "Stage", "StageOptions",
+    "StageRegistry", "default_warn", "option",
+]
+
 PHASES = ("before_denoise", "after_denoise", "process")
-MAX_OPTION_CHARS = 4096
-"""Longest option value accepted (a caption, a path or a hex id fit many times over)."""
-_SHOWN_CHARS = 60
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def shown(value: Any) -> str:
-    """``repr(value)`` cut to a readable length, so an error never echoes a huge value back."""
-    text = repr(value)
-    if len(text) <= _SHOWN_CHARS:
-        return text
-    return f"{text[:_SHOWN_CHARS]}... ({len(str(value))} characters)"
-
-
-@dataclass(frozen=True)
-class Option:
-    """A typed stage option with a default.
-
-    ``type`` is one of ``str``, ``int``, ``float``, ``bool`` or ``Path``. ``choices`` is a tuple of
-    allowed strings, or a callable taking the :class:`~sdmark.core.runtime.Runtime` and returning
-    one (for choices that plugins extend, such as ``watermark:method``).
-    """
-
-    name: str
-    type: type
-    default: Any
-    help: str
-    choices: tuple[str, ...] | Callable[[Runtime], Sequence[str]] | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-
-    def allowed(self, runtime: Runtime) -> tuple[str, ...] | None:
-        """The allowed values (what ``runtime``'s plugins offer, for extensible choices), or ``None``."""
-        if self.choices is None:
-            return None
-        return tuple(self.choices(runtime) if callable(self.choices) else self.choices)
-
-    def coerce(self, value: Any, stage: str, runtime: Runtime, strict: bool = False) -> Any:
-        """Turn ``value`` into this option's type.
-
-        Strings from the command line are parsed; with ``strict`` (typed sources such as TOML) a
-        number or boolean must already be one.
-        """
-        where = f"option {stage}:{self.name}"
-        expected = self.type.__name__
-        if isinstance(value, (str, Path)) and len(str(value)) > MAX_OPTION_CHARS:
-            raise ChainError(f"{where} is {len(str(value))} characters long; the limit is {MAX_OPTION_CHARS}")
-        try:
-            if strict and self.type in (bool, int, float) and isinstance(value, str):
-                raise ValueError
-            if self.type is bool:
-                if isinstance(value, bool):
-                    result: Any = value
-                elif isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-                    result = value.lower() in _TRUE
-                else:
-                    raise ValueError
-            elif self.type is int:
-                if isinstance(value, bool) or isinstance(value, float):
-                    raise ValueError
-                result = int(value)
-            elif self.type is float:
-                if isinstance(value, bool):
-                    raise ValueError
-                result = float(value)
-            elif self.type is Path:
-                if not isinstance(value, (str, Path)) or not str(value):
-                    raise ValueError
-                result = Path(value).expanduser()
-            else:
-                if not isinstance(value, str):
-                    raise ValueError
-                result = value
-        except (TypeError, ValueError):
-            raise ChainError(f"{where} expects {expected}, got {shown(value)}") from None
-        allowed = self.allowed(runtime)
-        if allowed is not None and result not in allowed:
-            raise ChainError(f"{where} must be one of {', '.join(allowed)}; got {shown(value)}")
-        if self.minimum is not None and result < self.minimum:
-            raise ChainError(f"{where} must be >= {self.minimum}; got {shown(value)}")
-        if self.maximum is not None and result > self.maximum:
-            raise ChainError(f"{where} must be <= {self.maximum}; got {shown(value)}")
-        return result
+T = TypeVar("T", bound=StageOptions)
 
 
 @dataclass
@@ -185,23 +119,26 @@ class RunContext:
         return self.runtime
 
 
-class Stage:
+class Stage(DeclaresOptions[Opts]):
     """Base class of every stage.
 
-    Subclasses set the class attributes and override the phase methods they list in ``phases``.
-    The constructor receives validated options as keyword arguments (``self.options``);
+    Subclasses set the class attributes, name their options dataclass as the type argument
+    (``class Mirror(Stage[MirrorOptions])``: ``self.options.times``) and override the phase methods
+    they list in ``phases``. :meth:`configure` builds a stage from raw option values;
     :meth:`~sdmark.core.chain.Chain.build` then sets ``self.runtime`` to the runtime the stage was
     found in, so a stage can look up what other plugins registered before a run context exists.
     """
 
     runtime: Runtime | None = None
+    options: Opts
+    """This stage's own options (an instance of :attr:`Options`)."""
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
-    options: ClassVar[tuple[Option, ...]] = ()
     phases: ClassVar[tuple[str, ...]] = ("process",)
-    changes_pixels: ClassVar[bool] = True
-    """Whether ``process`` changes pixels (such a stage after ``watermark`` may erase the mark)."""
+    changes_pixels: bool = True
+    """Whether ``process`` changes pixels (such a stage after ``watermark`` may erase the mark); a
+    stage may set it per instance when its options decide (safety's ``flag`` policy changes none)."""
     embeds_watermark: ClassVar[bool] = False
     """Whether this stage embeds an invisible watermark (pixel changes after it trigger a warning)."""
     checks_safety: ClassVar[bool] = False
@@ -211,8 +148,48 @@ class Stage:
     ``watermark``, ``safety`` or ``resize``; by default ``watermark`` when ``embeds_watermark``,
     ``safety`` when ``checks_safety``, else ``None``."""
 
-    def __init__(self, **options: Any) -> None:
-        self.options: dict[str, Any] = options
+    def __init__(self, options: Opts | None = None, chosen: Mapping[str, StageOptions] | None = None,
+                 everything: Mapping[str, Any] | None = None) -> None:
+        """A stage with typed ``options`` (the defaults when ``None``); ``chosen`` holds the options
+        of the chosen value of each :meth:`option_groups` group, ``everything`` what the record shows
+        (both as :meth:`configure` computes them)."""
+        self.options = options if options is not None else cast(Opts, self.Options())
+        self.chosen: dict[str, StageOptions] = dict(chosen or {})
+        self._everything = dict(everything) if everything is not None else self.options.values()
+
+    @classmethod
+    def option_groups(cls, runtime: Runtime) -> tuple[OptionGroup, ...]:
+        """Options that belong to one value of one of this stage's options (backends, policies)."""
+        return ()
+
+    @classmethod
+    def configure(cls, values: Mapping[str, Any], runtime: Runtime, typed: bool = False) -> Stage[Any]:
+        """A stage with ``values`` (raw, from a spec; typed, from TOML) converted and checked."""
+        done: ConfiguredOptions = configure(cls.Options, cls.option_groups(runtime), values, cls.name, runtime, typed)
+        stage = cls(cast(Opts, done.own), done.chosen, done.everything)
+        stage.runtime = runtime
+        return stage
+
+    @classmethod
+    def describe_options(cls, runtime: Runtime) -> list[Option]:
+        """Every option the stage accepts, its own then each group's (``sdmark stages`` lists them)."""
+        described = list(cls.Options.declared())
+        for group in cls.option_groups(runtime):
+            described += group.merged(cls.name).values()
+        return described
+
+    def chosen_options(self, selector: str, kind: type[T]) -> T:
+        """The options of the chosen value of ``selector``'s :meth:`option_groups` group, which the
+        caller expects to be a ``kind`` (a :class:`TypeError` when they are not)."""
+        chosen = self.chosen.get(selector)
+        if not isinstance(chosen, kind):
+            raise TypeError(f"stage {self.name!r}: the options of {selector}={getattr(self.options, selector, '?')} "
+                            f"are {type(chosen).__name__}, not {kind.__name__}")
+        return chosen
+
+    def option_values(self) -> dict[str, Any]:
+        """Every option the stage accepts with the value it runs with (what its record entries show)."""
+        return dict(self._everything)
 
     @classmethod
     def declared_kind(cls) -> str | None:
@@ -224,7 +201,7 @@ class Stage:
         return "safety" if cls.checks_safety else None
 
     def __repr__(self) -> str:
-        opts = ",".join(f"{k}={v}" for k, v in self.options.items())
+        opts = ",".join(f"{k}={v}" for k, v in self._everything.items())
         return f"{self.name}:{opts}" if opts else self.name
 
     def active_phases(self) -> tuple[str, ...]:
@@ -270,7 +247,7 @@ class Stage:
             except Exception as exc:  # one bad image must not stop the batch
                 item.fail(f"{self.name}: {type(exc).__name__}: {exc}")
                 continue
-            item.record.add(self.name, "process", self.options, result)
+            item.record.add(self.name, "process", self.option_values(), result)
 
     def process_one(self, item: ImageItem, context: RunContext) -> dict[str, Any] | None:
         """Change one image (``item.image``) and return a result for its record."""
@@ -281,13 +258,18 @@ class StageRegistry:
     """Stage classes by name, filled through the ``sdmark_register_stages`` hook."""
 
     def __init__(self) -> None:
-        self._stages: dict[str, type[Stage]] = {}
+        self._stages: dict[str, type[Stage[Any]]] = {}
         self._owners: dict[str, str] = {}
 
-    def register(self, stage: type[Stage], owner: str = "?") -> None:
+    def register(self, stage: type[Stage[Any]], owner: str = "?") -> None:
         name = getattr(stage, "name", None)
         if not isinstance(name, str) or not name:
             raise ChainError(f"stage class {stage!r} from {owner} has no name")
+        if isinstance(stage.__dict__.get("options"), tuple):
+            raise ChainError(f"stage {name!r} from {owner} declares its options as a tuple of Option; declare a "
+                             "StageOptions dataclass and name it as the type argument: class MyStage(Stage[MyOptions]) "
+                             "(docs/plugins.md)")
+        stage.Options.declared()  # a malformed declaration is the plugin's error, named now
         bad = set(stage.phases) - set(PHASES)
         if bad:
             raise ChainError(f"stage {name!r} from {owner} declares unknown phases {sorted(bad)}")
@@ -296,7 +278,7 @@ class StageRegistry:
         self._stages[name] = stage
         self._owners[name] = owner
 
-    def get(self, name: str) -> type[Stage]:
+    def get(self, name: str) -> type[Stage[Any]]:
         try:
             return self._stages[name]
         except KeyError:
@@ -309,7 +291,7 @@ class StageRegistry:
     def names(self) -> list[str]:
         return sorted(self._stages)
 
-    def __iter__(self) -> Iterator[type[Stage]]:
+    def __iter__(self) -> Iterator[type[Stage[Any]]]:
         return iter(self._stages[name] for name in self.names())
 
     def __contains__(self, name: object) -> bool:

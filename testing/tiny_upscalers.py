@@ -28,6 +28,8 @@ _GROWTH = 32  # spandrel's ESRGAN loader assumes the standard growth width of 32
 class _DenseBlock(nn.Module):
     """Residual dense block: five 3x3 convs, each seeing all previous outputs."""
 
+    conv5: nn.Conv2d  # conv1..conv5 are set by name: spandrel reads ESRGAN weights by these keys
+
     def __init__(self, features: int) -> None:
         super().__init__()
         widths = [features + i * _GROWTH for i in range(5)]
@@ -96,7 +98,9 @@ def build_tiny_esrgan(scale: int = 4, seed: int = 0, features: int = 8, blocks: 
                 fan_in = param[0].numel()
                 param.copy_(torch.randn(param.shape, generator=generator) * (0.5 / fan_in) ** 0.5)
         # A mid-grey bias on the last conv keeps random outputs away from the clamp at 0.
-        net.conv_last.bias.fill_(0.5)
+        bias = net.conv_last.bias
+        assert bias is not None  # nn.Conv2d has one unless told otherwise
+        bias.fill_(0.5)
     return net.eval()
 
 

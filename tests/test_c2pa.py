@@ -9,6 +9,7 @@ import json
 import os
 import struct
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ pytest.importorskip("c2pa")
 from sdmark.core.io import read_image  # noqa: E402
 from sdmark.core.metadata import TRAINED_ALGORITHMIC_MEDIA  # noqa: E402
 from sdmark.core.runtime import Runtime, hookimpl  # noqa: E402
-from sdmark.core.stages import Option, Stage  # noqa: E402
+from sdmark.core.stages import Stage, StageOptions, option  # noqa: E402
 from sdmark.plugins.c2pa import set_signing_config, set_trust_anchors  # noqa: E402
 
 FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
@@ -149,16 +150,20 @@ def strip_metadata(path: Path, out: Path) -> Path:
 # -- a stand-in watermark stage, so registry recovery is tested without the real watermark ------
 
 
-class _TestMark(Stage):
+@dataclass(frozen=True)
+class _TestMarkOptions(StageOptions):
+    payload: str = option("", "fixed payload instead of the next in the sequence")
+
+
+class _TestMark(Stage[_TestMarkOptions]):
     name = "testmark"
     description = "records a watermark payload, C0FFEE00, C0FFEE01, ... (test only; changes no pixels)"
-    options = (Option("payload", str, "", "fixed payload instead of the next in the sequence"),)
     changes_pixels = False
     embeds_watermark = True
     issued = itertools.count()
 
     def process_one(self, item, context):
-        payload = self.options["payload"] or f"C0FFEE{next(self.issued):02X}"
+        payload = self.options.payload or f"C0FFEE{next(self.issued):02X}"
         return {"scheme": "testmark", "payload": payload, "bits": [1, 0, 1, 1], "summary": "marked"}
 
 

@@ -222,7 +222,7 @@ def test_a_chain_file_with_typed_options(tmp_path, photos):
     chain_file.write_text('[[stage]]\nname = "caption"\ntext = "Made with AI\\nby sdmark"\nposition = "top"\n'
                           'size = 0.08\nmin_px = 16\nmax_lines = 2\n', encoding="utf-8")
     chain = Chain.build(chain_file)
-    assert chain.stages[0].options["size"] == 0.08
+    assert chain.stages[0].options.size == 0.08
     path = tmp_path / "camera.png"
     photos["camera"].save(path)
     [processed] = process_images([path], chain, None, safety="off", progress=False, warn=lambda m: None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -10,22 +11,24 @@ from PIL import Image, ImageOps
 from sdmark.core.chain import Chain, parse_spec, read_chain_file
 from sdmark.core.errors import ChainError
 from sdmark.core.runtime import hookimpl
-from sdmark.core.stages import Option, Stage
+from sdmark.core.stages import Stage, StageOptions, option
 
 
-class Invert(Stage):
+@dataclass(frozen=True)
+class InvertOptions(StageOptions):
+    amount: float = option(1.0, "how much", minimum=0.0, maximum=1.0)
+    mode: str = option("rgb", "which channels", choices=("rgb", "luma"))
+    count: int = option(1, "how often")
+    enabled: bool = option(True, "on/off")
+    path: Path | None = option(None, "a path")
+
+
+class Invert(Stage[InvertOptions]):
     name = "t-invert"
     description = "test: invert colours"
-    options = (
-        Option("amount", float, 1.0, "how much", minimum=0.0, maximum=1.0),
-        Option("mode", str, "rgb", "which channels", choices=("rgb", "luma")),
-        Option("count", int, 1, "how often"),
-        Option("enabled", bool, True, "on/off"),
-        Option("path", Path, None, "a path"),
-    )
 
     def process_one(self, item, context):
-        if self.options["enabled"]:
+        if self.options.enabled:
             item.image = ImageOps.invert(item.image.convert("RGB"))
         return {"summary": "inverted"}
 
@@ -96,7 +99,7 @@ def test_spec_syntax_errors_are_clear(spec, message):
 def test_build_types_options_and_lists_valid_choices(stages):
     chain = Chain.build("t-invert:amount=0.5,count=3,enabled=no,path=~/x.png t-mark", stages)
     stage = chain.stages[0]
-    assert stage.options == {"amount": 0.5, "mode": "rgb", "count": 3, "enabled": False, "path": Path("~/x.png").expanduser()}
+    assert stage.options == InvertOptions(amount=0.5, mode="rgb", count=3, enabled=False, path=Path("~/x.png").expanduser())
     with pytest.raises(ChainError, match=r"unknown stage 'nope'; installed stages: .*t-invert.*t-mark"):
         Chain.build("nope", stages)
     with pytest.raises(ChainError, match=r"has no option colour; valid options: amount, count, enabled, mode, path"):
@@ -114,7 +117,7 @@ def test_toml_chain_file_keeps_types_and_rejects_wrong_ones(stages, tmp_path):
     good.write_text('[[stage]]\nname = "t-invert"\namount = 0.25\ncount = 2\n\n[[stage]]\nname = "t-mark"\n')
     chain = Chain.build(good, stages)
     assert chain.names == ["t-invert", "t-mark"]
-    assert chain.stages[0].options["count"] == 2
+    assert chain.stages[0].options.count == 2
     bad = tmp_path / "bad.toml"
     bad.write_text('[[stage]]\nname = "t-invert"\ncount = "2"\n')
     with pytest.raises(ChainError, match="count expects int"):

@@ -157,19 +157,24 @@ def test_allowlist_and_denylist_choose_plugins(runtime):
 
 
 THIRD_PARTY = '''
+from dataclasses import dataclass
+
 from PIL import ImageOps
 from sdmark.core.runtime import hookimpl
-from sdmark.core.stages import Option, Stage
+from sdmark.core.stages import Stage, StageOptions, option
 
-class Mirror(Stage):
+@dataclass(frozen=True)
+class MirrorOptions(StageOptions):
+    times: int = option(1, "how many flips")
+
+class Mirror(Stage[MirrorOptions]):
     name = "mirror"
     description = "flip left-right"
-    options = (Option("times", int, 1, "how many flips"),)
 
     def process_one(self, item, context):
-        for _ in range(self.options["times"]):
+        for _ in range(self.options.times):
             item.image = ImageOps.mirror(item.image)
-        return {"summary": f"mirrored x{self.options['times']}"}
+        return {"summary": f"mirrored x{self.options.times}"}
 
 @hookimpl
 def sdmark_register_stages(register):

@@ -238,7 +238,7 @@ def test_the_plugin_docs_example_runs(runtime, photos, tmp_path):
     docs = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
     [example] = [block for block in re.findall(r"```python\n(.*?)```", docs, re.S) if "sdmark_mirror.py" in block]
     module = types.ModuleType("sdmark_mirror")
-    exec(compile(example, "docs/plugins.md", "exec"), module.__dict__)
+    exec(compile(example, "docs/plugins.md", "exec", dont_inherit=True), module.__dict__)  # as written: no __future__ of ours
     runtime.register(module, name="mirror")
     photos["coffee"].save(tmp_path / "coffee.png")
     [result] = process_images([tmp_path / "coffee.png"], Chain.build("mirror:times=1", runtime), None, safety="off",

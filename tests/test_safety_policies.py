@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,11 @@ PLUGIN = Path(__file__).parent / "plugins" / "flagger.py"
 
 
 @pytest.fixture
-def flagger(register_plugin):
+def flagger(register_plugin, monkeypatch):
     """The flagger plugin module, registered with sdmark's plugin manager for one test."""
     spec = importlib.util.spec_from_file_location("sdmark_test_flagger", PLUGIN)
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # as an import would (its dataclasses look it up)
     spec.loader.exec_module(module)
     module.FlagMarked.calls = []
     return register_plugin(module, name="test-flagger")

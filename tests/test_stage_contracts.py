@@ -8,6 +8,8 @@ the file read-back, the soft binding, the report lines and the A1111 text.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,26 +17,30 @@ from PIL import Image
 from sdmark.core.metadata import a1111_parameters
 from sdmark.core.results import WatermarkResult, stage_kinds
 from sdmark.core.runtime import hookimpl
-from sdmark.core.stages import Option, Stage
+from sdmark.core.stages import Stage, StageOptions, option
 from sdmark.plugins.watermark.methods import builtin_method
 
 pytest.importorskip("c2pa")
 
 
-class AcmeMark(Stage):
+@dataclass(frozen=True)
+class AcmeOptions(StageOptions):
+    id: str = option("00000000000000ac", "8-byte hex id")
+
+
+class AcmeMark(Stage[AcmeOptions]):
     """Marks with the built-in dwtDctSvd embedder under another name, and says so in the contract's keys."""
 
     name = "acme-mark"
     description = "ACME's invisible mark"
-    options = (Option("id", str, "00000000000000ac", "8-byte hex id"),)
     embeds_watermark = True  # kind "watermark"
 
     def process_one(self, item, context):
         method = builtin_method("dwtDctSvd")
-        ident = bytes.fromhex(self.options["id"])
+        ident = bytes.fromhex(self.options.id)
         item.image = Image.fromarray(method.embed(np.asarray(item.image.convert("RGB")), ident))
-        mark = WatermarkResult(scheme=method.scheme, payload=self.options["id"], strength=1.0, method="dwtDctSvd")
-        return {**mark.to_result(), "summary": f"acme {self.options['id']}"}
+        mark = WatermarkResult(scheme=method.scheme, payload=self.options.id, strength=1.0, method="dwtDctSvd")
+        return {**mark.to_result(), "summary": f"acme {self.options.id}"}
 
 
 class AcmeZoom(Stage):

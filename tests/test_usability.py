@@ -112,17 +112,20 @@ def test_generate_refuses_a_rerun_up_front_and_append_continues_the_numbering(cl
 def test_sizes_the_chain_cannot_take_are_refused_before_any_work(cli_runner, tmp_path):
     runner, cli = cli_runner
     missing_model = ["-m", str(tmp_path / "no-model"), "-o", str(tmp_path / "out")]
-    for size in ("248x256", "64x64"):
-        result = runner.invoke(cli, ["generate", "x", "--size", size, "--chain", "safety watermark", *missing_model])
+    # Each method declares its own floor: invisible-watermark's 256x256 pixels, sdmark's 128 a side.
+    for size, method, floor in (("248x256", "dwtDctSvd", "65536 pixels"), ("64x64", "sdmark", "128 pixels a side")):
+        result = runner.invoke(cli, ["generate", "x", "--size", size, "--chain", f"safety watermark:method={method}", *missing_model])
         assert result.exit_code == 2, result.output
-        assert "watermark: image is" in result.stderr and "65536 pixels" in result.stderr
+        assert "watermark: image is" in result.stderr and floor in result.stderr
         assert "model folder" not in result.stderr
+    below_iw = runner.invoke(cli, ["generate", "x", "--size", "248x200", "--chain", "safety watermark", *missing_model])
+    assert "model folder" in below_iw.stderr  # sdmark's mark has no 256x256 floor: the run got as far as the model
     # An upscale before the mark makes a small size fine: the check follows the size through the chain.
     upscaled = runner.invoke(cli, ["generate", "x", "--size", "64x64", "--chain", "safety upscale:factor=4 watermark", *missing_model])
     assert "model folder" in upscaled.stderr
     odd = runner.invoke(cli, ["generate", "x", "--size", "250x509", *FAST])
     assert odd.exit_code == 2 and "nearest valid size: 248x512" in odd.stderr
-    help_text = runner.invoke(cli, ["generate", "--help"]).stdout
+    help_text = " ".join(runner.invoke(cli, ["generate", "--help"]).stdout.split())  # as read, not as wrapped
     assert "65536 pixels (256x256)" in help_text and "128 pixels a side" in help_text
 
 

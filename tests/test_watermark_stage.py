@@ -69,12 +69,30 @@ def test_alpha_is_kept_and_odd_sizes_work(tmp_path):
 def test_small_image_fails_loudly_and_is_not_written(cli_runner, tmp_path):
     runner, cli = cli_runner
     Image.new("RGB", (200, 180), (120, 80, 40)).save(tmp_path / "small.png")
+    Image.new("RGB", (300, 120), (120, 80, 40)).save(tmp_path / "thin.png")
     out = tmp_path / "out"
-    result = runner.invoke(cli, ["process", str(tmp_path / "small.png"), "--chain", "watermark", "-o", str(out),
-                                 "--no-progress"])
+    result = runner.invoke(cli, ["process", str(tmp_path / "small.png"), "--chain", "watermark:method=dwtDctSvd",
+                                 "-o", str(out), "--no-progress"])
     assert result.exit_code == 1
-    assert "needs at least 65536 pixels" in result.stdout
+    assert "dwtDctSvd needs at least 65536 pixels (256x256)" in result.stdout
+    thin = runner.invoke(cli, ["process", str(tmp_path / "thin.png"), "--chain", "watermark", "-o", str(out), "--no-progress"])
+    assert thin.exit_code == 1
+    assert "sdmark needs at least 128 pixels a side" in thin.stdout
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_256_floor_is_invisible_watermarks_not_sdmarks(photos, tmp_path):
+    """An image under 256x256 pixels (48,000) takes sdmark's own mark, which reads back, but no
+    invisible-watermark method."""
+    small = tmp_path / "small.png"
+    photos["astronaut"].resize((240, 200)).save(small)
+    [marked] = process_images([small], Chain.build("watermark:id=5d"), None, safety="off", progress=False)
+    assert marked.status == "kept", marked.error
+    assert verify_image(marked.item.image)["watermarked"]
+    for method in ("dwtDct", "dwtDctSvd", "rivaGan"):
+        problem = Chain.build(f"watermark:method={method}").stages[0].unfit_size(240, 200)
+        assert problem and "65536 pixels (256x256)" in problem
+    assert Chain.build("watermark").stages[0].unfit_size(240, 200) is None
 
 
 def test_option_errors_before_any_work():

@@ -67,7 +67,7 @@ class SigningConfig:
 
     def fingerprint(self) -> tuple:
         """Identifies this configuration and the files' versions, so a changed key is picked up."""
-        stamps = []
+        stamps: list[tuple[str, int | None, int | None] | None] = []
         for path in (self.cert_chain, self.key):
             try:
                 stat = path.stat() if path else None

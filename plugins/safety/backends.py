@@ -1,9 +1,11 @@
 """Safety backends: the NSFW checkers behind the ``safety`` stage, and their registry.
 
-A backend is a :class:`SafetyBackend` subclass. Plugins contribute more through the
-``sdmark_register_safety_backends(register)`` hook; ``safety:backend=NAME`` picks one. A backend
-loads its model in ``__init__`` (once per run: instances are cached in ``context.cache``) and judges
-a batch of images in :meth:`SafetyBackend.check`.
+A backend is a :class:`SafetyBackend` subclass that names its own options dataclass as its type
+argument (``class NudeNetBackend(SafetyBackend[NudeNetOptions])``): the ``safety`` stage accepts
+every backend's options and refuses one set for a backend other than the chosen one. Plugins
+contribute more through the ``sdmark_register_safety_backends(register)`` hook;
+``safety:backend=NAME`` picks one. A backend loads its model in ``__init__`` (once per run:
+instances are cached in ``context.cache``) and judges a batch of images in :meth:`SafetyBackend.check`.
 """
 
 from __future__ import annotations
@@ -12,16 +14,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sdmark.core.errors import ChainError, PluginError
+from sdmark.core.options import DeclaresOptions, Opts, StageOptions
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from sdmark.core.runtime import Runtime
     from sdmark.core.stages import RunContext
-
-BACKEND_OPTIONS = ("threshold", "classes", "model", "sensitivity")
-"""Stage options that belong to backends; each backend lists the ones it reads in ``uses``."""
-
 
 @dataclass
 class Verdict:
@@ -44,30 +43,30 @@ class Verdict:
         return ", ".join(f"{label} {score:.2f}" for label, score in self.reasons[:3]) or "flagged"
 
 
-class SafetyBackend:
+class SafetyBackend(DeclaresOptions[Opts]):
     """Base class of a safety backend.
 
-    Subclasses set ``name`` (what users write after ``backend=``), ``description`` and ``uses`` (the
-    stage options they read, among :data:`BACKEND_OPTIONS`), and implement ``__init__`` (load the
-    model; raise :class:`~sdmark.core.errors.ModelLoadError` naming what was tried) and
-    :meth:`check`.
+    Subclasses set ``name`` (what users write after ``backend=``) and ``description``, name their
+    options (a :class:`~sdmark.core.options.StageOptions` dataclass; none by default) as the type
+    argument, and implement ``__init__`` (load the model; raise
+    :class:`~sdmark.core.errors.ModelLoadError` naming what was tried) and :meth:`check`.
     """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
-    uses: ClassVar[tuple[str, ...]] = ()
+    options: Opts
 
-    def __init__(self, options: dict[str, Any], context: RunContext) -> None:
+    def __init__(self, options: Opts, context: RunContext) -> None:
         self.options = options
 
     @classmethod
-    def validate(cls, options: dict[str, Any], mode: str) -> None:
+    def validate(cls, options: Opts, mode: str) -> None:
         """Check this backend's options before any work; raise :class:`ChainError`."""
 
     @classmethod
-    def cache_key(cls, options: dict[str, Any], context: RunContext) -> tuple[Any, ...]:
+    def cache_key(cls, options: StageOptions, context: RunContext) -> tuple[Any, ...]:
         """What makes two loaded instances interchangeable within a run."""
-        return (cls.name, tuple(str(options.get(name)) for name in cls.uses), context.device, context.model)
+        return (cls.name, tuple(str(value) for value in options.values().values()), context.device, context.model)
 
     def check(self, images: list[Image.Image]) -> list[Verdict]:
         """Judge a batch of RGB or RGBA images; one :class:`Verdict` per image, in order.
@@ -82,18 +81,21 @@ class BackendRegistry:
     """Safety backends by name, filled through ``sdmark_register_safety_backends``."""
 
     def __init__(self) -> None:
-        self._backends: dict[str, type[SafetyBackend]] = {}
+        self._backends: dict[str, type[SafetyBackend[Any]]] = {}
 
-    def register(self, backend: type[SafetyBackend]) -> None:
+    def register(self, backend: type[SafetyBackend[Any]]) -> None:
         name = getattr(backend, "name", None)
         if not isinstance(name, str) or not name:
             raise PluginError(f"safety backend {backend!r} has no name")
         if not callable(getattr(backend, "check", None)):
             raise PluginError(f"safety backend {name!r} ({backend.__module__}) has no check() method")
-        unknown = set(getattr(backend, "uses", ())) - set(BACKEND_OPTIONS)
-        if unknown:
-            raise PluginError(f"safety backend {name!r} uses unknown options {sorted(unknown)}; "
-                              f"backends may use {', '.join(BACKEND_OPTIONS)}")
+        if "uses" in vars(backend):
+            raise PluginError(f"safety backend {name!r} ({backend.__module__}) lists the options it reads in `uses`; "
+                              "declare them as a StageOptions dataclass instead: class MyBackend(SafetyBackend[MyOptions])")
+        options = getattr(backend, "Options", None)
+        if not (isinstance(options, type) and issubclass(options, StageOptions)):
+            raise PluginError(f"safety backend {name!r} ({backend.__module__}) is not a SafetyBackend subclass")
+        options.declared()  # a malformed declaration is the plugin's error, named now
         other = self._backends.get(name)
         if other is not None and other is not backend:
             raise PluginError(f"safety backend {name!r} is registered twice: by {other.__module__} and by {backend.__module__}")
@@ -102,7 +104,7 @@ class BackendRegistry:
     def names(self) -> tuple[str, ...]:
         return tuple(sorted(self._backends))
 
-    def get(self, name: str) -> type[SafetyBackend]:
+    def get(self, name: str) -> type[SafetyBackend[Any]]:
         try:
             return self._backends[name]
         except KeyError:
@@ -119,11 +121,17 @@ def backend_names(runtime: Runtime) -> tuple[str, ...]:
     return backend_registry(runtime).names()
 
 
-def get_backend(name: str, runtime: Runtime) -> type[SafetyBackend]:
+def get_backend(name: str, runtime: Runtime) -> type[SafetyBackend[Any]]:
     return backend_registry(runtime).get(name)
 
 
-def load_backend(name: str, options: dict[str, Any], context: RunContext) -> SafetyBackend:
+def backend_options(runtime: Runtime) -> dict[str, type[StageOptions]]:
+    """Each backend's options class, by backend name (the ``safety`` stage's option group)."""
+    registry = backend_registry(runtime)
+    return {name: registry.get(name).Options for name in registry.names()}
+
+
+def load_backend(name: str, options: StageOptions, context: RunContext) -> SafetyBackend[Any]:
     """The backend instance for this run, loaded once and kept in ``context.cache``."""
     cls = get_backend(name, context.require_runtime())
     key = ("safety-backend", *cls.cache_key(options, context))

@@ -6,10 +6,12 @@ The detector finds body parts with a score each; an image is unsafe when a detec
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdmark.core.errors import ChainError, ModelLoadError
+from sdmark.core.options import StageOptions, option
 from sdmark.plugins.safety.backends import SafetyBackend, Verdict
 
 if TYPE_CHECKING:
@@ -50,21 +52,26 @@ def parse_classes(value: str) -> tuple[str, ...]:
     return classes
 
 
-class NudeNetBackend(SafetyBackend):
+@dataclass(frozen=True)
+class NudeNetOptions(StageOptions):
+    threshold: float = option(DEFAULT_THRESHOLD, "minimum detection score that counts as unsafe.", minimum=0.0, maximum=1.0)
+    classes: str = option("+".join(DEFAULT_CLASSES), "detector classes that count as unsafe, joined by + (or commas in quotes).")
+
+
+class NudeNetBackend(SafetyBackend[NudeNetOptions]):
     """NudeNet's detector run with onnxruntime, on CUDA when asked for and onnxruntime-gpu is installed."""
 
     name = "nudenet"
     description = "NudeNet body-part detector (ONNX, offline); options: classes, threshold"
-    uses = ("threshold", "classes")
 
     @classmethod
-    def validate(cls, options: dict[str, Any], mode: str) -> None:
-        parse_classes(options["classes"])
+    def validate(cls, options: NudeNetOptions, mode: str) -> None:
+        parse_classes(options.classes)
 
-    def __init__(self, options: dict[str, Any], context: RunContext) -> None:
+    def __init__(self, options: NudeNetOptions, context: RunContext) -> None:
         super().__init__(options, context)
-        self.classes = parse_classes(options["classes"])
-        self.threshold = float(options["threshold"])
+        self.classes = parse_classes(options.classes)
+        self.threshold = float(options.threshold)
         try:
             import nudenet
             import onnxruntime

@@ -8,10 +8,12 @@ concept fired and by how much, and so ``sensitivity`` can shift every score (SD'
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdmark.core.errors import ChainError, ModelLoadError, first_line
+from sdmark.core.options import StageOptions, option
 from sdmark.core.pipeline import looks_local
 from sdmark.plugins.safety.backends import SafetyBackend, Verdict
 
@@ -31,31 +33,38 @@ _HOW_TO = (
 )
 
 
-class SdClipBackend(SafetyBackend):
+@dataclass(frozen=True)
+class SdClipOptions(StageOptions):
+    model: str = option("", "hub id or folder of the checker (default: the model's safety_checker/ "
+                        f"during generate, else {DEFAULT_CHECKER}).")
+    sensitivity: float = option(0.0, "added to every concept score; >0 flags more, <0 flags less.",
+                                minimum=-1.0, maximum=1.0)
+
+
+class SdClipBackend(SafetyBackend[SdClipOptions]):
     """The SD CLIP checker, loaded from the running model's subfolders or from ``model=``."""
 
     name = "sd-clip"
     description = "Stable Diffusion's CLIP safety checker; options: model, sensitivity"
-    uses = ("model", "sensitivity")
 
     @classmethod
-    def validate(cls, options: dict[str, Any], mode: str) -> None:
-        model = options["model"]
+    def validate(cls, options: SdClipOptions, mode: str) -> None:
+        model = options.model
         if model and looks_local(model) and not Path(model).expanduser().exists():
             raise ChainError(f"option safety:model: folder {model!r} does not exist")
 
-    def __init__(self, options: dict[str, Any], context: RunContext) -> None:
+    def __init__(self, options: SdClipOptions, context: RunContext) -> None:
         super().__init__(options, context)
-        self.sensitivity = float(options["sensitivity"])
+        self.sensitivity = float(options.sensitivity)
         self.device = context.device
-        checker, processor = self._load(options["model"], context)
+        checker, processor = self._load(options.model, context)
         self._prepare(checker, processor)
 
     @classmethod
     def from_components(cls, checker: Any, processor: Any, sensitivity: float = 0.0, device: str = "cpu") -> SdClipBackend:
         """A backend around an already loaded checker and processor (benchmarks, notebooks)."""
         backend = cls.__new__(cls)
-        backend.options = {"model": "", "sensitivity": sensitivity}
+        backend.options = SdClipOptions(model="", sensitivity=sensitivity)
         backend.sensitivity = sensitivity
         backend.device = device
         backend._prepare(checker, processor)

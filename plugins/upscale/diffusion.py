@@ -35,12 +35,17 @@ def load_upscaler(kind: str, model: str, device: str, dtype: torch.dtype) -> Any
     Raises :class:`ModelLoadError` naming the id or folder when it cannot be loaded or is the
     wrong kind of pipeline.
     """
-    import diffusers
+    # The classes' own modules: diffusers' top-level names are placeholders to a type checker.
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_latent_upscale import (
+        StableDiffusionLatentUpscalePipeline,
+    )
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_upscale import StableDiffusionUpscalePipeline
 
     from sdmark.core.pipeline import quiet_loading
 
     quiet_loading()  # loading bars are noise next to sdmark's own progress (SDMARK_DEBUG keeps them)
-    cls = diffusers.StableDiffusionUpscalePipeline if kind == "x4" else diffusers.StableDiffusionLatentUpscalePipeline
+    cls: type[StableDiffusionUpscalePipeline | StableDiffusionLatentUpscalePipeline] = (
+        StableDiffusionUpscalePipeline if kind == "x4" else StableDiffusionLatentUpscalePipeline)
     check_model_source(model)
     path = Path(model).expanduser()
     kwargs: dict[str, Any] = {"dtype": dtype}

@@ -20,8 +20,9 @@ from sdmark.core.errors import PluginError
 if TYPE_CHECKING:
     from sdmark.core.runtime import Runtime
 
-MIN_PIXELS = 256 * 256
-"""invisible-watermark refuses images with fewer pixels than 256x256; all methods here keep that floor."""
+INVISIBLE_WATERMARK_MIN_PIXELS = 256 * 256
+"""invisible-watermark refuses images with fewer pixels than 256x256: the floor of its methods
+(dwtDct, dwtDctSvd, rivaGan), which each declare it; sdmark's own method has its own (128 a side)."""
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,9 @@ class Method:
 
     ``embed(rgb, ident)`` returns a marked copy of an ``(H, W, 3)`` uint8 array;
     ``ident`` is the 8-byte id (ignored when ``carries_id`` is false). ``scheme`` is the name of the
-    registered scheme that detects this method's marks. ``min_carriers`` is the least number of 4x4
-    DWT blocks the method needs (0 when it does not use them). ``require()`` raises
+    registered scheme that detects this method's marks. ``min_pixels`` and ``min_side`` are the
+    smallest image the method can mark (in pixels, and along the shorter side; 0: no floor), and
+    ``min_carriers`` the least number of 4x4 DWT blocks it needs (0 when it does not use them). ``require()`` raises
     :class:`RuntimeError` with an install hint when a dependency is missing.
 
     ``strengths`` are the strengths the stage tries in turn, weakest first, until the mark reads back
@@ -50,6 +52,7 @@ class Method:
     min_carriers: int = 0
     require: Callable[[], None] = lambda: None
     min_side: int = 0
+    min_pixels: int = 0
     strengths: tuple[float, ...] = (1.0,)
     margin_p: Callable[[], float] = lambda: 1e-6  # a function: computing it may import the method's code
 
@@ -69,8 +72,10 @@ class Method:
 
     def unfit(self, width: int, height: int) -> str | None:
         """Why an image of this size cannot carry the mark, or ``None`` when it can."""
-        if width * height < MIN_PIXELS:
-            return (f"image is {width}x{height}: {self.name} needs at least {MIN_PIXELS} pixels (256x256); "
+        if width * height < self.min_pixels:
+            side = round(self.min_pixels ** 0.5)
+            square = f" ({side}x{side})" if side * side == self.min_pixels else ""
+            return (f"image is {width}x{height}: {self.name} needs at least {self.min_pixels} pixels{square}; "
                     "upscale it before the watermark stage or leave it unmarked")
         if min(width, height) < self.min_side:
             return f"image is {width}x{height}: {self.name} needs at least {self.min_side} pixels a side"
@@ -153,9 +158,6 @@ def _rivagan_require() -> None:
         raise RuntimeError(str(exc)) from None
 
 
-
-
-
 def spectral_key() -> bytes:
     """The key of the ``sdmark`` mark: ``SDMARK_WATERMARK_KEY`` (a deployment's secret) or the public one.
 
@@ -188,14 +190,17 @@ def builtin_methods() -> tuple[Method, ...]:
     return (
         Method(
             "dwtDctSvd", "invisible-watermark dwtDctSvd with the sdmark payload (survives JPEG 75 and resizing)",
-            _dwt_embedder("dwtDctSvd"), scheme="sdmark-dwtDctSvd", min_carriers=4 * 152),
+            _dwt_embedder("dwtDctSvd"), scheme="sdmark-dwtDctSvd", min_carriers=4 * 152,
+            min_pixels=INVISIBLE_WATERMARK_MIN_PIXELS),
         Method(
             "dwtDct", "invisible-watermark dwtDct with the sdmark payload (fast, fragile: JPEG 90 can erase it)",
-            _dwt_embedder("dwtDct"), scheme="sdmark-dwtDct", min_carriers=4 * 152),
+            _dwt_embedder("dwtDct"), scheme="sdmark-dwtDct", min_carriers=4 * 152,
+            min_pixels=INVISIBLE_WATERMARK_MIN_PIXELS),
         Method(
             "rivaGan", "invisible-watermark rivaGan (neural, survives crops and brightness) with sdmark's keyed "
             "32-bit pattern; no room for an id, and ~1 s an image on a CPU",
-            _rivagan_embed, scheme="sdmark-rivaGan", carries_id=False, require=_rivagan_require),
+            _rivagan_embed, scheme="sdmark-rivaGan", carries_id=False, require=_rivagan_require,
+            min_pixels=INVISIBLE_WATERMARK_MIN_PIXELS),
         Method(
             "sdmark", "sdmark's own spread-spectrum mark with self-synchronisation (survives crops, resizing, "
             "JPEG and tone changes); 64-bit id", _spectral_embed, scheme="sdmark", min_side=128,

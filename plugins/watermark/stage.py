@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sdmark.core.errors import ChainError, StageError
-from sdmark.core.stages import ImageItem, Option, RunContext, Stage
+from sdmark.core.stages import ImageItem, RunContext, Stage, StageOptions, option
 from sdmark.plugins.watermark.methods import Method, method_names, method_registry
 from sdmark.plugins.watermark.schemes import rgb_array
 
@@ -16,26 +17,29 @@ if TYPE_CHECKING:
     from sdmark.plugins.watermark.schemes import Detection
 
 
-class WatermarkStage(Stage):
+@dataclass(frozen=True)
+class WatermarkOptions(StageOptions):
+    method: str = option("sdmark", "Embedding method (sdmark: our own, the most robust; see docs/spectral-watermark.md).",
+                         choices=method_names)
+    id: str = option("auto", "Payload id: 1-16 hex digits, or 'auto' for a random one per image "
+                     "(stored in the provenance record).")
+    existing: str = option("fail", "An image that already carries a mark (any default scheme): fail (name the "
+                           "mark, write nothing), keep (leave it, add none) or replace (add ours over it; recorded).",
+                           choices=("fail", "keep", "replace"))
+
+
+class WatermarkStage(Stage[WatermarkOptions]):
     """Marks each image invisibly and checks the mark reads back.
 
     Colour images only change in their RGB channels (alpha is kept as it is); pixels beyond the
-    largest multiple-of-4 area are untouched. An image too small to carry the mark (under 256x256
-    pixels, the limit invisible-watermark sets) fails with a clear error and is not written:
-    nothing leaves this stage unmarked. A method with a strength knob (``sdmark``) is made only as
+    largest multiple-of-4 area are untouched. An image too small for the method (each declares its
+    floor: 256x256 pixels for invisible-watermark's, 128 a side for sdmark's own) fails with a clear
+    error and is not written: nothing leaves this stage unmarked. A method with a strength knob (``sdmark``) is made only as
     strong as it must be for its mark to read back with margin; the strength used is recorded.
     """
 
     name = "watermark"
     description = "Invisible watermark with an sdmark id; verified by reading it back (see `sdmark verify`)."
-    options = (
-        Option("method", str, "sdmark", "Embedding method (sdmark: our own, the most robust; see docs/spectral-watermark.md).", choices=method_names),
-        Option("id", str, "auto", "Payload id: 1-16 hex digits, or 'auto' for a random one per image "
-               "(stored in the provenance record)."),
-        Option("existing", str, "fail", "An image that already carries a mark (any default scheme): fail (name the "
-               "mark, write nothing), keep (leave it, add none) or replace (add ours over it; recorded).",
-               choices=("fail", "keep", "replace")),
-    )
     phases = ("process",)
     changes_pixels = True
     embeds_watermark = True
@@ -44,7 +48,7 @@ class WatermarkStage(Stage):
         if self.runtime is None:
             raise ChainError("the watermark stage was built outside a Chain (it has no runtime to find its method in)")
         try:
-            return method_registry(self.runtime).get(self.options["method"])
+            return method_registry(self.runtime).get(self.options.method)
         except KeyError as exc:
             raise ChainError(str(exc.args[0])) from None
 
@@ -52,13 +56,13 @@ class WatermarkStage(Stage):
         from sdmark.plugins.watermark import payload
 
         method = self._method()
-        fixed = str(self.options["id"]).strip().lower() not in ("", "auto")
+        fixed = str(self.options.id).strip().lower() not in ("", "auto")
         if fixed and not method.carries_id:
             raise ChainError(f"option watermark:id: method {method.name} carries no id (only a fixed pattern); "
                              "use method=dwtDctSvd to embed an id")
         if fixed:
             try:
-                payload.parse_id(self.options["id"])
+                payload.parse_id(self.options.id)
             except ValueError as exc:
                 raise ChainError(f"option watermark:id: {exc}") from None
 
@@ -91,14 +95,14 @@ class WatermarkStage(Stage):
         alpha = image.getchannel("A") if image.mode in ("RGBA", "LA", "PA") else None
         rgb = rgb_array(image)
         existing = self._existing_marks(rgb)
-        policy = self.options["existing"]
+        policy = self.options.existing
         if existing and policy == "fail":
             raise StageError(f"the image already carries {_describe(existing)}; not re-marked (watermark:existing=keep "
                              "leaves that mark and adds none, watermark:existing=replace adds ours over it)")
         if existing and policy == "keep":
             return {"method": method.name, "embedded": False, "existing": existing, "existing_policy": "keep",
                     "summary": f"kept {_describe(existing)} already there; no new mark"}
-        ident = payload.parse_id(self.options["id"]) if method.carries_id else b""
+        ident = payload.parse_id(self.options.id) if method.carries_id else b""
         expected = ident.hex() if method.carries_id else None
         marked, detection, strength = self._mark(method, rgb, ident, expected)
         psnr = _psnr(rgb, marked)

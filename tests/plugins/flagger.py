@@ -7,7 +7,10 @@ top-left pixel is green (0, 255, 0): tests mark the images they want flagged or 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sdmark.core.errors import ModelLoadError
+from sdmark.core.options import StageOptions, option
 from sdmark.core.runtime import hookimpl
 from sdmark.plugins.safety.backends import SafetyBackend, Verdict
 
@@ -15,10 +18,14 @@ FLAG = (255, 0, 255)
 BREAK = (0, 255, 0)
 
 
-class FlagMarked(SafetyBackend):
+@dataclass(frozen=True)
+class FlagOptions(StageOptions):
+    threshold: float = option(0.5, "score at or above which a marked image is flagged", minimum=0.0, maximum=1.0)
+
+
+class FlagMarked(SafetyBackend[FlagOptions]):
     name = "test-flag"
     description = "flags images whose top-left pixel is magenta"
-    uses = ("threshold",)
     calls: list[int] = []  # batch sizes seen, so tests can check batching
 
     def check(self, images):
@@ -30,7 +37,7 @@ class FlagMarked(SafetyBackend):
                 raise RuntimeError("test backend cannot read this image")
             flagged = corner == FLAG
             score = 0.99 if flagged else 0.01
-            verdicts.append(Verdict(flagged=flagged and score >= self.options["threshold"],
+            verdicts.append(Verdict(flagged=flagged and score >= self.options.threshold,
                                     reasons=[("test-marker", score)] if flagged else [], scores={"test-marker": score}))
         return verdicts
 
