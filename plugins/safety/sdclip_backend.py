@@ -117,12 +117,12 @@ class SdClipBackend(SafetyBackend[SdClipOptions]):
         candidates, tried = self._candidates(model, context)
         hub_ids = []
         for label, source, checker_sub, processor_sub in candidates:
-            where: dict[str, Any] = {"local_files_only": True}
+            checker_where: dict[str, Any] = {"local_files_only": True, **({"subfolder": checker_sub} if checker_sub else {})}
+            processor_where: dict[str, Any] = {"local_files_only": True,
+                                               **({"subfolder": processor_sub} if processor_sub else {})}
             try:
-                checker = StableDiffusionSafetyChecker.from_pretrained(
-                    source, **where, **({"subfolder": checker_sub} if checker_sub else {}))
-                processor = CLIPImageProcessor.from_pretrained(
-                    source, **where, **({"subfolder": processor_sub} if processor_sub else {}))
+                checker = StableDiffusionSafetyChecker.from_pretrained(source, **checker_where)
+                processor = CLIPImageProcessor.from_pretrained(source, **processor_where)
             except Exception as exc:  # not in the cache, missing files, wrong format: all mean "try the next"
                 if label.startswith("hub id"):
                     hub_ids.append(source)
