@@ -65,7 +65,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 from scipy import fft as sfft
@@ -326,7 +326,7 @@ def add_luma(rgb: np.ndarray, y: np.ndarray, delta: np.ndarray, amplitude: np.nd
     import cv2
 
     room = HEADROOM * amplitude
-    shift = cv2.max(room - y, 0) - cv2.max(y - (255 - room), 0)
+    shift = np.maximum(room - y, 0) - np.maximum(y - (255 - room), 0)
     if rgb.ndim == 2:
         return np.clip(np.rint(rgb + shift + delta), 0, 255).astype(np.uint8)
     luma_change = delta + shift
@@ -544,9 +544,9 @@ class _Reader:
         aligned = values * np.exp(2j * np.pi * (kr * dy + kc * dx) / pattern.TILE)
         soft = (aligned.real * _channel_weights(aligned, c, rings))[c.bits].sum(axis=1)
         decoded = code.decode(soft, self.key, fmt.version)
-        where = dict(scale=lattice.scale * zoom / fmt.zoom, angle=lattice.angle, offset=(dx, dy), sync_z=z,
-                     diagnostics={"code_bits": (soft > 0).astype(np.uint8), "orientation": orientation,
-                                  "format": fmt.name})
+        where: dict[str, Any] = dict(scale=lattice.scale * zoom / fmt.zoom, angle=lattice.angle, offset=(dx, dy), sync_z=z,
+                                     diagnostics={"code_bits": (soft > 0).astype(np.uint8), "orientation": orientation,
+                                                  "format": fmt.name})
         if decoded is None:
             if z > self.best_z:
                 self.best_z, self.best = z, where

@@ -324,8 +324,8 @@ def _log_polar(h: int, w: int, key: bytes) -> _LogPolar:
 
     turn = np.arange(POLAR_ANGLES)
     turn = np.where(turn < POLAR_ANGLES // 2, turn, turn - POLAR_ANGLES)
-    shift = np.arange(rho.size)
-    shift = np.where(shift < rho.size // 2, shift, shift - rho.size) * POLAR_STEP
+    index = np.arange(rho.size)
+    shift = np.where(index < rho.size // 2, index, index - rho.size) * POLAR_STEP
     # A spectrum shifted by +d in angle is an image turned by d clockwise on screen (y points down).
     angles = -np.degrees(turn * (np.pi / POLAR_ANGLES))
     scales = np.exp(-shift)
