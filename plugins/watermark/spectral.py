@@ -2,8 +2,9 @@
 
 What it is
 ----------
-A ``TILE x TILE`` (128 px) keyed pattern, band-limited to 0.05..0.20 cycles/pixel, is added to the
-luminance, repeated over the whole image, and scaled pixel by pixel by a perceptual mask: up to 4 grey
+A keyed tile pattern (format 2, the default: 256 px, band 0.025..0.10 cycles/pixel, a keyed per-image
+grid origin; format 1: 128 px, band 0.05..0.20, see :data:`FORMAT` and :mod:`.spectral_pattern`) is
+added to the luminance, repeated over the whole image, and scaled pixel by pixel by a perceptual mask: up to 4 grey
 levels (RMS) in textured regions, which hide it, 1.5 in flat ones; near black, white or a saturated
 channel the change is kept whole rather than clipped (:func:`add_luma`). The tile's Fourier bins are dealt
 by the key to a *sync* carrier and to one carrier per code bit (:mod:`.spectral_pattern`); the 64-bit
@@ -29,7 +30,8 @@ False positives, on paper
 -------------------------
 ``detect`` reports ``found`` only when a payload decodes *and* its keyed check matches. It tries at
 most ``ALIGNMENTS`` = 24 alignments (4 lattice candidates x up to 3 refinements x 2 offsets), each a
-Chase search of 16 hard BCH decodes. On an unmarked image (or one marked with another key) the 176
+Chase search of 16 hard BCH decodes in one format: the sync carriers choose the format of each
+alignment as they choose its orientation, so reading both formats adds no decode. On an unmarked image (or one marked with another key) the 176
 bits read at any alignment are signs of correlations between the image and keyed random-phase
 carriers on frequency bins disjoint from the sync carrier's: symmetric, and XORed with a keyed
 whitening mask, so they are fair coins for this count. One decode accepts with probability
@@ -97,10 +99,11 @@ LATTICES = 4
 OFFSETS = 2
 REFINES = 2
 ALIGNMENTS = LATTICES * (REFINES + 1) * OFFSETS
+"""Alignments one detection tries at most, both formats together; the false-positive union bound
+counts them all."""
 Z_REFINE = 5.5
 """Sync peak (standard deviations) above which a failed read refines the lattice and tries again:
 the largest of 32,768 correlations of an unmarked tile is about 4.5."""
-"""Alignments one detection tries at most; the false-positive union bound counts them all."""
 THRESHOLD = 1e-6
 """The p-value under which a decoded payload is reported as found (every decode is far below it)."""
 
