@@ -695,6 +695,7 @@ ADVERSARY_ROWS = {
     "social, re-encoded twice": lambda x, r: _social(x, r, sharpen=False, twice=True),
     "social + sharpen, re-encoded twice": lambda x, r: _social(x, r, sharpen=True, twice=True),
     "down 0.35 + jpeg 40 (worst corner)": lambda x, r: _encode(_resize(x, 0.35), "JPEG", quality=40),
+    "down 0.5 + jpeg 40": lambda x, r: _encode(_resize(x, 0.5), "JPEG", quality=40),
 }
 ADVERSARY_TARGETS = {"dihedral": 0.99, "rotate ±(5..15) +": 0.90, "rotate": 0.95, "mirror + rotate": 0.90,
                      "social": 0.95, "down 0.35": 0.95, "keyless": 0.90, "averaged": 0.90, "regeneration": 0.95}
@@ -713,6 +714,7 @@ def adversary(photo_count: int, illustration_count: int, regen_model: str | None
     denoisers, regeneration and transplanting, sdmark with a private key (detected = found with the
     exact payload at its own bound, far below 1e-6). ``only``: the rows whose names contain one of
     these words; ``fmt``: mark in this format (default: what ``embed`` chooses)."""
+    from sdmark.plugins.watermark import spectral_code
 
     def wanted(row: str) -> bool:
         return not only or any(word in row for word in only)
@@ -728,6 +730,7 @@ def adversary(photo_count: int, illustration_count: int, regen_model: str | None
             continue
         rows: dict[str, list[bool]] = {}
         psnrs: dict[str, list[float]] = {}
+        bits: dict[str, list[float]] = {}
         marked_all = []
         formats: dict[str, int] = collections.Counter()
 
@@ -736,6 +739,10 @@ def adversary(photo_count: int, illustration_count: int, regen_model: str | None
                 return
             found = spectral.detect(image, key=key)
             rows.setdefault(row, []).append(bool(found.found and found.payload == PAYLOAD))
+            read = found.diagnostics.get("code_bits")
+            if read is not None:  # raw bits against the code word of the format they were read in
+                version = b"v" + found.diagnostics["format"].rsplit("/", 1)[1].encode()
+                bits.setdefault(row, []).append(float((read == spectral_code.encode(PAYLOAD, key, version)).mean()))
             if reference is not None and reference.shape == image.shape:
                 psnrs.setdefault(row, []).append(_psnr(reference, image))
 
@@ -775,11 +782,12 @@ def adversary(photo_count: int, illustration_count: int, regen_model: str | None
             note(f"averaged estimate over {len(group)} images (one key, aligned), subtracted at PSNR ≥ 38 dB", removed, m)
         written = ", ".join(f"{name}: {count}" for name, count in sorted(formats.items()))
         lines = [f"### Adversary, {label.lower()} (sdmark, private key; {len(images)} images; formats written: {written})", "",
-                 "| attack | detected, exact payload | target | mean PSNR vs marked |", "|---|---|---|---|"]
+                 "| attack | detected, exact payload | target | mean PSNR vs marked | raw bits right |", "|---|---|---|---|---|"]
         for row, hits in rows.items():
             p = f"{np.mean(psnrs[row]):.1f} dB" if row in psnrs else ""
             target = "report (lower is better)" if row.startswith("transplant") else _target(row)
-            lines.append(f"| {row} | {sum(hits)}/{len(hits)} ({100 * np.mean(hits):.0f}%) | {target} | {p} |")
+            right = f"{100 * np.mean(bits[row]):.0f}%" if row in bits else ""
+            lines.append(f"| {row} | {sum(hits)}/{len(hits)} ({100 * np.mean(hits):.0f}%) | {target} | {p} | {right} |")
         out += lines + [""]
     if regenerate is None:
         out.append("(regeneration rows need `--regen-model PATH`, e.g. ../shared/models/taef2)")
