@@ -23,8 +23,9 @@ the sync carrier finds the tile's offset (a crop at any position), read through 
 the image corrects the lattice (residual scale and rotation). Each code bit is then the sign of its
 carrier's correlation, weighted per frequency ring by the mark strength measured on the sync
 carrier, and a Chase/BCH decode with the keyed check gives the payload. Cost on one core at 512x512
-(medians, quiet to busy machine): embed 5-13 ms, detect 8-20 ms for a marked image and 25-50 ms for
-an unmarked one (every candidate is tried).
+(medians, quiet to busy machine): embed 10-35 ms (it reads a format-2 mark back, and marks a dense
+texture twice), detect 7-20 ms for a marked image and 30-50 ms for an unmarked one (every candidate
+is tried, through both formats).
 
 False positives, on paper
 -------------------------
