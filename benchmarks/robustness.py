@@ -25,6 +25,7 @@ and the payload it decoded is checked against the one embedded.
 from __future__ import annotations
 
 import argparse
+import collections
 import io
 import math
 import statistics
@@ -325,7 +326,9 @@ def _sdmark() -> Method:
     from sdmark.plugins.watermark import spectral
     from sdmark.plugins.watermark import spectral_code
 
-    truth = spectral_code.encode(PAYLOAD, spectral.PUBLIC_KEY)
+    # Raw bits are compared with the code word of the format they were read in.
+    truth = {name: spectral_code.encode(PAYLOAD, spectral.PUBLIC_KEY, b"v" + name.rsplit("/", 1)[1].encode())
+             for name in spectral.FORMATS}
 
     def embed(rgb: np.ndarray) -> np.ndarray:
         return spectral.embed(rgb, PAYLOAD)
@@ -333,7 +336,7 @@ def _sdmark() -> Method:
     def detect(rgb: np.ndarray) -> Read:
         found = spectral.detect(rgb)
         bits = found.diagnostics.get("code_bits")
-        accuracy = float((bits == truth).mean()) if bits is not None else 0.5
+        accuracy = float((bits == truth[found.diagnostics["format"]]).mean()) if bits is not None else 0.5
         ok = found.payload == PAYLOAD if found.found else None
         return Read(found.found and found.payload == PAYLOAD, accuracy, ok)
 
@@ -535,20 +538,86 @@ def _social(image: np.ndarray, rng: np.random.Generator, sharpen: bool, twice: b
 
 
 TILE_SIZE = 128
-"""What the keyless attacker knows: the published tile size."""
+"""What the keyless attacker knows of format 1: the published tile size (and band 0.05-0.20)."""
+FORMAT_GEOMETRY = {"v1": (128, (0.05, 0.20)), "v2": (256, (0.025, 0.10))}
+"""The published geometry of each format: tile size and band in cycles/pixel."""
+
+
+def _residual(y: np.ndarray, band: tuple[float, float] | None) -> np.ndarray:
+    """What the attacker takes for the mark: luma minus an edge-preserving prediction (``band`` None,
+    format 1's high band), or the luma band-passed to the published band (format 2's low band, which
+    an edge-preserving 5 x 5 prediction keeps in the host)."""
+    import cv2
+
+    if band is None:
+        return y - cv2.bilateralFilter(y, 5, 10, 3)
+    h, w = y.shape
+    radius = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :])
+    keep = (radius >= 0.8 * band[0]) & (radius <= 1.2 * band[1])
+    return np.fft.irfft2(np.fft.rfft2(y) * keep, s=(h, w)).astype(np.float32)
+
+
+def _fold(residual: np.ndarray, tile: int) -> np.ndarray:
+    """The residual summed over every tile position (image coordinates mod ``tile``), as a mean."""
+    h, w = residual.shape
+    rows, cols = np.arange(h) % tile, np.arange(w) % tile
+    index = (rows[:, None] * tile + cols[None, :]).ravel()
+    total = np.bincount(index, residual.ravel(), minlength=tile * tile)
+    count = np.bincount(index, minlength=tile * tile)
+    return (total / np.maximum(count, 1)).reshape(tile, tile)
+
+
+def _untile(tile_image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    t = tile_image.shape[0]
+    return np.tile(tile_image, (-(-shape[0] // t), -(-shape[1] // t)))[:shape[0], :shape[1]]
+
+
+def fold_estimate(image: np.ndarray, fmt: str) -> tuple[np.ndarray, float]:
+    """The attacker's estimate of a mark of format ``fmt`` (its published tile and band), and how far
+    above chance the fold's energy is (1 for an unmarked image: how an attacker picks the format)."""
+    tile, band = FORMAT_GEOMETRY[fmt]
+    residual = _residual(_luma(image), None if fmt == "v1" else band)
+    folded = _fold(residual, tile)
+    copies = residual.size / tile**2
+    excess = float(np.mean(folded**2) * copies / max(np.mean(residual**2), 1e-9))
+    return _untile(folded, residual.shape), excess
+
+
+def unfolded_estimate(image: np.ndarray) -> np.ndarray:
+    """The estimate without folding: the residual itself, in both formats' bands. What an attacker
+    is left with when the pattern does not repeat within the image (e.g. one who folds over a 2 x 2
+    block of 256 px tiles on a 512 px image): it measures what the fold buys."""
+    y = _luma(image)
+    return _residual(y, None) + _residual(y, FORMAT_GEOMETRY["v2"][1])
 
 
 def keyless_estimate(image: np.ndarray) -> np.ndarray:
-    """The attacker's estimate of the keyed pattern: the image's high-pass residual (luma minus an
-    edge-preserving prediction) folded over the published tile size, tiled back to the image's size."""
-    import cv2
+    """The estimate of an attacker who knows both published formats: each format's fold, the one
+    whose energy stands further above chance."""
+    return max((fold_estimate(image, fmt) for fmt in FORMAT_GEOMETRY), key=lambda pair: pair[1])[0]
 
-    y = _luma(image)
-    residual = y - cv2.bilateralFilter(y, 5, 10, 3)
-    h, w = residual.shape
-    th, tw = h // TILE_SIZE, w // TILE_SIZE
-    tile = residual[:th * TILE_SIZE, :tw * TILE_SIZE].reshape(th, TILE_SIZE, tw, TILE_SIZE).mean(axis=(0, 2))
-    return np.tile(tile, (-(-h // TILE_SIZE), -(-w // TILE_SIZE)))[:h, :w]
+
+def aligned_average(images: list[np.ndarray]) -> list[np.ndarray]:
+    """Per image, an estimate averaged over all ``images`` (marked with one key) by an attacker who
+    sorts them by format (the fold that stands furthest above chance) and, within a format, aligns
+    them first: each image's folded tile is shifted (cyclically, with sign) onto the group's first by
+    cross-correlation, so a per-image grid origin does not stop the average from adding up."""
+    formats = [max(FORMAT_GEOMETRY, key=lambda f: fold_estimate(m, f)[1]) for m in images]
+    out: list[np.ndarray] = [np.zeros(m.shape[:2]) for m in images]
+    for fmt in set(formats):
+        members = [i for i, f in enumerate(formats) if f == fmt]
+        tile, band = FORMAT_GEOMETRY[fmt]
+        tiles = [_fold(_residual(_luma(images[i]), None if fmt == "v1" else band), tile) for i in members]
+        reference = np.fft.rfft2(tiles[0])
+        shifts = []
+        for t in tiles:
+            corr = np.fft.irfft2(np.fft.rfft2(t) * np.conj(reference), s=t.shape)
+            r, c = np.unravel_index(int(np.argmax(np.abs(corr))), corr.shape)
+            shifts.append((int(r), int(c), float(np.sign(corr[r, c]))))
+        mean = np.mean([sign * np.roll(t, (-r, -c), axis=(0, 1)) for t, (r, c, sign) in zip(tiles, shifts)], axis=0)
+        for i, (r, c, sign) in zip(members, shifts):
+            out[i] = _untile(sign * np.roll(mean, (r, c), axis=(0, 1)), images[i].shape[:2])
+    return out
 
 
 def subtract_at(marked: np.ndarray, estimate: np.ndarray, psnr: float) -> tuple[np.ndarray, float]:
@@ -626,6 +695,7 @@ ADVERSARY_ROWS = {
     "social, re-encoded twice": lambda x, r: _social(x, r, sharpen=False, twice=True),
     "social + sharpen, re-encoded twice": lambda x, r: _social(x, r, sharpen=True, twice=True),
     "down 0.35 + jpeg 40 (worst corner)": lambda x, r: _encode(_resize(x, 0.35), "JPEG", quality=40),
+    "down 0.5 + jpeg 40": lambda x, r: _encode(_resize(x, 0.5), "JPEG", quality=40),
 }
 ADVERSARY_TARGETS = {"dihedral": 0.99, "rotate ±(5..15) +": 0.90, "rotate": 0.95, "mirror + rotate": 0.90,
                      "social": 0.95, "down 0.35": 0.95, "keyless": 0.90, "averaged": 0.90, "regeneration": 0.95}
@@ -638,10 +708,17 @@ def _target(row: str) -> str:
     return "report"
 
 
-def adversary(photo_count: int, illustration_count: int, regen_model: str | None, average: int = 20) -> str:
+def adversary(photo_count: int, illustration_count: int, regen_model: str | None, average: int = 20,
+              only: list[str] | None = None, fmt: str | None = None) -> str:
     """The adversary section: geometry, social-media pipelines, keyless removal and averaging,
     denoisers, regeneration and transplanting, sdmark with a private key (detected = found with the
-    exact payload at its own bound, far below 1e-6)."""
+    exact payload at its own bound, far below 1e-6). ``only``: the rows whose names contain one of
+    these words; ``fmt``: mark in this format (default: what ``embed`` chooses)."""
+    from sdmark.plugins.watermark import spectral_code
+
+    def wanted(row: str) -> bool:
+        return not only or any(word in row for word in only)
+
     from sdmark.plugins.watermark import spectral
 
     key = ADVERSARY_KEY
@@ -653,48 +730,64 @@ def adversary(photo_count: int, illustration_count: int, regen_model: str | None
             continue
         rows: dict[str, list[bool]] = {}
         psnrs: dict[str, list[float]] = {}
+        bits: dict[str, list[float]] = {}
         marked_all = []
+        formats: dict[str, int] = collections.Counter()
 
         def note(row: str, image: np.ndarray, reference: np.ndarray | None = None) -> None:
+            if not wanted(row):
+                return
             found = spectral.detect(image, key=key)
             rows.setdefault(row, []).append(bool(found.found and found.payload == PAYLOAD))
+            read = found.diagnostics.get("code_bits")
+            if read is not None:  # raw bits against the code word of the format they were read in
+                version = b"v" + found.diagnostics["format"].rsplit("/", 1)[1].encode()
+                bits.setdefault(row, []).append(float((read == spectral_code.encode(PAYLOAD, key, version)).mean()))
             if reference is not None and reference.shape == image.shape:
                 psnrs.setdefault(row, []).append(_psnr(reference, image))
 
         for index, (name, image) in enumerate(images):
             log(f"[adversary {label} {index + 1}/{len(images)}] {name}")
-            marked = spectral.embed(image, PAYLOAD, key=key)
+            marked = spectral.embed(image, PAYLOAD, key=key, fmt=fmt)
             marked_all.append(marked)
+            formats[spectral.detect(marked, key=key).diagnostics.get("format", "none")] += 1
             for r_index, (row, attack) in enumerate(ADVERSARY_ROWS.items()):
-                note(row, attack(marked, np.random.default_rng([index, r_index, 13])))
-            removed, _ = subtract_at(marked, keyless_estimate(marked), 38.0)
-            note("keyless estimate-and-subtract, one image, PSNR ≥ 38 dB", removed, marked)
-            removed, _ = subtract_at(marked, keyless_estimate(marked), 42.0)
-            note("keyless estimate-and-subtract, one image, PSNR ≥ 42 dB", removed, marked)
+                if wanted(row):
+                    note(row, attack(marked, np.random.default_rng([index, r_index, 13])))
+            if wanted("keyless estimate-and-subtract"):
+                estimate = keyless_estimate(marked)
+                for floor in (38.0, 42.0):
+                    removed, _ = subtract_at(marked, estimate, floor)
+                    note(f"keyless estimate-and-subtract, one image, PSNR ≥ {floor:.0f} dB", removed, marked)
+            if wanted("keyless residual"):
+                removed, _ = subtract_at(marked, unfolded_estimate(marked), 38.0)
+                note("keyless residual subtracted without folding (what the fold buys), PSNR ≥ 38 dB", removed, marked)
             for row, denoise in denoisers.items():
-                note(f"denoise {row}", denoise(marked), marked)
-            if regenerate is not None:
+                if wanted(f"denoise {row}"):
+                    note(f"denoise {row}", denoise(marked), marked)
+            if regenerate is not None and wanted("regeneration"):
                 regenerated = regenerate(marked)
                 note("regeneration (taef2 autoencoder) + jpeg85", _encode(regenerated, "JPEG", quality=85))
                 note("regeneration (taef2 autoencoder), no JPEG", regenerated)
             # Copy attack: the estimate lifted off this image, added at >= 40 dB to another unmarked one.
             host = images[(index + 1) % len(images)][1]
-            forged, _ = subtract_at(host, -keyless_estimate(marked), 40.0)
-            note("transplant: estimate added to another image at PSNR ≥ 40 dB (verifies = forged)", forged, host)
-        # Averaging: one estimate from up to ``average`` images marked with the same key, subtracted from each.
+            if wanted("transplant"):
+                forged, _ = subtract_at(host, -keyless_estimate(marked), 40.0)
+                note("transplant: estimate added to another image at PSNR ≥ 40 dB (verifies = forged)", forged, host)
+        # Averaging: one estimate from up to ``average`` images marked with the same key, aligned
+        # onto each other first, subtracted from each.
         group = marked_all[:average]
-        shape = min(m.shape[0] for m in group), min(m.shape[1] for m in group)
-        mean_estimate = np.mean([keyless_estimate(m)[:shape[0], :shape[1]] for m in group], axis=0)
-        for m in group:
-            estimate = np.tile(mean_estimate, (-(-m.shape[0] // shape[0]), -(-m.shape[1] // shape[1])))[:m.shape[0], :m.shape[1]]
+        for m, estimate in zip(group, aligned_average(group) if wanted("averaged") else []):
             removed, _ = subtract_at(m, estimate, 38.0)
-            note(f"averaged estimate over {len(group)} images (one key), subtracted at PSNR ≥ 38 dB", removed, m)
-        lines = [f"### Adversary, {label.lower()} (sdmark, private key; {len(images)} images)", "",
-                 "| attack | detected, exact payload | target | mean PSNR vs marked |", "|---|---|---|---|"]
+            note(f"averaged estimate over {len(group)} images (one key, aligned), subtracted at PSNR ≥ 38 dB", removed, m)
+        written = ", ".join(f"{name}: {count}" for name, count in sorted(formats.items()))
+        lines = [f"### Adversary, {label.lower()} (sdmark, private key; {len(images)} images; formats written: {written})", "",
+                 "| attack | detected, exact payload | target | mean PSNR vs marked | raw bits right |", "|---|---|---|---|---|"]
         for row, hits in rows.items():
             p = f"{np.mean(psnrs[row]):.1f} dB" if row in psnrs else ""
             target = "report (lower is better)" if row.startswith("transplant") else _target(row)
-            lines.append(f"| {row} | {sum(hits)}/{len(hits)} ({100 * np.mean(hits):.0f}%) | {target} | {p} |")
+            right = f"{100 * np.mean(bits[row]):.0f}%" if row in bits else ""
+            lines.append(f"| {row} | {sum(hits)}/{len(hits)} ({100 * np.mean(hits):.0f}%) | {target} | {p} | {right} |")
         out += lines + [""]
     if regenerate is None:
         out.append("(regeneration rows need `--regen-model PATH`, e.g. ../shared/models/taef2)")
@@ -779,6 +872,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adversary", action="store_true",
                         help="only the adversary section (sdmark, private key): geometry, social-media pipelines, "
                              "keyless removal, averaging, denoisers, regeneration, transplant")
+    parser.add_argument("--rows", help="adversary: only rows whose names contain one of these comma-separated words")
+    parser.add_argument("--format", dest="fmt", choices=("sdmark-spectral/1", "sdmark-spectral/2"),
+                        help="adversary: mark in this format (default: what embed chooses per image)")
     parser.add_argument("--regen-model", metavar="DIR",
                         help="folder with taesd.py and *encoder.pth/*decoder.pth for the regeneration rows")
     args = parser.parse_args(argv)
@@ -789,7 +885,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.adversary:
         command = "benchmarks/robustness.py " + " ".join(argv if argv is not None else sys.argv[1:])
         print(f"## Watermark against an adversary (`{command.strip()}`)\n")
-        print(adversary(args.photos, args.illustrations, args.regen_model))
+        only = [word.strip() for word in args.rows.split(",")] if args.rows else None
+        print(adversary(args.photos, args.illustrations, args.regen_model, only=only, fmt=args.fmt))
         return 0
     if args.false_positives:
         print(false_positives(args.false_positives))

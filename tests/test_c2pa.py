@@ -590,8 +590,13 @@ def test_a_transplanted_mark_is_different_content_never_the_victims_credentials(
         cli_runner, identity, photo_dir, photos, tmp_path, monkeypatch, key):
     from sdmark.benchmarks.attribution import estimate_mark, transplant
 
+    from sdmark.plugins.watermark import spectral
+
     if key == "private":
         monkeypatch.setenv("SDMARK_WATERMARK_KEY", "a deployment secret")
+    # Format 1, whose 128 px tile one image's fold transplants (format 2's rarely is: this test is
+    # about what the credentials do when the copy attack works).
+    monkeypatch.setattr(spectral, "V2_MIN_SIDE", 1 << 20)
     signed, payload = _sign_marked(cli_runner, identity, photo_dir, tmp_path)
     victim = np.asarray(Image.open(signed).convert("RGB"))
     forged = transplant(estimate_mark(victim), np.asarray(photos["coffee"].convert("RGB")))

@@ -59,25 +59,30 @@ def _bch() -> Any:
     return bch.codec(BCH_T, BCH_M)
 
 
+VERSIONS = (b"v1", b"v2")
+"""The formats' labels in the key derivations (``sdmark/spectral/v1/...``, ``sdmark/spectral/v2/...``):
+the same code, with a whitening mask and a check of its own per format."""
+
+
 @lru_cache(maxsize=16)
-def _whitening(key: bytes) -> np.ndarray:
-    stream = hashlib.sha256(b"sdmark/spectral/v1/whitening\0" + key).digest()
+def _whitening(key: bytes, version: bytes = b"v1") -> np.ndarray:
+    stream = hashlib.sha256(b"sdmark/spectral/" + version + b"/whitening\0" + key).digest()
     stream += hashlib.sha256(stream).digest()
     return np.unpackbits(np.frombuffer(stream, dtype=np.uint8))[:CODE_BITS]
 
 
-def _check(payload: bytes, key: bytes) -> bytes:
-    return hmac.new(key, b"sdmark/spectral/v1\0" + payload, hashlib.sha256).digest()[:CHECK_BYTES]
+def _check(payload: bytes, key: bytes, version: bytes = b"v1") -> bytes:
+    return hmac.new(key, b"sdmark/spectral/" + version + b"\0" + payload, hashlib.sha256).digest()[:CHECK_BYTES]
 
 
-def encode(payload: bytes, key: bytes) -> np.ndarray:
-    """The ``CODE_BITS`` bits (uint8 0/1) that carry ``payload`` under ``key``."""
+def encode(payload: bytes, key: bytes, version: bytes = b"v1") -> np.ndarray:
+    """The ``CODE_BITS`` bits (uint8 0/1) that carry ``payload`` under ``key`` in format ``version``."""
     if not isinstance(payload, (bytes, bytearray)) or len(payload) != PAYLOAD_BYTES:
         size = len(payload) if isinstance(payload, (bytes, bytearray)) else type(payload).__name__
         raise ValueError(f"the sdmark payload is exactly {PAYLOAD_BYTES} bytes ({8 * PAYLOAD_BYTES} bits); got {size}")
-    data = bytes(payload) + _check(bytes(payload), key)
+    data = bytes(payload) + _check(bytes(payload), key, version)
     word = np.unpackbits(np.frombuffer(data + bytes(_bch().encode(data)), dtype=np.uint8))[:CODE_BITS]
-    return word ^ _whitening(key)
+    return word ^ _whitening(key, version)
 
 
 def decode_probability(corrected: int) -> float:
@@ -104,19 +109,20 @@ class Decoded:
     corrected: int
 
 
-def _hard_decode(bits: np.ndarray, key: bytes) -> tuple[bytes, int] | None:
-    decoded = bch.decode_whitened(bits, _whitening(key), DATA_BITS // 8, _bch())
+def _hard_decode(bits: np.ndarray, key: bytes, version: bytes) -> tuple[bytes, int] | None:
+    decoded = bch.decode_whitened(bits, _whitening(key, version), DATA_BITS // 8, _bch())
     if decoded is None:
         return None
     data, fixes = decoded
     payload, check = data[:PAYLOAD_BYTES], data[PAYLOAD_BYTES:]
-    if not hmac.compare_digest(check, _check(payload, key)):
+    if not hmac.compare_digest(check, _check(payload, key, version)):
         return None
     return payload, fixes
 
 
-def decode(soft: np.ndarray, key: bytes) -> Decoded | None:
-    """Read a payload from ``CODE_BITS`` soft values (positive means bit 1); ``None`` when none checks out."""
+def decode(soft: np.ndarray, key: bytes, version: bytes = b"v1") -> Decoded | None:
+    """Read a payload from ``CODE_BITS`` soft values (positive means bit 1) in format ``version``;
+    ``None`` when none checks out."""
     soft = np.asarray(soft, dtype=np.float64).ravel()
     if soft.size != CODE_BITS:
         raise ValueError(f"expected {CODE_BITS} soft bits, got {soft.size}")
@@ -127,7 +133,7 @@ def decode(soft: np.ndarray, key: bytes) -> Decoded | None:
     for flips in sorted(product((0, 1), repeat=CHASE_BITS), key=sum):
         trial = hard.copy()
         trial[weakest] ^= np.asarray(flips, dtype=np.uint8)
-        result = _hard_decode(trial, key)
+        result = _hard_decode(trial, key, version)
         if result is not None:
             found = Decoded(result[0], result[1] + sum(flips))
             if best is None or found.corrected < best.corrected:

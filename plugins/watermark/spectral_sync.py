@@ -210,7 +210,7 @@ def _indices(h: int, w: int, key: bytes, scales: np.ndarray, angles: np.ndarray 
 
 
 @lru_cache(maxsize=32)
-def _template(h: int, w: int, key: bytes) -> tuple[np.ndarray, np.ndarray]:
+def _template(h: int, w: int, key: bytes, low: float = SCALE_MIN, high: float = SCALE_MAX) -> tuple[np.ndarray, np.ndarray]:
     """The scale search grid and, for each scale, the flat indices of the tile's harmonics.
 
     The grid is uniform in 1/scale with steps that move the outermost harmonic by half a frequency
@@ -218,8 +218,8 @@ def _template(h: int, w: int, key: bytes) -> tuple[np.ndarray, np.ndarray]:
     """
     from sdmark.plugins.watermark.spectral_pattern import F_HI
 
-    steps = int(np.ceil(2 * max(h, w) * F_HI * (1 / SCALE_MIN - 1 / SCALE_MAX))) + 1
-    scales = 1 / np.linspace(1 / SCALE_MAX, 1 / SCALE_MIN, steps)
+    steps = int(np.ceil(2 * max(h, w) * F_HI * (1 / low - 1 / high))) + 1
+    scales = 1 / np.linspace(1 / high, 1 / low, steps)
     return scales, _indices(h, w, key, scales)
 
 
@@ -324,8 +324,8 @@ def _log_polar(h: int, w: int, key: bytes) -> _LogPolar:
 
     turn = np.arange(POLAR_ANGLES)
     turn = np.where(turn < POLAR_ANGLES // 2, turn, turn - POLAR_ANGLES)
-    shift = np.arange(rho.size)
-    shift = np.where(shift < rho.size // 2, shift, shift - rho.size) * POLAR_STEP
+    index = np.arange(rho.size)
+    shift = np.where(index < rho.size // 2, index, index - rho.size) * POLAR_STEP
     # A spectrum shifted by +d in angle is an image turned by d clockwise on screen (y points down).
     angles = -np.degrees(turn * (np.pi / POLAR_ANGLES))
     scales = np.exp(-shift)
@@ -355,7 +355,8 @@ def _screen(power: np.ndarray, shape: tuple[int, int], key: bytes, peaks: np.nda
             for i in order]
 
 
-def lattice_candidates(detail: np.ndarray, key: bytes, count: int = 4) -> Iterator[Lattice]:
+def lattice_candidates(detail: np.ndarray, key: bytes, count: int = 4, scales: tuple[float, float] = (SCALE_MIN, SCALE_MAX),
+                       turns: bool = True) -> Iterator[Lattice]:
     """Up to ``count`` lattices suggested by the spectrum of ``detail``, as the caller asks for them.
 
     Each scale of a fine grid is scored by the whitened power summed at the harmonics the tile would
@@ -363,11 +364,13 @@ def lattice_candidates(detail: np.ndarray, key: bytes, count: int = 4) -> Iterat
     maxima, refined by a parabola, are the candidates, scored in robust standard deviations. The best
     of them comes first, before the rotated candidates are even looked for: most images are not
     rotated, and a marked one then costs a third less. The rest, unrotated and rotated, follow best
-    first, rotated ones ranked ``ROTATED_PENALTY`` lower for their larger search.
+    first, rotated ones ranked ``ROTATED_PENALTY`` lower for their larger search. ``scales`` bounds
+    the unrotated search (the rotated one covers ``SCALE_MIN..SCALE_MAX``); ``turns=False`` leaves
+    the rotated search out.
     """
     region = detail[_centre(detail.shape, SEARCH_WINDOW)]
     power = whitened_power(region)
-    scales, index = _template(*region.shape, key)
+    grid, index = _template(*region.shape, key, *scales)
     scores = power.ravel()[index].sum(axis=1)
     centre = np.median(scores)
     spread = 1.4826 * np.median(np.abs(scores - centre)) or 1.0
@@ -375,7 +378,7 @@ def lattice_candidates(detail: np.ndarray, key: bytes, count: int = 4) -> Iterat
     peaks = np.flatnonzero((z[1:-1] >= z[:-2]) & (z[1:-1] > z[2:])) + 1
     peaks = peaks[np.argsort(z[peaks])[::-1][:count]]  # rotated candidates may displace some below
     scaled = []
-    inverse = 1 / scales
+    inverse = 1 / grid
     for i in peaks:
         a, b, d = z[i - 1], z[i], z[i + 1]
         denom = a - 2 * b + d
@@ -388,8 +391,9 @@ def lattice_candidates(detail: np.ndarray, key: bytes, count: int = 4) -> Iterat
         return
     yield from scaled[:1]
     ranked = [(lattice.score, lattice) for lattice in scaled[1:]]
-    ranked += [(lattice.score - ROTATED_PENALTY, lattice)
-               for lattice in _turned(power, region.shape, key, centre, spread)]
+    if turns:
+        ranked += [(lattice.score - ROTATED_PENALTY, lattice)
+                   for lattice in _turned(power, region.shape, key, centre, spread)]
     ranked.sort(key=lambda pair: -pair[0])
     yield from (lattice for _, lattice in ranked[:count - len(scaled[:1])])
 
