@@ -122,7 +122,10 @@ class Engine:
         assert self.mark_chain is not None, "marking is off without a token"
         results = process_images([upload.path], parse_chain(self.mark_chain, self.runtime), OutputOptions(directory=out, format=fmt),
                                  safety="off" if self.settings.mark_no_safety else "on", batch_size=1, device="cpu",
-                                 progress=False, warn=warnings.append)
+                                 progress=False, warn=warnings.append,
+                                 # The safety model, signing context and registry writer stay loaded for
+                                 # the next request; the engine closes them at shutdown (close()).
+                                 keep_resources=True)
         result = results[0]
         if result.status != "written" or result.path is None:
             raise SdmarkError(renamed(result.error or f"not written ({result.status})", str(upload.path), upload.name))
@@ -134,7 +137,7 @@ class Engine:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.runtime.close_resources()  # the registry session the checks shared
+        self.runtime.close_resources()  # what every request shared: registry session and writer, safety model
 
 
 def _mark_chain(settings: ServeSettings) -> str:

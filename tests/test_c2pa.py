@@ -817,7 +817,6 @@ def test_one_verify_run_opens_the_registry_once_and_a_locked_one_costs_one_busy_
     """Recovery opened the registry for every image: a connection each, and with a writer holding
     the lock, one busy wait (2 s) each. One run now keeps one session: one open, and a locked
     registry is asked once, reported as ``registry_error`` for every image, never read unlocked."""
-    import gc
     import sqlite3
     import time
 
@@ -835,7 +834,7 @@ def test_one_verify_run_opens_the_registry_once_and_a_locked_one_costs_one_busy_
     assert [r["content_credentials"]["recovery"]["verdict"] for r in reports] == ["matched"] * 4, result.output
     assert len(opened) == 1
     registry = tmp_path / "registry.sqlite"
-    gc.collect()  # the signing run's registry writer (kept in its RunContext) must be gone to leave WAL mode
+    # The signing run closed its registry writer when it ended, so the file can leave WAL mode.
     writer = sqlite3.connect(registry, isolation_level=None)
     writer.execute("PRAGMA journal_mode=DELETE")
     writer.execute("BEGIN EXCLUSIVE")
@@ -863,20 +862,48 @@ def test_a_verify_file_call_without_a_runtime_closes_what_it_opened(cli_runner, 
 
     from sdmark.plugins.watermark.verify import verify_file
 
-    signed, _ = _sign_marked(cli_runner, identity, photo_dir, tmp_path)
-    copy = strip_metadata(signed, tmp_path / "copy.png")
-    gc.collect()
-    registry = str((tmp_path / "registry.sqlite").resolve())
-
-    def open_on_registry() -> list[str]:
-        links = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")]
-        return [link for link in links if link.startswith(registry)]
-
     gc.disable()  # nothing is closed by the collector behind the test's back
     try:
+        signed, _ = _sign_marked(cli_runner, identity, photo_dir, tmp_path)
+        copy = strip_metadata(signed, tmp_path / "copy.png")
+        assert _open_on(tmp_path / "registry.sqlite") == []  # the signing run closed its writer
         for _ in range(2):
             report = verify_file(copy)
             assert report["content_credentials"]["recovery"]["verdict"] == "matched"
-            assert open_on_registry() == []
+            assert _open_on(tmp_path / "registry.sqlite") == []
     finally:
         gc.enable()
+
+
+def _open_on(path: Path) -> list[str]:
+    """This process's open files that are ``path`` or its SQLite companions (-wal, -shm)."""
+    target = str(path.resolve())
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # closed since it was listed
+            continue
+    return [link for link in links if link.startswith(target)]
+
+
+@needs_watermark
+def test_process_closes_its_registry_writer_when_the_run_ends(cli_runner, identity, photo_dir, tmp_path):
+    """``process`` left its registry writer to the garbage collector (the lock test had to call
+    ``gc.collect()``): every driver now closes it when the run ends, through the run's runtime."""
+    import gc
+    import sqlite3
+
+    registry = tmp_path / "registry.sqlite"
+    gc.disable()
+    try:
+        # The local driver, then the executor's (-j 2 with one input runs its worker in this process).
+        for n, extra in enumerate(([], ["-j", "2"])):
+            result, lines = run_process(cli_runner, [photo_dir / "chelsea.png"], tmp_path / f"out{n}", *extra,
+                                        chain="watermark")
+            assert result.exit_code == 0 and lines[0]["status"] == "written", result.output
+            assert _open_on(registry) == [], extra
+    finally:
+        gc.enable()
+    with sqlite3.connect(registry) as db:
+        assert db.execute("SELECT COUNT(*) FROM manifests").fetchone()[0] == 2

@@ -201,6 +201,53 @@ def test_mark_needs_the_token_and_returns_a_marked_image(client, images):
     assert check["watermarked"] is True and check["content_credentials"]["status"] == "valid"
 
 
+def _open_on(path: Path) -> set[str]:
+    """This process's open descriptors on ``path`` (or its -wal/-shm companions)."""
+    target = str(path.resolve())
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(target):
+                found.add(fd)
+    return found
+
+
+def test_mark_loads_the_safety_model_once_per_process_and_closes_what_it_kept_at_shutdown(images, monkeypatch, tmp_path):
+    """The mark chain's safety stage loaded NudeNet's ONNX session for every request (0.4 s each);
+    it is now the engine's, shared by concurrent requests, and the registry writer the requests
+    shared is closed when the server shuts down (not left to the garbage collector)."""
+    import gc
+
+    from sdmark.plugins.safety.nudenet_backend import NudeNetBackend
+
+    loads = []
+    real_init = NudeNetBackend.__init__
+    monkeypatch.setattr(NudeNetBackend, "__init__", lambda self, *a, **k: loads.append(1) or real_init(self, *a, **k))
+    # A registry of its own: SQLite defers closing a file that another connection of the process
+    # holds locks on (the module's other servers use the shared one).
+    registry = tmp_path / "registry.sqlite"
+    monkeypatch.setenv("SDMARK_REGISTRY", str(registry))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    gc.disable()  # nothing is closed by the collector behind the test's back
+    try:
+        with TestClient(create_app(ServeSettings(token=TOKEN, threads=2))) as served:
+            answers: list = []
+            threads = [threading.Thread(target=lambda: answers.append(upload(served, images["unmarked"], url="/v1/mark",
+                                                                              headers=auth))) for _ in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            answers.append(upload(served, images["unmarked"], url="/v1/mark", headers=auth))
+            assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+            assert {a.headers["x-sdmark-stages"] for a in answers} == {"safety,watermark"}
+            assert len(loads) == 1
+            assert _open_on(registry)  # the writer the requests share stays open between them
+        assert _open_on(registry) == set()
+    finally:
+        gc.enable()
+
+
 def test_the_mark_chain_gets_safety_first_unless_turned_off_explicitly():
     from sdmark.core.errors import SdmarkError
     from sdmark.serve.work import _mark_chain

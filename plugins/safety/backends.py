@@ -2,8 +2,8 @@
 
 A backend is a :class:`SafetyBackend` subclass. Plugins contribute more through the
 ``sdmark_register_safety_backends(register)`` hook; ``safety:backend=NAME`` picks one. A backend
-loads its model in ``__init__`` (once per run: instances are cached in ``context.cache``) and judges
-a batch of images in :meth:`SafetyBackend.check`.
+loads its model in ``__init__`` (once per run: instances are kept by the runtime, see
+:func:`load_backend`) and judges a batch of images in :meth:`SafetyBackend.check`.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ class SafetyBackend:
     Subclasses set ``name`` (what users write after ``backend=``), ``description`` and ``uses`` (the
     stage options they read, among :data:`BACKEND_OPTIONS`), and implement ``__init__`` (load the
     model; raise :class:`~sdmark.core.errors.ModelLoadError` naming what was tried) and
-    :meth:`check`.
+    :meth:`check` (called from several threads at once in ``sdmark serve``: keep no per-call state
+    on the instance).
     """
 
     name: ClassVar[str]
@@ -124,11 +125,11 @@ def get_backend(name: str, runtime: Runtime) -> type[SafetyBackend]:
 
 
 def load_backend(name: str, options: dict[str, Any], context: RunContext) -> SafetyBackend:
-    """The backend instance for this run, loaded once and kept in ``context.cache``."""
-    cls = get_backend(name, context.require_runtime())
-    key = ("safety-backend", *cls.cache_key(options, context))
-    backend = context.cache.get(key)
-    if backend is None:
-        backend = cls(options, context)
-        context.cache[key] = backend
-    return backend
+    """The backend instance for this run, loaded once and kept by the run's runtime (a resource,
+    so a server that runs many short runs on one runtime loads it once per process; the run's
+    driver forgets it when the run ends). Backends are shared between a server's threads, so
+    :meth:`SafetyBackend.check` must be safe to call from several at once."""
+    runtime = context.require_runtime()
+    cls = get_backend(name, runtime)
+    key = ("safety-backend", context.mode, *cls.cache_key(options, context))
+    return runtime.resource(repr(key), lambda: cls(options, context))
