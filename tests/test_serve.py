@@ -117,6 +117,32 @@ def test_verify_returns_exactly_what_verify_json_prints(client, images):
     assert upload(client, images["unmarked"]).json()["watermarked"] is False
 
 
+def test_a_broken_registry_is_reported_without_the_servers_paths_or_database_address(images, tmp_path, monkeypatch):
+    """F5 of the attack review: registry errors quoted the server's own paths, and a database
+    registry was named by its URL (user, host, port) in ``recovery.registry`` and the errors."""
+    secret_folder = tmp_path / "srv-private-sdmark-state"
+    secret_folder.mkdir()
+    garbage = secret_folder / "registry.sqlite"
+    garbage.write_bytes(b"not a database" * 100)
+    for location, hidden in ((str(garbage), [str(secret_folder)]),
+                             ("postgresql://sdmark_reader:hunter2@127.0.0.1:9/provenance", ["sdmark_reader", "hunter2",
+                                                                                            "127.0.0.1", "postgresql://"])):
+        monkeypatch.setenv("SDMARK_REGISTRY", location)
+        with TestClient(create_app(ServeSettings())) as served:
+            response = upload(served, images["stripped"])
+        credentials = response.json()["content_credentials"]
+        assert credentials["registry_error"] and credentials["recovered_from_registry"] is False, credentials
+        for text in hidden:
+            assert text not in response.text, (text, credentials)
+    # Marking with a signing identity that has gone missing: the error says so, not where it was.
+    monkeypatch.setenv("SDMARK_SIGN_CERT", str(secret_folder / "signer-chain.pem"))
+    monkeypatch.setenv("SDMARK_SIGN_KEY", str(secret_folder / "signer.key"))
+    with TestClient(create_app(ServeSettings(token=TOKEN, mark_no_safety=True))) as served:
+        response = upload(served, images["unmarked"], url="/v1/mark", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 422 and "signer-chain.pem" in response.json()["error"], response.text
+    assert str(secret_folder) not in response.text
+
+
 def test_client_file_names_are_only_shown_never_used_as_paths(client, images):
     before = server_temp_dirs()
     report = upload(client, images["unmarked"], name="../../../../tmp/evil.png").json()
