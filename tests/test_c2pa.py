@@ -642,6 +642,26 @@ def test_edit_then_strip_never_reads_valid(cli_runner, identity, photo_dir, tmp_
     assert "PART OF THIS COPY WAS CHANGED" in human and code == 1
 
 
+@needs_watermark
+def test_a_transplanted_manifest_is_tampered_and_its_signer_named_under_the_anchor_given(
+        cli_runner, identity, photo_dir, tmp_path):
+    """The attack review's wording item: a manifest (PNG caBX chunk) copied into another PNG is
+    tampered, and its signer is under the anchor given with --trust: the line must not say it is not."""
+    signed, _ = _sign_marked(cli_runner, identity, photo_dir, tmp_path)
+    set_trust_anchors(None)  # the anchor comes from --trust alone
+    manifest = next(chunk for kind, chunk in _png_chunks(signed.read_bytes()) if kind == b"caBX")
+    other = tmp_path / "other.png"
+    Image.open(photo_dir / "chelsea.png").convert("RGB").save(other)
+    chunks = list(_png_chunks(other.read_bytes()))
+    host = tmp_path / "transplanted.png"
+    host.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks[0][1] + manifest + b"".join(chunk for _, chunk in chunks[1:]))
+    code, report, human = _verify_cli(cli_runner, host, "--trust", str(identity / "ca.pem"))
+    credentials = report["content_credentials"]
+    assert credentials["status"] == "tampered" and credentials["trusted"] is False, credentials
+    assert credentials["signer_trusted"] is True
+    assert "UNTRUSTED: the signer is under no trust anchor" not in human and "under a trust anchor given" in human
+
+
 def _local_edit(rgb: np.ndarray, kind: str) -> np.ndarray:
     """The attack review's local edits of astronaut.png (the face sits at x 150-230, y 70-150)."""
     import cv2
@@ -732,6 +752,20 @@ def test_junk_rows_do_not_push_the_genuine_row_out_of_the_check(cli_runner, iden
     recovery = inspect(stripped, [detection])["content_credentials"]["recovery"]
     assert recovery["verdict"] == "matched", recovery.get("reason")
     assert recovery["registry_matches"] == 41 and "unchecked" not in recovery
+
+    # Past the bound on rows checked per payload, the genuine row is not reached: the verdict says
+    # rows were left unchecked, in the JSON and in the line a person reads.
+    from sdmark.plugins.c2pa.verify import MAX_ROWS
+
+    with sqlite3.connect(tmp_path / "registry.sqlite") as db:
+        for n in range(40, MAX_ROWS + 10):
+            db.execute("INSERT INTO manifests (payload, scheme, manifest_label, manifest, format, title, created) "
+                       "VALUES ('aaaa0001', 'testmark', ?, x'00', 'image/png', 'junk.png', '2030-01-01')", (f"urn:junk:{n}",))
+    credentials = inspect(stripped, [detection])["content_credentials"]
+    recovery = credentials["recovery"]
+    assert recovery["verdict"] == "inconsistent" and credentials["recovered_from_registry"] is False
+    assert recovery["unchecked"] == 11 and "11 of 267 rows were left unchecked" in recovery["note"]
+    assert "11 more rows were not checked" in credentials["summary"]
 
 
 def test_a_self_signed_manifest_does_not_hide_a_copied_mark(cli_runner, identity, photo_dir, tmp_path, monkeypatch,
