@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdmark.core.executor import LocalExecutor, chunked, make_executor
+from sdmark.core.executor import ChunkResult, LocalExecutor, chunked, make_executor
 from sdmark.core.executor_ray import cpus_per_actor
 from sdmark.core.executor_steps import generate_chunks
 from sdmark.core.errors import SdmarkError
@@ -153,16 +153,12 @@ class _ClosingStep:
     def __init__(self, folder: str) -> None:
         self.folder = folder
 
-    def __call__(self, chunk: list) -> "ChunkResult":
+    def __call__(self, chunk: list) -> ChunkResult:
         import os
-
-        from sdmark.core.executor import ChunkResult
 
         return ChunkResult([os.getpid() for _ in chunk])
 
-    def fail(self, chunk: list, message: str) -> "ChunkResult":
-        from sdmark.core.executor import ChunkResult
-
+    def fail(self, chunk: list, message: str) -> ChunkResult:
         return ChunkResult([None for _ in chunk])
 
     def close(self) -> None:
