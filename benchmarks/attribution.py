@@ -283,7 +283,9 @@ def recovery_cost(signed: list[Path], folder: Path, repeats: int = 20) -> dict[s
 
     ``per image``: the registry opened and every row's signed manifest read for each image (as
     before, and as a caller without a session still gets); ``session``: one
-    :class:`~sdmark.plugins.c2pa.verify.RecoverySession` for the run, as ``sdmark verify`` keeps."""
+    :class:`~sdmark.plugins.c2pa.verify.RecoverySession` for the run, as ``sdmark verify`` keeps.
+    Every call has the run's runtime (which keeps the SDK's reading context), as in ``verify``."""
+    from sdmark.core.runtime import Runtime
     from sdmark.plugins.c2pa.verify import RecoverySession, inspect_credentials
     from sdmark.plugins.c2pa.settings import registry_path
     from sdmark.plugins.watermark.verify import verify_image
@@ -296,6 +298,7 @@ def recovery_cost(signed: list[Path], folder: Path, repeats: int = 20) -> dict[s
         image.load()
         cases.append((copy, image, verify_image(image)["detections"]))
     timings = {}
+    runtime = Runtime.load()
     for label, registry in (("per image", os.environ["SDMARK_REGISTRY"]), ("session", os.environ["SDMARK_REGISTRY"]),
                             ("off", "off")):
         with environment(SDMARK_REGISTRY=registry):
@@ -303,16 +306,17 @@ def recovery_cost(signed: list[Path], folder: Path, repeats: int = 20) -> dict[s
             session = RecoverySession(location) if label == "session" and location is not None else None
             runs = []
             for copy, image, detections in cases:
-                inspect_credentials(copy, detections, image, session)  # warm
+                inspect_credentials(copy, detections, image, session, runtime)  # warm
                 best = float("inf")
                 for _ in range(repeats):
                     start = time.perf_counter()
-                    inspect_credentials(copy, detections, image, session)
+                    inspect_credentials(copy, detections, image, session, runtime)
                     best = min(best, time.perf_counter() - start)
                 runs.append(best * 1000)
             if session is not None:
                 session.close()
             timings[label] = statistics.median(runs)
+            runtime.close_resources()  # the next label reads with anchors of its own
     return timings
 
 

@@ -13,6 +13,7 @@ otherwise; ``ray`` (``sdmark[ray]``) is :class:`sdmark.core.executor_ray.RayExec
 
 from __future__ import annotations
 
+import contextlib
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -44,6 +45,11 @@ class Step(Protocol):
         """Failed results for every item of ``chunk`` (the step itself broke on it)."""
         ...
 
+    def close(self) -> None:
+        """Release what the step's runtime kept open for the run (a registry writer, a model); the
+        executor calls it once the worker has no more chunks."""
+        ...
+
 
 StepFactory = Callable[[], Step]
 
@@ -54,6 +60,24 @@ def run_chunk(step: Step, chunk: list[Any]) -> ChunkResult:
         return step(chunk)
     except Exception as exc:  # fail closed per item, as the local single-process run does
         return step.fail(chunk, f"{type(exc).__name__}: {exc}")
+
+
+def close_step(step: Step | None) -> None:
+    """Call ``step.close()`` if it has one (a third party's step may not)."""
+    close = getattr(step, "close", None)
+    if close is not None:
+        close()
+
+
+@contextlib.contextmanager
+def resources_closed(runtime: Any, keep: bool = False) -> Iterator[None]:
+    """Close ``runtime``'s resources (``runtime.close_resources()``) when the block ends, however
+    it ends, unless ``keep`` (the caller runs many runs on one runtime and closes them itself)."""
+    try:
+        yield
+    finally:
+        if not keep and runtime is not None:
+            runtime.close_resources()
 
 
 def carried_environment() -> dict[str, str]:
@@ -106,6 +130,12 @@ def _init_worker(factory: StepFactory, carried: dict[str, str]) -> None:
         _worker_step = factory()
     except Exception as exc:  # raised again with the first chunk, so the driver sees the reason
         _worker_error = exc
+        return
+    import multiprocessing.util
+
+    # Run when the pool shuts the worker down (its process exits through multiprocessing's own
+    # exit handler), so what the step kept open (a registry writer) is closed, not just dropped.
+    multiprocessing.util.Finalize(None, close_step, args=(_worker_step,), exitpriority=10)
 
 
 def _run_in_worker(chunk: list[Any]) -> ChunkResult:
@@ -128,8 +158,11 @@ class LocalExecutor(Executor):
             return
         if self.workers == 1 or len(chunks) == 1:
             step = factory()
-            for chunk in chunks:
-                yield run_chunk(step, chunk)
+            try:
+                for chunk in chunks:
+                    yield run_chunk(step, chunk)
+            finally:
+                close_step(step)
             return
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor

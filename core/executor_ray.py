@@ -30,7 +30,8 @@ from typing import Any, Iterator, Literal, Sequence
 import numpy as np
 
 from sdmark.core.errors import SdmarkError
-from sdmark.core.executor import ChunkResult, Executor, StepFactory, apply_environment, carried_environment, run_chunk
+from sdmark.core.executor import (ChunkResult, Executor, StepFactory, apply_environment, carried_environment, close_step,
+                                  run_chunk)
 
 _MISSING = "Ray is not installed (pip install 'sdmark[ray]')"
 # Left for Ray Data's own tasks (its input and output operators) on the cluster's CPU slots.
@@ -92,6 +93,11 @@ class ChunkActor:
             self.step = factory()
         except Exception as exc:  # reported with the first chunk: Ray would retry the actor forever
             self.error = exc
+
+    def __del__(self) -> None:
+        # Ray Data drops its callable-class instances when the run's actor pool shuts down
+        # gracefully: what the step kept open (a registry writer) is closed then.
+        close_step(getattr(self, "step", None))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = []
@@ -203,6 +209,9 @@ class VerifyImages:
 
         self.step = VerifyStep(schemes, all_schemes)
 
+    def __del__(self) -> None:  # when Ray Data shuts the actor pool down: the registry session
+        close_step(getattr(self, "step", None))
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [str(path) for path in batch["path"]]
         reports = self.step([(path, None) for path in paths]).results
@@ -235,6 +244,9 @@ class ProcessImages:
         output = OutputOptions(Path(output_dir), format, quality, overwrite)
         self.step = ProcessStep(built, output, safety, device)
         self.next_index = 0
+
+    def __del__(self) -> None:  # when Ray Data shuts the actor pool down: the registry writer
+        close_step(getattr(self, "step", None))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from sdmark.core.executor_steps import ProcessJob

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 from sdmark.core.chain import Chain
 from sdmark.core.errors import ImageReadError
-from sdmark.core.executor import ChunkResult, Executor, chunked
+from sdmark.core.executor import ChunkResult, Executor, chunked, resources_closed
 from sdmark.core.io import InputEntry
 from sdmark.core.output import ItemResult, OutputOptions, Writer, finish_batch
 from sdmark.core.runtime import Runtime
@@ -77,6 +77,9 @@ class VerifyStep:
         return ChunkResult([{"path": path, "watermarked": None, "detections": [], "error": f"{path}: {message}"}
                             for path, _ in chunk])
 
+    def close(self) -> None:
+        self.runtime.close_resources()  # the registry session of this worker's checks
+
 
 @dataclass(frozen=True)
 class ProcessJob:
@@ -131,6 +134,9 @@ class ProcessStep:
         return ChunkResult([(False, ItemResult(name=job.entry.path.name, status="failed", source=job.entry.path,
                                                error=f"{job.entry.path}: {message}")) for job in chunk])
 
+    def close(self) -> None:
+        self.chain.runtime.close_resources()  # this worker's registry writer, safety model, contexts
+
 
 class GenerateStep:
     """``sdmark generate`` for chunks of image indices; one pipeline per worker (its own GPU on Ray)."""
@@ -153,11 +159,15 @@ class GenerateStep:
 
         warnings: list[str] = []
         results = generate(self.settings, self.chain, self.output, safety=self.safety, pipeline=self.pipeline,
-                           progress=False, warn=warnings.append, indices=set(chunk), names=self.names)
+                           progress=False, warn=warnings.append, indices=set(chunk), names=self.names,
+                           keep_resources=True)  # closed once, when the worker is done (close())
         return ChunkResult([_strip(result) for result in results], warnings)
 
     def fail(self, chunk: list[int], message: str) -> ChunkResult:
         return ChunkResult([ItemResult(name=f"image {index}", status="failed", error=message) for index in chunk])
+
+    def close(self) -> None:
+        self.chain.runtime.close_resources()  # this worker's registry writer, safety model, contexts
 
 
 # -- drivers --------------------------------------------------------------------------------
@@ -257,7 +267,9 @@ def process_with(
                 on_result(result)
         bar.update(len(batch))
 
-    with tqdm(total=len(entries), unit="img", desc="processing", disable=None if progress is None else not progress) as bar:
+    # The driver's own resources (the in-process worker's, when the executor runs here) close with the run.
+    with resources_closed(chain.runtime), \
+            tqdm(total=len(entries), unit="img", desc="processing", disable=None if progress is None else not progress) as bar:
         for done in executor.map(factory, chunked(jobs, batch_size)):
             warnings(done.warnings)
             for read_failed, result in done.results:
@@ -303,7 +315,8 @@ def generate_with(
     factory = partial(GenerateStep, settings, chain, output, safety, torch_threads(), tuple(names))
     chunks = generate_chunks(total, settings.batch_size, executor.plan(gpus_per_worker=1))
     results: list[ItemResult] = []
-    with tqdm(total=total, unit="img", desc="generating", disable=None if progress is None else not progress) as bar:
+    with resources_closed(chain.runtime), \
+            tqdm(total=total, unit="img", desc="generating", disable=None if progress is None else not progress) as bar:
         for done in executor.map(factory, chunks, gpus_per_worker=1):
             warnings(done.warnings)
             for result in done.results:

@@ -119,6 +119,7 @@ def generate(
     indices: Collection[int] | None = None,
     names: Sequence[str] | None = None,
     runtime: Runtime | None = None,
+    keep_resources: bool = False,
 ) -> list[ItemResult]:
     """Generate images for ``settings`` through ``chain``; write them to ``output`` if given.
 
@@ -132,7 +133,9 @@ def generate(
     output names from :func:`plan_run` (the checks then are not repeated): how an executor's workers
     share one run that its driver planned (see :mod:`sdmark.core.executor_steps`).
     Hooks run on the chain's runtime; ``runtime`` is the one an empty chain gets when ``chain`` is
-    ``None`` (the installed plugins when that is ``None`` too).
+    ``None`` (the installed plugins when that is ``None`` too). What plugins kept open for the run
+    (the registry writer, the safety model) is closed when it ends, unless ``keep_resources`` (an
+    executor's worker, which closes them when it has no more work).
     """
     import torch
     from tqdm.auto import tqdm
@@ -158,7 +161,6 @@ def generate(
     model = settings.model if pipeline is None else (pipe.config.get("_name_or_path") or settings.model)
     context = RunContext(mode="generate", device=str(pipe._execution_device), settings=settings,
                          pipeline=pipe, model=model, warn=warn, runtime=runtime)
-    chain.setup(context)
     writer = Writer(output, context) if output is not None else None
     sampler = sampler_name(pipe, settings.scheduler if pipeline is None else None)
     jobs = [job for job in _jobs(settings) if indices is None or job[0] in indices]
@@ -168,6 +170,7 @@ def generate(
     # disable=None: a bar on a terminal, silence in logs and pipes (tqdm writes to stderr).
     bar = tqdm(total=len(jobs) * steps_per_image, unit="step", desc="generating", disable=None if progress is None else not progress)
     try:
+        chain.setup(context)
         for start in range(0, len(jobs), settings.batch_size):
             batch_jobs = jobs[start : start + settings.batch_size]
             records = [
@@ -192,6 +195,8 @@ def generate(
             results += finish_batch(items, chain, context, writer, on_result)
     finally:
         bar.close()
+        if not keep_resources:
+            runtime.close_resources()
     return results
 
 

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable, Literal
 
 from sdmark.core.chain import Chain
 from sdmark.core.errors import ImageReadError, SdmarkError
+from sdmark.core.executor import resources_closed
 from sdmark.core.io import InputEntry, iter_inputs, output_format, read_image, sha256_file
 from sdmark.core.metadata import declared_by_input, foreign_text
 from sdmark.core.output import ItemResult, OutputOptions, Writer, check_conflicts, finish_batch, remove_stale_temps
@@ -207,6 +208,7 @@ def process_images(
     warn: Callable[[str], None] | None = None,
     on_skipped: Callable[[Path, str], None] | None = None,
     keep_metadata: bool = False,
+    keep_resources: bool = False,
 ) -> list[ItemResult]:
     """Run ``chain`` on image files and folders (recursively); one :class:`ItemResult` per input.
 
@@ -218,6 +220,9 @@ def process_images(
     input order; ``on_result`` sees each as it is finished (a file that cannot be read at once, the
     others batch by batch). ``keep_metadata`` carries each input's own text metadata along, renamed
     ``source:KEY`` and bounded in size; without it, it is dropped (the record lists it either way).
+    What plugins kept open for the run (the registry writer, the safety model) is closed when it
+    ends (``chain.runtime.close_resources()``), unless ``keep_resources``: a caller that runs many
+    runs on one runtime (``sdmark serve``) keeps them and closes them itself.
     """
     from tqdm.auto import tqdm
 
@@ -230,10 +235,11 @@ def process_images(
     writer = Writer(output, context, protected=run.protected) if output is not None else None
     if writer is not None:
         writer.assign(run.targets)
-    chain.setup(context)
     results: dict[int, ItemResult] = {}
     pending: list[ImageItem] = []
-    with tqdm(total=len(entries), unit="img", desc="processing", disable=None if progress is None else not progress) as bar:
+    with resources_closed(chain.runtime, keep_resources), \
+            tqdm(total=len(entries), unit="img", desc="processing", disable=None if progress is None else not progress) as bar:
+        chain.setup(context)
 
         def flush() -> None:
             for item, result in zip(list(pending), finish_batch(pending, chain, context, writer, on_result)):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
@@ -87,6 +88,7 @@ class Runtime:
         self._origins: dict[str, tuple[str | None, str | None]] = {}
         self._undo_tracing: Callable[[], None] | None = None
         self._resources: dict[tuple[str, int], Any] = {}
+        self._resources_lock = threading.RLock()
         self._environ: dict[str, str] = {}
         self.skipped: list[str] = []
         """Entry points the allowlist or the deny list kept out (in entry-point order)."""
@@ -231,15 +233,17 @@ class Runtime:
         :meth:`close_resources`. Whoever drives a run (verify's drivers, a server's engine) closes
         them when it ends; a worker process's die with it."""
         key = (name, os.getpid())  # an object opened before a fork stays with its process
-        if key not in self._resources:
-            self._resources[key] = open()
-        return self._resources[key]
+        with self._resources_lock:  # threads of one server share a run's resources: opened once
+            if key not in self._resources:
+                self._resources[key] = open()
+            return self._resources[key]
 
     def close_resources(self) -> None:
         """Close (``close()``) and forget every :meth:`resource` of this process; the next use opens anew."""
         pid = os.getpid()
-        for key in [key for key in self._resources if key[1] == pid]:
-            resource = self._resources.pop(key)
+        with self._resources_lock:
+            closing = [self._resources.pop(key) for key in [key for key in self._resources if key[1] == pid]]
+        for resource in closing:
             close = getattr(resource, "close", None)
             if close is not None:
                 close()

@@ -4,6 +4,7 @@ temp folder and admission place released when its work ends."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import threading
@@ -112,17 +113,29 @@ class Engine:
         return [self.verify_path(upload.path, upload.name) for upload in uploads]
 
     def mark(self, upload: Upload, folder: Path, fmt: str) -> tuple[bytes, dict[str, Any]]:
-        """Run the operator's mark chain on the upload; the written file's bytes and its record."""
+        """Run the operator's mark chain on the upload; the written file's bytes and its record.
+        Raises :class:`SdmarkError` (its message without server paths) when the chain refuses or fails it."""
+        warnings: list[str] = []
+        out = folder / "out"
+        assert self.mark_chain is not None, "marking is off without a token"
+        try:
+            return self._mark(upload, out, fmt, warnings)
+        except SdmarkError as exc:  # the chain refused or failed the image: said without server paths
+            raise SdmarkError(without_server_paths(renamed(renamed(str(exc), str(upload.path), upload.name),
+                                                           f"{folder}/", ""))) from None
+
+    def _mark(self, upload: Upload, out: Path, fmt: str, warnings: list[str]) -> tuple[bytes, dict[str, Any]]:
         from sdmark.core.chain import parse_chain
         from sdmark.core.output import OutputOptions
         from sdmark.core.process import process_images
 
-        warnings: list[str] = []
-        out = folder / "out"
-        assert self.mark_chain is not None, "marking is off without a token"
+        assert self.mark_chain is not None
         results = process_images([upload.path], parse_chain(self.mark_chain, self.runtime), OutputOptions(directory=out, format=fmt),
                                  safety="off" if self.settings.mark_no_safety else "on", batch_size=1, device="cpu",
-                                 progress=False, warn=warnings.append)
+                                 progress=False, warn=warnings.append,
+                                 # The safety model, signing context and registry writer stay loaded for
+                                 # the next request; the engine closes them at shutdown (close()).
+                                 keep_resources=True)
         result = results[0]
         if result.status != "written" or result.path is None:
             raise SdmarkError(renamed(result.error or f"not written ({result.status})", str(upload.path), upload.name))
@@ -134,7 +147,7 @@ class Engine:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.runtime.close_resources()  # the registry session the checks shared
+        self.runtime.close_resources()  # what every request shared: registry session and writer, safety model
 
 
 def _mark_chain(settings: ServeSettings) -> str:
@@ -158,22 +171,59 @@ def _mark_chain(settings: ServeSettings) -> str:
 def renamed(value: Any, private: str, public: str) -> Any:
     """``value`` with every mention of the private temp path replaced by the client's display name,
     so no server path reaches a response and the report reads like ``verify`` on that file."""
+    return _rewritten(value, lambda text: text.replace(private, public))
+
+
+def _rewritten(value: Any, rewrite: Callable[[str], str]) -> Any:
+    """``value`` (JSON-like) with ``rewrite`` applied to every string in it."""
     if isinstance(value, str):
-        return value.replace(private, public)
+        return rewrite(value)
     if isinstance(value, dict):
-        return {key: renamed(item, private, public) for key, item in value.items()}
+        return {key: _rewritten(item, rewrite) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [renamed(item, private, public) for item in value]
+        return [_rewritten(item, rewrite) for item in value]
     return value
 
 
-def without_server_paths(report: dict[str, Any]) -> dict[str, Any]:
-    """``report`` with the server's own files (its registry, its trust anchors) named by their file
-    name only: a client learns which anchor or registry answered, not where they live on the server."""
-    from sdmark.plugins.c2pa import settings
+def without_server_paths(report: Any) -> Any:
+    """``report`` with the server's own files (its registry, its trust anchors, its keys) named by
+    their file name only, and a database registry by no address at all (no user, host or port,
+    which its connection errors quote): a client learns which anchor or registry answered, not
+    where they live on the server."""
+    import re
 
-    paths = [path for path in (settings.registry_path(), *settings.trust_anchor_paths()) if isinstance(path, Path)]
-    for path in paths:
-        for spelling in {str(path), str(path.resolve())}:
-            report = renamed(report, spelling, path.name)
-    return report
+    from sdmark.plugins.c2pa import settings
+    from sdmark.plugins.c2pa.registry_store import DatabaseURL
+
+    location = settings.registry_path()
+    replacements: list[tuple[str, str]] = []
+    # The files the server's own settings name (keys, signing certificate and key, anchors).
+    named = [Path(part).expanduser() for name, value in os.environ.items() if name.startswith("SDMARK_")
+             for part in value.split(os.pathsep) if part.startswith(("/", "~/")) and not any(c.isspace() for c in part)]
+    for path in (location, *settings.trust_anchor_paths(), settings.keys_dir(), *named):
+        if isinstance(path, Path):
+            replacements += [(spelling, path.name) for spelling in {str(path.resolve()), str(path)}]
+    patterns: list[tuple[re.Pattern[str], str]] = []
+    if isinstance(location, DatabaseURL):
+        from urllib.parse import urlsplit
+
+        replacements += [(location.url, "the registry database"), (str(location), "the registry database")]
+        parts = urlsplit(location.url)
+        if parts.password:
+            replacements.append((parts.password, "***"))
+        for name, word in ((parts.hostname, "the database host"), (parts.username, "***")):
+            if name:  # as a whole word: a short host name must not be cut out of other words
+                patterns.append((re.compile(rf"(?<![\w.-]){re.escape(name)}(?![\w-])"), word))
+        if parts.port:
+            patterns.append((re.compile(rf"\bport {parts.port}\b"), "port ***"))
+    # Longest first: a folder's own spelling must not be cut in two by a shorter one inside it.
+    replacements.sort(key=lambda pair: -len(pair[0]))
+
+    def rewrite(text: str) -> str:
+        for private, public in replacements:
+            text = text.replace(private, public)
+        for pattern, public in patterns:
+            text = pattern.sub(public, text)
+        return text
+
+    return _rewritten(report, rewrite)

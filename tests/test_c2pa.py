@@ -652,6 +652,26 @@ def test_edit_then_strip_never_reads_valid(cli_runner, identity, photo_dir, tmp_
     assert "PART OF THIS COPY WAS CHANGED" in human and code == 1
 
 
+@needs_watermark
+def test_a_transplanted_manifest_is_tampered_and_its_signer_named_under_the_anchor_given(
+        cli_runner, identity, photo_dir, tmp_path):
+    """The attack review's wording item: a manifest (PNG caBX chunk) copied into another PNG is
+    tampered, and its signer is under the anchor given with --trust: the line must not say it is not."""
+    signed, _ = _sign_marked(cli_runner, identity, photo_dir, tmp_path)
+    set_trust_anchors(None)  # the anchor comes from --trust alone
+    manifest = next(chunk for kind, chunk in _png_chunks(signed.read_bytes()) if kind == b"caBX")
+    other = tmp_path / "other.png"
+    Image.open(photo_dir / "chelsea.png").convert("RGB").save(other)
+    chunks = list(_png_chunks(other.read_bytes()))
+    host = tmp_path / "transplanted.png"
+    host.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks[0][1] + manifest + b"".join(chunk for _, chunk in chunks[1:]))
+    code, report, human = _verify_cli(cli_runner, host, "--trust", str(identity / "ca.pem"))
+    credentials = report["content_credentials"]
+    assert credentials["status"] == "tampered" and credentials["trusted"] is False, credentials
+    assert credentials["signer_trusted"] is True
+    assert "UNTRUSTED: the signer is under no trust anchor" not in human and "under a trust anchor given" in human
+
+
 def _local_edit(rgb: np.ndarray, kind: str) -> np.ndarray:
     """The attack review's local edits of astronaut.png (the face sits at x 150-230, y 70-150)."""
     import cv2
@@ -743,6 +763,20 @@ def test_junk_rows_do_not_push_the_genuine_row_out_of_the_check(cli_runner, iden
     assert recovery["verdict"] == "matched", recovery.get("reason")
     assert recovery["registry_matches"] == 41 and "unchecked" not in recovery
 
+    # Past the bound on rows checked per payload, the genuine row is not reached: the verdict says
+    # rows were left unchecked, in the JSON and in the line a person reads.
+    from sdmark.plugins.c2pa.verify import MAX_ROWS
+
+    with sqlite3.connect(tmp_path / "registry.sqlite") as db:
+        for n in range(40, MAX_ROWS + 10):
+            db.execute("INSERT INTO manifests (payload, scheme, manifest_label, manifest, format, title, created) "
+                       "VALUES ('aaaa0001', 'testmark', ?, x'00', 'image/png', 'junk.png', '2030-01-01')", (f"urn:junk:{n}",))
+    credentials = inspect(stripped, [detection])["content_credentials"]
+    recovery = credentials["recovery"]
+    assert recovery["verdict"] == "inconsistent" and credentials["recovered_from_registry"] is False
+    assert recovery["unchecked"] == 11 and "11 of 267 rows were left unchecked" in recovery["note"]
+    assert "11 more rows were not checked" in credentials["summary"]
+
 
 def test_a_self_signed_manifest_does_not_hide_a_copied_mark(cli_runner, identity, photo_dir, tmp_path, monkeypatch,
                                                             register_plugin):
@@ -827,7 +861,6 @@ def test_one_verify_run_opens_the_registry_once_and_a_locked_one_costs_one_busy_
     """Recovery opened the registry for every image: a connection each, and with a writer holding
     the lock, one busy wait (2 s) each. One run now keeps one session: one open, and a locked
     registry is asked once, reported as ``registry_error`` for every image, never read unlocked."""
-    import gc
     import sqlite3
     import time
 
@@ -845,7 +878,7 @@ def test_one_verify_run_opens_the_registry_once_and_a_locked_one_costs_one_busy_
     assert [r["content_credentials"]["recovery"]["verdict"] for r in reports] == ["matched"] * 4, result.output
     assert len(opened) == 1
     registry = tmp_path / "registry.sqlite"
-    gc.collect()  # the signing run's registry writer (kept in its RunContext) must be gone to leave WAL mode
+    # The signing run closed its registry writer when it ended, so the file can leave WAL mode.
     writer = sqlite3.connect(registry, isolation_level=None)
     writer.execute("PRAGMA journal_mode=DELETE")
     writer.execute("BEGIN EXCLUSIVE")
@@ -873,20 +906,48 @@ def test_a_verify_file_call_without_a_runtime_closes_what_it_opened(cli_runner, 
 
     from sdmark.plugins.watermark.verify import verify_file
 
-    signed, _ = _sign_marked(cli_runner, identity, photo_dir, tmp_path)
-    copy = strip_metadata(signed, tmp_path / "copy.png")
-    gc.collect()
-    registry = str((tmp_path / "registry.sqlite").resolve())
-
-    def open_on_registry() -> list[str]:
-        links = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")]
-        return [link for link in links if link.startswith(registry)]
-
     gc.disable()  # nothing is closed by the collector behind the test's back
     try:
+        signed, _ = _sign_marked(cli_runner, identity, photo_dir, tmp_path)
+        copy = strip_metadata(signed, tmp_path / "copy.png")
+        assert _open_on(tmp_path / "registry.sqlite") == []  # the signing run closed its writer
         for _ in range(2):
             report = verify_file(copy)
             assert report["content_credentials"]["recovery"]["verdict"] == "matched"
-            assert open_on_registry() == []
+            assert _open_on(tmp_path / "registry.sqlite") == []
     finally:
         gc.enable()
+
+
+def _open_on(path: Path) -> list[str]:
+    """This process's open files that are ``path`` or its SQLite companions (-wal, -shm)."""
+    target = str(path.resolve())
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # closed since it was listed
+            continue
+    return [link for link in links if link.startswith(target)]
+
+
+@needs_watermark
+def test_process_closes_its_registry_writer_when_the_run_ends(cli_runner, identity, photo_dir, tmp_path):
+    """``process`` left its registry writer to the garbage collector (the lock test had to call
+    ``gc.collect()``): every driver now closes it when the run ends, through the run's runtime."""
+    import gc
+    import sqlite3
+
+    registry = tmp_path / "registry.sqlite"
+    gc.disable()
+    try:
+        # The local driver, then the executor's (-j 2 with one input runs its worker in this process).
+        for n, extra in enumerate(([], ["-j", "2"])):
+            result, lines = run_process(cli_runner, [photo_dir / "chelsea.png"], tmp_path / f"out{n}", *extra,
+                                        chain="watermark")
+            assert result.exit_code == 0 and lines[0]["status"] == "written", result.output
+            assert _open_on(registry) == [], extra
+    finally:
+        gc.enable()
+    with sqlite3.connect(registry) as db:
+        assert db.execute("SELECT COUNT(*) FROM manifests").fetchone()[0] == 2

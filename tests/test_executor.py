@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdmark.core.executor import LocalExecutor, chunked, make_executor
+from sdmark.core.executor import ChunkResult, LocalExecutor, chunked, make_executor
 from sdmark.core.executor_ray import cpus_per_actor
 from sdmark.core.executor_steps import generate_chunks
 from sdmark.core.errors import SdmarkError
@@ -145,3 +145,39 @@ def test_local_executor_reports_a_worker_setup_error():
 
     with LocalExecutor(2) as pool, pytest.raises(SdmarkError, match="no-such-scheme"):
         list(pool.map(partial(VerifyStep, ("no-such-scheme",)), [[("a.png", None)], [("b.png", None)]]))
+
+
+class _ClosingStep:
+    """A step that records, in ``folder``, each process that closed it."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def __call__(self, chunk: list) -> ChunkResult:
+        import os
+
+        return ChunkResult([os.getpid() for _ in chunk])
+
+    def fail(self, chunk: list, message: str) -> ChunkResult:
+        return ChunkResult([None for _ in chunk])
+
+    def close(self) -> None:
+        import os
+
+        (Path(self.folder) / f"closed-{os.getpid()}").touch()
+
+
+def test_every_worker_closes_its_step_when_the_run_ends(tmp_path):
+    """What a worker's step kept open for the run (``process``'s registry writer) is closed when the
+    worker stops, in this process and in each spawned one, not left to the process's exit."""
+    import os
+    from functools import partial
+
+    with LocalExecutor(1) as pool:
+        list(pool.map(partial(_ClosingStep, str(tmp_path)), [[1], [2]]))
+    assert [p.name for p in tmp_path.iterdir()] == [f"closed-{os.getpid()}"]
+    with LocalExecutor(2) as pool:
+        workers = {pid for done in pool.map(partial(_ClosingStep, str(tmp_path)), [[1], [2], [3], [4]])
+                   for pid in done.results}
+    closed = {int(p.name.split("-")[1]) for p in tmp_path.iterdir()} - {os.getpid()}
+    assert workers <= closed and len(closed) == 2

@@ -117,6 +117,32 @@ def test_verify_returns_exactly_what_verify_json_prints(client, images):
     assert upload(client, images["unmarked"]).json()["watermarked"] is False
 
 
+def test_a_broken_registry_is_reported_without_the_servers_paths_or_database_address(images, tmp_path, monkeypatch):
+    """F5 of the attack review: registry errors quoted the server's own paths, and a database
+    registry was named by its URL (user, host, port) in ``recovery.registry`` and the errors."""
+    secret_folder = tmp_path / "srv-private-sdmark-state"
+    secret_folder.mkdir()
+    garbage = secret_folder / "registry.sqlite"
+    garbage.write_bytes(b"not a database" * 100)
+    for location, hidden in ((str(garbage), [str(secret_folder)]),
+                             ("postgresql://sdmark_reader:hunter2@127.0.0.1:9/provenance", ["sdmark_reader", "hunter2",
+                                                                                            "127.0.0.1", "postgresql://"])):
+        monkeypatch.setenv("SDMARK_REGISTRY", location)
+        with TestClient(create_app(ServeSettings())) as served:
+            response = upload(served, images["stripped"])
+        credentials = response.json()["content_credentials"]
+        assert credentials["registry_error"] and credentials["recovered_from_registry"] is False, credentials
+        for text in hidden:
+            assert text not in response.text, (text, credentials)
+    # Marking with a signing identity that has gone missing: the error says so, not where it was.
+    monkeypatch.setenv("SDMARK_SIGN_CERT", str(secret_folder / "signer-chain.pem"))
+    monkeypatch.setenv("SDMARK_SIGN_KEY", str(secret_folder / "signer.key"))
+    with TestClient(create_app(ServeSettings(token=TOKEN, mark_no_safety=True))) as served:
+        response = upload(served, images["unmarked"], url="/v1/mark", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 422 and "signer-chain.pem" in response.json()["error"], response.text
+    assert str(secret_folder) not in response.text
+
+
 def test_client_file_names_are_only_shown_never_used_as_paths(client, images):
     before = server_temp_dirs()
     report = upload(client, images["unmarked"], name="../../../../tmp/evil.png").json()
@@ -199,6 +225,53 @@ def test_mark_needs_the_token_and_returns_a_marked_image(client, images):
     assert marked.headers["content-type"] == "image/webp" and marked.headers["x-sdmark-stages"] == "watermark"
     check = client.post("/v1/verify", files={"file": ("marked.webp", marked.content)}).json()
     assert check["watermarked"] is True and check["content_credentials"]["status"] == "valid"
+
+
+def _open_on(path: Path) -> set[str]:
+    """This process's open descriptors on ``path`` (or its -wal/-shm companions)."""
+    target = str(path.resolve())
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(target):
+                found.add(fd)
+    return found
+
+
+def test_mark_loads_the_safety_model_once_per_process_and_closes_what_it_kept_at_shutdown(images, monkeypatch, tmp_path):
+    """The mark chain's safety stage loaded NudeNet's ONNX session for every request (0.4 s each);
+    it is now the engine's, shared by concurrent requests, and the registry writer the requests
+    shared is closed when the server shuts down (not left to the garbage collector)."""
+    import gc
+
+    from sdmark.plugins.safety.nudenet_backend import NudeNetBackend
+
+    loads = []
+    real_init = NudeNetBackend.__init__
+    monkeypatch.setattr(NudeNetBackend, "__init__", lambda self, *a, **k: loads.append(1) or real_init(self, *a, **k))
+    # A registry of its own: SQLite defers closing a file that another connection of the process
+    # holds locks on (the module's other servers use the shared one).
+    registry = tmp_path / "registry.sqlite"
+    monkeypatch.setenv("SDMARK_REGISTRY", str(registry))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    gc.disable()  # nothing is closed by the collector behind the test's back
+    try:
+        with TestClient(create_app(ServeSettings(token=TOKEN, threads=2))) as served:
+            answers: list = []
+            threads = [threading.Thread(target=lambda: answers.append(upload(served, images["unmarked"], url="/v1/mark",
+                                                                              headers=auth))) for _ in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            answers.append(upload(served, images["unmarked"], url="/v1/mark", headers=auth))
+            assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+            assert {a.headers["x-sdmark-stages"] for a in answers} == {"safety,watermark"}
+            assert len(loads) == 1
+            assert _open_on(registry)  # the writer the requests share stays open between them
+        assert _open_on(registry) == set()
+    finally:
+        gc.enable()
 
 
 def test_the_mark_chain_gets_safety_first_unless_turned_off_explicitly():

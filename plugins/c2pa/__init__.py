@@ -71,7 +71,7 @@ def sdmark_before_save(item: Any, path: Path, context: Any) -> None:
         if exc.name != "c2pa":
             raise
         return
-    found = input_credentials(Path(item.source))
+    found = input_credentials(Path(item.source), context.runtime)
     if found is not None:
         source["credentials"] = found
         declared = source.get("declared") or {}
@@ -98,7 +98,7 @@ def sdmark_inspect_image(path: Path, image: Any, metadata: dict[str, Any], repor
 
         # One registry connection and row cache per run, kept by the runtime (closed when the run ends).
         report["content_credentials"] = inspect_credentials(Path(path), report.get("detections"), image,
-                                                            recovery_session(runtime))
+                                                            recovery_session(runtime), runtime)
     except ImportError as exc:
         if exc.name != "c2pa":
             raise

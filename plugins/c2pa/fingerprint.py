@@ -94,6 +94,9 @@ class Fingerprint:
     """The luma thumbnail at long side :data:`FINE_SIDE` (``None`` in fingerprints signed before it)."""
     energy: np.ndarray | None = field(default=None, repr=False, compare=False)
     """Quantised log detail energy per cell (:func:`energy_grid`; ``None`` in older fingerprints)."""
+    signed_thumbnail: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    """The thumbnail's JSON as the signed manifest has it (:meth:`from_json`), so that showing it
+    needs no second compression."""
 
     @property
     def detailed(self) -> bool:
@@ -102,6 +105,8 @@ class Fingerprint:
 
     def thumbnail_json(self) -> dict[str, Any]:
         """The small greyscale thumbnail as plain JSON (zlib-compressed base64 bytes, row by row)."""
+        if self.signed_thumbnail is not None:
+            return dict(self.signed_thumbnail)
         thumb = np.ascontiguousarray(self.thumbnail, dtype=np.uint8)
         return {"width": int(thumb.shape[1]), "height": int(thumb.shape[0]),
                 "grey_zlib_b64": base64.b64encode(zlib.compress(thumb.tobytes(), 9)).decode("ascii")}
@@ -164,7 +169,8 @@ class Fingerprint:
         except (KeyError, TypeError, ValueError, zlib.error) as exc:
             raise ValueError(f"malformed fingerprint: {exc}") from None
         return cls(width=width, height=height, pdq=pdq, thumbnail=pixels.reshape(th, tw).copy(), chroma=chroma,
-                   fine=fine, energy=energy)
+                   fine=fine, energy=energy,
+                   signed_thumbnail={"width": tw, "height": th, "grey_zlib_b64": str(thumb["grey_zlib_b64"])})
 
 
 MAX_SIDE = 1 << 16
@@ -228,7 +234,12 @@ def grey(image: Any, reduce_to: int | None = None) -> np.ndarray:
 
 def planes(image: Any, reduce_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Luma ``(H, W)`` and Cr/Cb ``(H, W, 2)`` uint8 planes of ``image`` (see :func:`grey`)."""
-    import cv2
+    image = _reduced(image, reduce_to)
+    return np.asarray(image.convert("L")), _chroma(image)
+
+
+def _reduced(image: Any, reduce_to: int | None = None) -> Any:
+    """``image`` as a PIL image, box-reduced by a whole factor while its short side stays at least ``reduce_to``."""
     from PIL import Image
 
     if isinstance(image, np.ndarray):
@@ -237,8 +248,16 @@ def planes(image: Any, reduce_to: int | None = None) -> tuple[np.ndarray, np.nda
         factor = min(image.size) // reduce_to
         if factor >= 2:
             image = image.reduce(factor)
-    rgb = np.asarray(image.convert("RGB"))
-    return np.asarray(image.convert("L")), cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)[..., 1:]
+    return image
+
+
+def _chroma(image: Any) -> np.ndarray:
+    """Cr/Cb ``(H, W, 2)`` uint8 planes of a PIL image."""
+    import cv2
+
+    rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    # Contiguous: OpenCV resizes a strided two-channel view about ten times slower.
+    return np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)[..., 1:])
 
 
 def _resize(plane: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -296,13 +315,24 @@ def _cells(values: np.ndarray, cell: int) -> np.ndarray:
     h, w = values.shape
     gh, gw = -(-h // cell), -(-w // cell)
     if (gh * cell, gw * cell) == (h, w):
-        return values.reshape(gh, cell, gw, cell).mean(axis=(1, 3), dtype=np.float32)
+        return _block_means(values, cell)
     padded = np.zeros((gh * cell, gw * cell), dtype=np.float32)
     padded[:h, :w] = values
     counts = np.zeros_like(padded)
     counts[:h, :w] = 1
     return (padded.reshape(gh, cell, gw, cell).sum(axis=(1, 3))
             / counts.reshape(gh, cell, gw, cell).sum(axis=(1, 3)))
+
+
+def _block_means(values: np.ndarray, block: int) -> np.ndarray:
+    """Mean of each ``block`` x ``block`` block of a plane whose sides are whole blocks (float32).
+
+    OpenCV's area resize by a whole factor is exactly the block mean, in a tenth of the time of
+    numpy's mean over two strided axes (the sums differ in the last float bits only)."""
+    import cv2
+
+    h, w = values.shape
+    return cv2.resize(np.ascontiguousarray(values, dtype=np.float32), (w // block, h // block), interpolation=cv2.INTER_AREA)
 
 
 def _quantise(energy: np.ndarray) -> np.ndarray:
@@ -342,7 +372,8 @@ def compare(signed: Fingerprint, image: Any, scale: float | None = None) -> Comp
     full = image.size if hasattr(image, "size") and not isinstance(image, np.ndarray) else (image.shape[1], image.shape[0])
     # Nothing finer than the energy plane is compared, so the image is box-reduced first (a whole
     # factor, down to that plane's side): most of the cost of a large image is gone before luma.
-    plane, crcb = planes(image, reduce_to=ENERGY_SIDE)
+    reduced = _reduced(image, reduce_to=ENERGY_SIDE)
+    plane = np.asarray(reduced.convert("L"))  # its colour is read only for a match (_chroma_worst)
     h, w = plane.shape
     if (w, h) != tuple(full):
         scale = None if scale is None else scale * w / full[0]
@@ -399,7 +430,7 @@ def compare(signed: Fingerprint, image: Any, scale: float | None = None) -> Comp
     if matched:
         if tone:
             changes.append("tone changed")
-        colour = _chroma_worst(signed, crcb, window)
+        colour = _chroma_worst(signed, _chroma(reduced), window)
         if (agreeing < 1.0 or worst > EDIT_FLAG or colour > CHROMA_EDIT
                 or (local is not None and (local["detail_cells"] or local["structure_blocks"]))):
             changes.append("locally edited")
@@ -454,8 +485,9 @@ def _local_edits(signed: Fingerprint, plane: np.ndarray, region: tuple[float, fl
     dx = dy = 0.0
     if abs(sx) < 3 and abs(sy) < 3:
         dx, dy = sx / zx, sy / zy
-        reference = _window(fine, x0 + dx, y0 + dy, zx, zy, cw, ch)
-    reference = cv2.GaussianBlur(reference, (0, 0), FINE_BLUR)
+        reference = cv2.GaussianBlur(_window(fine, x0 + dx, y0 + dy, zx, zy, cw, ch), (0, 0), FINE_BLUR)
+    else:
+        reference = smoothed
     structure = _block_residuals(reference, probe, FINE_BLOCK)
     if rw < WHOLE * signed.width or rh < WHOLE * signed.height:
         structure = structure[1:-1, 1:-1]  # a crop's edge blocks are part resampled border
@@ -471,12 +503,18 @@ def _local_edits(signed: Fingerprint, plane: np.ndarray, region: tuple[float, fl
     probe_e = _resize(plane, pw, ph)
     # Where the tone change clipped the copy to black or white, its detail is gone for a reason
     # that is not an edit (a brightness change): those cells are not compared.
-    layers = np.dstack([detail(probe_e), ((probe_e >= 250) | (probe_e <= 5)).astype(np.float32)])
+    # (Most copies have no such pixel: then the mask is not placed, its cells are all zero.)
+    clipped_pixels = (probe_e >= 250) | (probe_e <= 5)
     left, top = (rx + dx / kf) * ke, (ry + dy / kf) * ke
     shift = np.array([[1, 0, left], [0, 1, top]], dtype=np.float32)
+    layers = np.dstack([detail(probe_e), clipped_pixels.astype(np.float32)]) if clipped_pixels.any() else detail(probe_e)
     placed = cv2.warpAffine(layers, shift, (frame_w, frame_h), flags=cv2.INTER_LINEAR)
-    test_energy = _cells(placed[..., 0], ENERGY_CELL)[:eh, :ew]
-    clipped = _cells(placed[..., 1], ENERGY_CELL)[:eh, :ew]
+    if placed.ndim == 3:
+        test_energy = _cells(placed[..., 0], ENERGY_CELL)[:eh, :ew]
+        clipped = _cells(placed[..., 1], ENERGY_CELL)[:eh, :ew]
+    else:
+        test_energy = _cells(placed, ENERGY_CELL)[:eh, :ew]
+        clipped = np.zeros_like(test_energy)
     # Cells inside the region by a margin: the band-pass of a crop's edge is not content.
     edge = 4
     xs, ys = np.arange(ew) * ENERGY_CELL, np.arange(eh) * ENERGY_CELL
@@ -523,17 +561,20 @@ def _block_residuals(reference: np.ndarray, probe: np.ndarray, block: int) -> np
     b = probe[:hb * block, :wb * block]
     spread = float(a.std()) or 1.0
     # The fit is made on every fourth pixel (a quarter of the cost, the same line); clipped pixels
-    # of the copy say nothing about the gain (a brightness change clips highlights).
-    sa, sb = a[::2, ::2], b[::2, ::2]
+    # of the copy say nothing about the gain (a brightness change clips highlights). Contiguous
+    # copies: every step below reads them whole.
+    sa, sb = np.ascontiguousarray(a[::2, ::2]), np.ascontiguousarray(b[::2, ::2])
     unclipped = (sb > 5) & (sb < 250)
     keep = unclipped if unclipped.mean() > 0.5 else np.ones(sa.shape, dtype=bool)
     variance = float(sa.var())
     for _ in range(2):
         x, y = sa[keep], sb[keep]
-        if x.size < 16 or float(x.std()) == 0:
+        spread_x = x.var() if x.size >= 16 else 0.0
+        if spread_x == 0:  # too few pixels, or no contrast to fit a gain on
             return np.full((1, 1), np.inf, dtype=np.float32)
-        gain = float(((x - x.mean()) * (y - y.mean())).mean() / x.var())
-        offset = float(y.mean() - gain * x.mean())
+        mean_x, mean_y = x.mean(), y.mean()
+        gain = float(((x - mean_x) * (y - mean_y)).mean() / spread_x)
+        offset = float(mean_y - gain * mean_x)
         residual = np.abs(sb - np.clip(gain * sa + offset, 0, 255))
         # Refit without the worst tenth (an edit must not drag the fit), unless what is left has
         # lost the image's range of tones (a flat illustration: the fit would be undetermined).
@@ -542,8 +583,7 @@ def _block_residuals(reference: np.ndarray, probe: np.ndarray, block: int) -> np
             break
         keep = refit
     residual = np.abs(b - np.clip(gain * a + offset, 0, 255))
-    blocks = residual.reshape(hb, block, wb, block).mean(axis=(1, 3))
-    return blocks / (max(abs(gain), 0.05) * spread)
+    return _block_means(residual, block) / (max(abs(gain), 0.05) * spread)
 
 
 def _chroma_worst(signed: Fingerprint, crcb: np.ndarray, window: tuple[float, float, float, float]) -> float:
@@ -556,10 +596,11 @@ def _chroma_worst(signed: Fingerprint, crcb: np.ndarray, window: tuple[float, fl
     x, y, w, h = (v / 2 for v in window)
     cw, ch = max(2, round(w)), max(2, round(h))
     worst = 0.0
+    # Both channels resized in one call (OpenCV works channel by channel, with the same arithmetic).
+    probes = _resize(crcb, cw, ch).astype(np.float32)
     for channel in range(2):
         reference = cv2.getRectSubPix(signed.chroma[..., channel].astype(np.float32), (cw, ch), (x + (w - 1) / 2, y + (h - 1) / 2))
-        probe = _resize(np.ascontiguousarray(crcb[..., channel]), cw, ch).astype(np.float32)
-        a, b = reference - 128, probe - 128
+        a, b = reference - 128, probes[..., channel] - 128
         gain = float((a * b).sum() / ((a * a).sum() or 1.0))
         gain = min(max(gain, 0.5), 2.0)
         residual = np.abs(b - gain * a)
@@ -601,10 +642,12 @@ def _agreement(reference: np.ndarray, probe: np.ndarray) -> tuple[float, float, 
     gain = offset = 0.0
     for step in range(3):
         x, y = a[keep].ravel(), b[keep].ravel()
-        if x.size < 16 or float(x.std()) == 0:
+        spread_x = x.var() if x.size >= 16 else 0.0
+        if spread_x == 0:
             return 0.0, 0.0, 1.0, False, float("inf")
-        gain = float(((x - x.mean()) * (y - y.mean())).mean() / x.var())
-        offset = float(y.mean() - gain * x.mean())
+        mean_x, mean_y = x.mean(), y.mean()
+        gain = float(((x - mean_x) * (y - mean_y)).mean() / spread_x)
+        offset = float(mean_y - gain * mean_x)
         residual = np.abs(b - (gain * a + offset)).mean(axis=1) / (max(abs(gain), 0.05) * spread)
         keep = residual <= (np.median(residual) if step == 0 else EDIT_RESIDUAL)
         if not keep.any():

@@ -22,7 +22,6 @@ SUFFIX_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP
 MIME_BY_SUFFIX = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
                   ".tif": "image/tiff", ".tiff": "image/tiff", ".gif": "image/gif", ".bmp": "image/bmp"}
 _WARNED = "c2pa.unsigned-warned"
-_contexts: dict[tuple, Any] = {}
 
 
 class SigningError(SdmarkError):
@@ -69,7 +68,7 @@ def sign_output(path: Path, item: ImageItem, context: RunContext, final: Path | 
     mime = MIME_BY_SUFFIX[path.suffix.lower()]
     signed = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.signing{path.suffix}")
     try:
-        builder = c2pa.Builder.from_json(manifest, context=signing_context())
+        builder = c2pa.Builder.from_json(manifest, context=signing_context(context.require_runtime()))
         if item.record.kind == "processed" and item.source is not None:
             _add_parent(builder, item.source)
         with open(path, "rb") as src, open(signed, "w+b") as dst:
@@ -132,20 +131,21 @@ def signer_identity(config: settings.SigningConfig, context: RunContext) -> tupl
     return context.cache[key]
 
 
-def signing_context() -> Any:
-    """The SDK context used for signing: no thumbnails (they cost ~50 ms and up to 0.9 MB each)."""
+def signing_context(runtime: Runtime) -> Any:
+    """The SDK context used for signing: no thumbnails (they cost ~50 ms and up to 0.9 MB each).
+    Made once per run and set of trust anchors, and kept by ``runtime`` until the run ends."""
+    anchors = tuple(settings.trust_anchor_paths())
+    return runtime.resource(f"c2pa.signing-context:{anchors}", lambda: _new_signing_context(anchors))
+
+
+def _new_signing_context(anchors: tuple[Path, ...]) -> Any:
     import c2pa
 
-    anchors = tuple(settings.trust_anchor_paths())
-    key = (os.getpid(), anchors)
-    if key not in _contexts:
-        config: dict[str, Any] = {"builder": {"thumbnail": {"enabled": False}}}
-        if anchors:
-            # Lets an ingredient's own credentials be judged against the same anchors as verify.
-            config["trust"] = {"user_anchors": "".join(settings.read_anchor(p) for p in anchors)}
-        _contexts.clear()
-        _contexts[key] = c2pa.Context.from_dict(config)
-    return _contexts[key]
+    config: dict[str, Any] = {"builder": {"thumbnail": {"enabled": False}}}
+    if anchors:
+        # Lets an ingredient's own credentials be judged against the same anchors as verify.
+        config["trust"] = {"user_anchors": "".join(settings.read_anchor(p) for p in anchors)}
+    return c2pa.Context.from_dict(config)
 
 
 def _add_parent(builder: Any, source: Path) -> None:
@@ -202,14 +202,14 @@ def _register(item: ImageItem, path: Path, title: str, mime: str, manifest_store
     labels = manifest_labels(manifest_store)
     # The active manifest is the last one in a manifest store (parents' manifests come first).
     label = labels[-1] if labels else ""
-    registries = context.cache.setdefault("c2pa.registries", {})
-    if registry_file not in registries:
-        registries[registry_file] = open_registry(registry_file)
+    # One writer per run, kept by the runtime and closed when the run ends (its driver closes it).
+    registry = context.require_runtime().resource(f"c2pa.registry-writer:{registry_file}",
+                                                  lambda: open_registry(registry_file))
     try:
         digest = sha256_file(path)
     except OSError as exc:
         raise SdmarkError(f"cannot hash the written file ({exc.strerror or exc})") from None
-    registries[registry_file].add(Entry(
+    registry.add(Entry(
         payload=binding.payload, scheme=binding.scheme, manifest_label=label, manifest=manifest_store,
         format=mime, title=title, file_sha256=digest, pdq=content.pdq.hex(), thumbnail=thumbnail_png(content),
         signer=signer[0], signer_sha256=signer[1],

@@ -29,16 +29,16 @@ verdict, never alone.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
 import json
-import os
 import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from sdmark.plugins.c2pa import settings
 from sdmark.plugins.c2pa.fingerprint import ALG as FINGERPRINT_ALG
@@ -71,38 +71,80 @@ longer run or a server), not one per image."""
 ROW_CACHE = 256
 """Registry rows whose signed manifest a session keeps read and decoded (about 30 KB each)."""
 READABLE = {"image/png", "image/jpeg", "image/webp", "image/tiff", "image/gif", "image/avif", "image/heic"}
-_contexts: dict[tuple, Any] = {}
+READING_CONTEXTS = 4
+"""Sets of trust anchors a runtime keeps a reading context for (a process reads with one or two)."""
 
 
-def reading_context(paths: tuple[Path, ...] | None = None) -> tuple[Any, list[dict[str, str]]]:
-    """The SDK context for reading (offline, trust anchors loaded) and a description of the anchors.
+class ReadingContexts:
+    """The SDK's reading contexts (offline, trust anchors loaded) of one runtime, by set of anchors,
+    with a description of each set's anchors. Kept by the runtime (:func:`reading_contexts`) and
+    closed with its other resources; safe to share between threads."""
 
-    ``paths``: the anchors (default: :func:`settings.trust_anchor_paths`)."""
+    def __init__(self) -> None:
+        self._contexts: dict[tuple[Path, ...], tuple[Any, list[dict[str, str]]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, paths: tuple[Path, ...]) -> tuple[Any, list[dict[str, str]]]:
+        with self._lock:
+            found = self._contexts.get(paths)
+            if found is None:
+                if len(self._contexts) >= READING_CONTEXTS:
+                    # Dropped, not closed: another thread may still be reading with one.
+                    self._contexts.clear()
+                found = self._contexts[paths] = _new_reading_context(paths)
+            return found
+
+    def close(self) -> None:
+        with self._lock:
+            contexts, self._contexts = list(self._contexts.values()), {}
+        for context, _ in contexts:
+            context.close()
+
+
+def reading_contexts(runtime: Any) -> ReadingContexts:
+    """``runtime``'s :class:`ReadingContexts`, kept until ``runtime.close_resources()``."""
+    return runtime.resource("c2pa.reading-contexts", ReadingContexts)
+
+
+def _new_reading_context(paths: tuple[Path, ...]) -> tuple[Any, list[dict[str, str]]]:
     import c2pa
 
     from sdmark.plugins.c2pa.identity import describe_certificate
 
+    config: dict[str, Any] = {"verify": {"verify_trust": True, "remote_manifest_fetch": False}}
+    if paths:
+        config["trust"] = {"user_anchors": "".join(settings.read_anchor(p) for p in paths)}
+    anchors = [{"path": str(p), "subject": describe_certificate(p)["subject"]} for p in paths]
+    return c2pa.Context.from_dict(config), anchors
+
+
+@contextlib.contextmanager
+def reading_context(paths: tuple[Path, ...] | None = None, runtime: Any = None) -> Iterator[tuple[Any, list[dict[str, str]]]]:
+    """The SDK context for reading (offline, trust anchors loaded) and a description of the anchors.
+
+    ``paths``: the anchors (default: :func:`settings.trust_anchor_paths`). With a ``runtime``, the
+    runtime's context for these anchors (made once per run); without, one made for this use and
+    closed after it (a tenth of a millisecond)."""
     paths = tuple(settings.trust_anchor_paths()) if paths is None else paths
-    key = (os.getpid(), paths)
-    if key not in _contexts:
-        config: dict[str, Any] = {"verify": {"verify_trust": True, "remote_manifest_fetch": False}}
-        if paths:
-            config["trust"] = {"user_anchors": "".join(settings.read_anchor(p) for p in paths)}
-        anchors = [{"path": str(p), "subject": describe_certificate(p)["subject"]} for p in paths]
-        if len(_contexts) >= 4:  # a process reads with one or two sets of anchors
-            _contexts.clear()
-        _contexts[key] = (c2pa.Context.from_dict(config), anchors)
-    return _contexts[key]
+    if runtime is not None:
+        yield reading_contexts(runtime).get(paths)
+        return
+    context, anchors = _new_reading_context(paths)
+    try:
+        yield context, anchors
+    finally:
+        context.close()
 
 
-def input_credentials(path: Path) -> dict[str, Any] | None:
+def input_credentials(path: Path, runtime: Any = None) -> dict[str, Any] | None:
     """What a ``process`` input proves about itself through its own embedded manifest: ``None``
     without one; ``{"status": ...}`` alone when it is not valid and trusted; with ``valid``, the
     manifest, its signer and what it declares (``digital_source_type``, sdmark's ``record``,
     bounded), which the processed image may then carry as proven.
 
     Trusted are the anchors given (``SDMARK_TRUST_ANCHORS``, ``--trust``) and this machine's own
-    signing CA (``sdmark keys init``): what this machine signed, it may carry on."""
+    signing CA (``sdmark keys init``): what this machine signed, it may carry on. ``runtime``: the
+    run's, whose reading context is then reused."""
     import c2pa
 
     from sdmark.core.metadata import source_record
@@ -114,16 +156,16 @@ def input_credentials(path: Path) -> dict[str, Any] | None:
     own = settings.keys_dir() / "ca.pem"
     if own.is_file() and own not in anchors:
         anchors.append(own)
-    context, _ = reading_context(tuple(anchors))
-    try:
-        with open(path, "rb") as stream:
-            reader = c2pa.Reader.try_create(mime, stream, context=context)
-            if reader is None:
-                return None
-            store = json.loads(reader.json())
-            reader.close()
-    except (c2pa.C2paError, OSError, ValueError) as exc:
-        return {"status": "invalid", "error": f"cannot read the C2PA manifest: {exc}"}
+    with reading_context(tuple(anchors), runtime) as (context, _):
+        try:
+            with open(path, "rb") as stream:
+                reader = c2pa.Reader.try_create(mime, stream, context=context)
+                if reader is None:
+                    return None
+                store = json.loads(reader.json())
+                reader.close()
+        except (c2pa.C2paError, OSError, ValueError) as exc:
+            return {"status": "invalid", "error": f"cannot read the C2PA manifest: {exc}"}
     described = describe_store(store)
     if described["status"] != "valid":
         return {"status": described["status"]}
@@ -155,7 +197,7 @@ class RecoverySession:
         self._registry: RegistryStore | None = None
         self._error: str | None = None
         self._failed_at = 0.0
-        self._rows: OrderedDict[tuple[int, bytes], dict[str, Any]] = OrderedDict()
+        self._rows: OrderedDict[tuple[int, bytes], tuple[Any, dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def lookup(self, payload: str) -> list[Entry]:
@@ -186,13 +228,15 @@ class RecoverySession:
         """The row's stored manifest as :func:`read_signed_manifest` judges it, from the cache when seen before."""
         key = (id(context), hashlib.sha256(manifest).digest())
         with self._lock:
-            found = self._rows.get(key)
-            if found is not None:
+            cached = self._rows.get(key)
+            if cached is not None:
                 self._rows.move_to_end(key)
-                return found
+                return cached[1]
         found = read_signed_manifest(manifest, context)
         with self._lock:
-            self._rows[key] = found
+            # The context is kept with the row so that its id cannot be reused by another context
+            # (other anchors) while the row is cached.
+            self._rows[key] = (context, found)
             while len(self._rows) > ROW_CACHE:
                 self._rows.popitem(last=False)
         return found
@@ -220,16 +264,22 @@ def recovery_session(runtime: Any) -> RecoverySession | None:
 
 
 def inspect_credentials(path: Path, detections: list[dict[str, Any]] | None = None, image: Any = None,
-                        session: RecoverySession | None = None) -> dict[str, Any]:
+                        session: RecoverySession | None = None, runtime: Any = None) -> dict[str, Any]:
     """The ``content_credentials`` part of a verify report for the file at ``path``.
 
     ``image`` is the decoded image (needed to compare a recovered manifest's content with it).
     ``session`` is the run's registry and row cache (:func:`recovery_session`); without one, the
     registry is opened for this call and closed again, which costs a connection per image.
+    ``runtime``: the run's, which keeps the SDK's reading context (else one is made for this call).
     """
+    with reading_context(runtime=runtime) as (context, anchors):
+        return _inspect(path, detections, image, session, context, anchors)
+
+
+def _inspect(path: Path, detections: list[dict[str, Any]] | None, image: Any, session: RecoverySession | None,
+             context: Any, anchors: list[dict[str, str]]) -> dict[str, Any]:
     import c2pa
 
-    context, anchors = reading_context()
     mime = sniff_mime(path)
     found: dict[str, Any] = {"present": False, "status": "absent", "recovered_from_registry": False,
                              "trust_anchors": anchors}

@@ -5,7 +5,8 @@ argument (``class NudeNetBackend(SafetyBackend[NudeNetOptions])``): the ``safety
 every backend's options and refuses one set for a backend other than the chosen one. Plugins
 contribute more through the ``sdmark_register_safety_backends(register)`` hook;
 ``safety:backend=NAME`` picks one. A backend loads its model in ``__init__`` (once per run:
-instances are cached in ``context.cache``) and judges a batch of images in :meth:`SafetyBackend.check`.
+instances are kept by the runtime, see :func:`load_backend`) and judges a batch of images in
+:meth:`SafetyBackend.check`.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class SafetyBackend(DeclaresOptions[Opts]):
     Subclasses set ``name`` (what users write after ``backend=``) and ``description``, name their
     options (a :class:`~sdmark.core.options.StageOptions` dataclass; none by default) as the type
     argument, and implement ``__init__`` (load the model; raise
-    :class:`~sdmark.core.errors.ModelLoadError` naming what was tried) and :meth:`check`.
+    :class:`~sdmark.core.errors.ModelLoadError` naming what was tried) and :meth:`check` (called
+    from several threads at once in ``sdmark serve``: keep no per-call state on the instance).
     """
 
     name: ClassVar[str]
@@ -132,11 +134,12 @@ def backend_options(runtime: Runtime) -> dict[str, type[StageOptions]]:
 
 
 def load_backend(name: str, options: StageOptions, context: RunContext) -> SafetyBackend[Any]:
-    """The backend instance for this run, loaded once and kept in ``context.cache``."""
-    cls = get_backend(name, context.require_runtime())
-    key = ("safety-backend", *cls.cache_key(options, context))
-    backend = context.cache.get(key)
-    if backend is None:
-        backend = cls(options, context)
-        context.cache[key] = backend
+    """The backend instance for this run, loaded once and kept by the run's runtime (a resource,
+    so a server that runs many short runs on one runtime loads it once per process; the run's
+    driver forgets it when the run ends). Backends are shared between a server's threads, so
+    :meth:`SafetyBackend.check` must be safe to call from several at once."""
+    runtime = context.require_runtime()
+    cls = get_backend(name, runtime)
+    key = ("safety-backend", context.mode, *cls.cache_key(options, context))
+    backend: SafetyBackend[Any] = runtime.resource(repr(key), lambda: cls(options, context))
     return backend

@@ -99,7 +99,7 @@ class SafetyStage(Stage[SafetyOptions]):
         backend.validate(self.backend_options, mode)
 
     def setup(self, context: RunContext) -> None:
-        """Load the backend (once per run, shared through ``context.cache``) and the replacement image."""
+        """Load the backend (once per run, kept by the runtime: see ``load_backend``) and the replacement image."""
         if self.options.policy == "replace" and self._replacement is None:
             self.check(context.mode)
         self._backend = load_backend(self.options.backend, self.backend_options, context)
