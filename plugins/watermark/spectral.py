@@ -464,10 +464,16 @@ def _sync_maps(values: list[np.ndarray], carriers: list[pattern.Carriers]) -> np
     """Cyclic correlations with the sync carrier of folds whose de-phased carrier values are
     ``values[i]`` under ``carriers[i]`` (one map each, all in one batched inverse FFT)."""
     t = pattern.TILE
-    sync_only = np.zeros((len(values), t, t // 2 + 1), dtype=np.complex128)
+    width = int(pattern.BIN_HI) + 1  # the band's columns of the half spectrum; the rest are zero
+    sync_only = np.zeros((len(values), t, width), dtype=np.complex128)
     for i, (v, c) in enumerate(zip(values, carriers)):
         sync_only[i, c.rows[c.sync], c.cols[c.sync]] = v[c.sync]
-    return sfft.irfft2(sync_only, s=(t, t), workers=1)
+    # irfft2's two passes by hand, the first over the band's columns only (a zero column stays zero):
+    # the same values, bit for bit, at a quarter of the cost (irfft2 of a stack of 14 maps ran 4x
+    # slower per map than of one).
+    spectrum = np.zeros((len(values), t, t // 2 + 1), dtype=np.complex128)
+    spectrum[..., :width] = sfft.ifft(sync_only, axis=-2, workers=1)
+    return sfft.irfft(spectrum, n=t, axis=-1, workers=1)
 
 
 def _fold_spectrum(tile: np.ndarray) -> np.ndarray:
@@ -607,8 +613,12 @@ def _oriented_offsets(tile: np.ndarray, key: bytes, formats: tuple[pattern.Forma
         turned = range(1, len(ORIENTATIONS))
         more = [(fmt, i, v) for fmt in formats for i, v in zip(turned, _oriented_values(spectrum, key, fmt, turned))]
         more_maps = _sync_maps([v for _, _, v in more], [pattern.carriers(key, fmt) for fmt, _, _ in more])
+        # The best over all maps is the best of the upright maps' best and the turned maps' best:
+        # the same peaks as one search of the stack, without copying it or searching the upright twice.
+        shift = len(readings)
+        peaks += [(z, dx, dy, k + shift) for z, dx, dy, k in _best_offsets(more_maps, OFFSETS)]
+        peaks = sorted(peaks, key=lambda peak: -peak[0])[:OFFSETS]
         readings += more
-        peaks = _best_offsets(np.concatenate([maps, more_maps]), OFFSETS)
     return [(z, dx, dy, readings[k][0], readings[k][1], readings[k][2]) for z, dx, dy, k in peaks]
 
 

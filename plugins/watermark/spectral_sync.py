@@ -193,20 +193,25 @@ def _indices(h: int, w: int, key: bytes, scales: np.ndarray, angles: np.ndarray 
     angles = np.broadcast_to(np.asarray(angles, dtype=np.float32), (scales.size,)).reshape(-1, 1)
     if angles.any():
         # The image turned by ``angle`` (counter-clockwise on screen, y down): its spectrum turns alike.
-        ca, sa = np.cos(np.radians(angles)), np.sin(np.radians(angles))
+        # The searches ask for each angle at several scales: turn the harmonics once per angle.
+        turns, which = np.unique(angles, return_inverse=True)
+        ca, sa = np.cos(np.radians(turns))[:, None], np.sin(np.radians(turns))[:, None]
         x, y = fx * ca + fy * sa, fy * ca - fx * sa
-        mirror = np.where(x < 0, np.float32(-1), np.float32(1))  # rfft2 holds half the plane
-        x *= mirror
-        y *= mirror
+        mirror = x < 0  # rfft2 holds half the plane
+        np.negative(x, out=x, where=mirror)
+        np.negative(y, out=y, where=mirror)
+        x, y = x[which.ravel()], y[which.ravel()]
     else:
         x, y = np.broadcast_to(fx, (scales.size, fx.size)), np.broadcast_to(fy, (scales.size, fy.size))
     half = w // 2
     col = np.rint(x * (w / scales))
     row = np.rint(y * (h / scales))
-    row[row < 0] += h
-    index = row * (half + 1) + np.minimum(col, half)  # exact in float32: below 2^24
-    index[col > half] = 0  # beyond Nyquist: reads the (zeroed) DC bin
-    return index.astype(np.int32)
+    np.add(row, h, out=row, where=row < 0)
+    row *= half + 1
+    beyond = col > half  # beyond Nyquist: reads the (zeroed) DC bin
+    row += np.minimum(col, half, out=col)  # exact in float32: below 2^24
+    row[beyond] = 0
+    return row.astype(np.int32)
 
 
 @lru_cache(maxsize=32)
