@@ -411,9 +411,11 @@ def _channel_weights(aligned: np.ndarray, c: pattern.Carriers, rings: np.ndarray
     return weight[rings]
 
 
-def _offsets(corr: np.ndarray, count: int) -> list[tuple[float, float, float]]:
-    """The ``count`` strongest cyclic correlation peaks (local maxima) as (z, dx, dy), sub-pixel."""
-    z = (corr - corr.mean()) / (corr.std() or 1.0)
+def _offsets(corr: np.ndarray, count: int, stats: tuple[float, float] | None = None) -> list[tuple[float, float, float]]:
+    """The ``count`` strongest cyclic correlation peaks (local maxima) as (z, dx, dy), sub-pixel;
+    ``stats`` is the map's (mean, standard deviation) where the caller has them already."""
+    mean, std = stats if stats is not None else (corr.mean(), corr.std())
+    z = (corr - mean) / (std or 1.0)
     h, w = z.shape
     flat = z.ravel()
     # The strongest values hold the strongest local maxima; checking their 8 neighbours is ~10x cheaper
@@ -456,13 +458,14 @@ def _best_offsets(maps: np.ndarray, count: int) -> list[tuple[float, float, floa
     m = len(maps)
     flat = maps.reshape(m, -1)
     mean = flat.mean(axis=1)
-    spread = np.maximum(flat.std(axis=1), 1e-12)
+    std = flat.std(axis=1)
+    spread = np.maximum(std, 1e-12)
     highest = (flat.max(axis=1) - mean) / spread
     out: list[tuple[float, float, float, int]] = []
     for k in np.argsort(highest)[::-1]:
         if len(out) >= count and highest[k] <= out[count - 1][0]:
             break
-        out += [(z, dx, dy, int(k)) for z, dx, dy in _offsets(maps[k], count)]
+        out += [(z, dx, dy, int(k)) for z, dx, dy in _offsets(maps[k], count, (mean[k], std[k]))]
         out.sort(key=lambda peak: -peak[0])
     return out[:count]
 
