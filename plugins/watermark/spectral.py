@@ -100,12 +100,6 @@ ALIGNMENTS = LATTICES * (REFINES + 1) * OFFSETS
 Z_REFINE = 5.5
 """Sync peak (standard deviations) above which a failed read refines the lattice and tries again:
 the largest of 32,768 correlations of an unmarked tile is about 4.5."""
-Z_DECODE = 5.5
-"""Sync peak below which an alignment is not decoded (its bits are still read, for the diagnostics):
-an unmarked image's best peak is 4.7 (median; at most 5.35 on the benchmark's 82 unmarked photos and
-illustrations), and every genuine mark the benchmark's benign and adversary rows detect was read at
-6.5 or more (``docs/spectral-watermark.md``). Skipping a decode can only lose a detection, never make
-one, so the false-positive bound is unchanged."""
 """Alignments one detection tries at most; the false-positive union bound counts them all."""
 THRESHOLD = 1e-6
 """The p-value under which a decoded payload is reported as found (every decode is far below it)."""
@@ -536,6 +530,14 @@ def _local_peak(corr: np.ndarray, dx: float, dy: float, reach: int = 6) -> tuple
     else:
         rr, cc = float(r), float(col)
     return (cc - reach + round(dx) - dx, rr - reach + round(dy) - dy)
+
+
+Z_DECODE = 5.5
+"""Sync peak below which an alignment is not decoded (its bits are still read, for the diagnostics):
+an unmarked image's best peak is 4.7 (median; at most 5.35 on the benchmark's 82 unmarked photos and
+illustrations), and every genuine mark the benchmark's benign and adversary rows detect was read at
+6.5 or more (``docs/spectral-watermark.md``). Skipping a decode can only lose a detection, never make
+one, so the false-positive bound is unchanged."""
 
 
 class _Reader:

@@ -467,11 +467,12 @@ def fold(detail: np.ndarray, lattice: Lattice) -> Folded:
         detail = cv2.GaussianBlur(detail, (0, 0), 0.5 * lattice.scale)
     if basis[0, 1] == 0 and basis[1, 0] == 0:
         # No rotation: a plain resize is several times cheaper than an affine warp.
-        size = (max(1, round(w / basis[0, 0])), max(1, round(h / basis[1, 1])))
-        canon = cv2.resize(detail, size, interpolation=cv2.INTER_LINEAR)
-        ch, cw = canon.shape
+        cw, ch = size = (max(1, round(w / basis[0, 0])), max(1, round(h / basis[1, 1])))
         ph, pw = -ch % TILE, -cw % TILE
-        canon = cv2.copyMakeBorder(canon, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=0)
+        # Resampled straight into the zero-padded canvas (each output pixel depends only on its own
+        # place, so the values are those of resizing and then padding, without the copy).
+        canon = np.zeros((ch + ph, cw + pw), dtype=np.float32)
+        cv2.resize(detail, size, dst=canon[:ch, :cw], interpolation=cv2.INTER_LINEAR)
     else:
         inverse = np.linalg.inv(basis)
         corners = inverse @ np.array([[0, w, 0, w], [0, 0, h, h]], dtype=np.float64)
@@ -479,6 +480,8 @@ def fold(detail: np.ndarray, lattice: Lattice) -> Folded:
         ch, cw = (np.ceil(corners.max(axis=1) - low).astype(int) + 1)[::-1]
         ph, pw = -ch % TILE, -cw % TILE
         affine = np.hstack([basis, (basis @ low)[:, None]])
+        # (Warping only the bounding box into the padded canvas, as the resize above does, moved
+        # some values by up to 1e-4: the warp's result depends on the output size. Left whole.)
         canon = cv2.warpAffine(detail, affine, (int(cw + pw), int(ch + ph)),
                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
@@ -489,7 +492,11 @@ def fold(detail: np.ndarray, lattice: Lattice) -> Folded:
     centres = np.zeros((len(rows), len(cols), 2))
     for i, r in enumerate(rows):
         for j, c in enumerate(cols):
-            parts[i, j] = blocks[r, :, c, :].sum(axis=(0, 2))
+            # Block by block, in the order numpy's sum over both block axes takes (the same bits),
+            # a fifth faster than that strided reduction.
+            for a in range(r.start, r.stop):
+                for b in range(c.start, c.stop):
+                    parts[i, j] += blocks[a, :, b, :]
             centres[i, j] = (TILE * (c.start + c.stop) / 2, TILE * (r.start + r.stop) / 2)
     return Folded(parts, centres)
 
