@@ -472,7 +472,9 @@ def fold(detail: np.ndarray, lattice: Lattice) -> Folded:
         # Resampled straight into the zero-padded canvas (each output pixel depends only on its own
         # place, so the values are those of resizing and then padding, without the copy).
         canon = np.zeros((ch + ph, cw + pw), dtype=np.float32)
-        cv2.resize(detail, size, dst=canon[:ch, :cw], interpolation=cv2.INTER_LINEAR)
+        resized = cv2.resize(detail, size, dst=canon[:ch, :cw], interpolation=cv2.INTER_LINEAR)
+        if not np.shares_memory(resized, canon):  # OpenCV made its own (another dtype): copy it in
+            canon[:ch, :cw] = resized
     else:
         inverse = np.linalg.inv(basis)
         corners = inverse @ np.array([[0, w, 0, w], [0, 0, h, h]], dtype=np.float64)
