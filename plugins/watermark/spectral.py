@@ -22,8 +22,8 @@ the sync carrier finds the tile's offset (a crop at any position), read through 
 the image corrects the lattice (residual scale and rotation). Each code bit is then the sign of its
 carrier's correlation, weighted per frequency ring by the mark strength measured on the sync
 carrier, and a Chase/BCH decode with the keyed check gives the payload. Cost on one core at 512x512
-(medians, quiet to busy machine): embed 5-13 ms, detect 7-15 ms for a marked image and 22-35 ms for
-an unmarked one (every candidate is tried; ``docs/spectral-watermark.md``, "Detector speed").
+(medians, quiet to busy machine): embed 5-13 ms, detect 8-20 ms for a marked image and 25-50 ms for
+an unmarked one (every candidate is tried).
 
 False positives, on paper
 -------------------------
