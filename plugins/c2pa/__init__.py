@@ -65,13 +65,14 @@ def sdmark_before_save(item: Any, path: Path, context: Any) -> None:
     source = item.record.source
     if item.record.kind != "processed" or item.source is None or source is None:
         return
+    from sdmark.plugins.c2pa.verify import input_credentials
+
     try:
-        from sdmark.plugins.c2pa.verify import input_credentials
+        found = input_credentials(Path(item.source), context.runtime)
     except ImportError as exc:
         if exc.name != "c2pa":
             raise
-        return
-    found = input_credentials(Path(item.source), context.runtime)
+        return  # without c2pa nothing of the input is proven: its claims stay quoted as unverified
     if found is not None:
         source["credentials"] = found
         declared = source.get("declared") or {}
