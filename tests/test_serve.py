@@ -347,6 +347,39 @@ def test_saturated_server_answers_503_with_retry_after(images):
         assert upload(busy, images["unmarked"]).status_code == 200
 
 
+def test_shutdown_closes_what_requests_share_only_after_the_work_still_running_ends():
+    """A request that timed out (504) leaves its job running in the pool; shutting the server down
+    must not close the runtime's resources (registry writer, SDK contexts, safety model) under it."""
+    import asyncio
+
+    from sdmark.serve.work import Engine, WorkTimeout
+
+    class Kept:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    engine = Engine(ServeSettings(timeout_s=0.05))
+    started, release, seen = threading.Event(), threading.Event(), []
+
+    def job() -> None:
+        kept = engine.runtime.resource("test.kept", Kept)
+        started.set()
+        release.wait(10)
+        seen.append(kept.closed)  # what the job would use now: a closed connection, a freed context
+
+    ticket = engine.admit()
+    assert ticket is not None
+    with pytest.raises(WorkTimeout):
+        asyncio.run(engine.run(ticket, job))
+    assert started.wait(10)
+    threading.Timer(0.3, release.set).start()
+    engine.close()
+    engine.pool.shutdown(wait=True)
+    assert seen == [False]
+
+
 def test_per_request_timeout_is_504(images):
     with TestClient(create_app(ServeSettings(timeout_s=0.001))) as slow:
         response = upload(slow, images["marked"])
