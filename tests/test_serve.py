@@ -428,6 +428,24 @@ def test_metrics_count_requests_verdicts_and_rejections(client, images):
     assert 'sdmark_serve_request_seconds_bucket{le="0.5",route="/v1/verify"}' in text
 
 
+def test_the_page_says_a_record_from_credentials_that_are_not_valid_and_trusted_is_unverified():
+    """Anyone can sign an image with their own certificate: the record of an untrusted or tampered
+    manifest is shown as that manifest's claim, not as the image's provenance."""
+    from sdmark.serve import page
+
+    record = {"kind": "generated", "generation": {"prompt": "a quiet harbour", "model": "some/model"}, "stages": []}
+
+    def shown(status: str, trusted: bool) -> str:
+        report = {"path": "x.png", "watermarked": False, "detections": [],
+                  "content_credentials": {"present": True, "status": status, "trusted": trusted, "record": record}}
+        return page.render_reports([page.view(report)])
+
+    for status in ("untrusted", "tampered", "invalid"):
+        html = shown(status, False)
+        assert "a quiet harbour" in html and "not verified" in html
+    assert "not verified" not in shown("valid", True)
+
+
 def test_page_renders_unknown_and_missing_fields_without_breaking():
     from sdmark.serve import page
 
