@@ -685,3 +685,13 @@ def test_browser_shows_payload_signer_and_no_watermark(server, images, tmp_path)
             context.close()
         finally:
             browser.close()
+
+
+def test_time_limits_must_be_finite_numbers():
+    """NaN passes a ``<= 0`` check: a timeout or upload grace of NaN must be refused, not run without limits."""
+    from sdmark.core.errors import SdmarkError
+
+    for name in ("TIMEOUT_S", "UPLOAD_GRACE_S"):
+        for raw in ("nan", "inf"):
+            with pytest.raises(SdmarkError, match="limits must be"):
+                ServeSettings.from_env({f"SDMARK_SERVE_{name}": raw})
