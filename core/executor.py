@@ -72,12 +72,13 @@ def close_step(step: Step | None) -> None:
 @contextlib.contextmanager
 def resources_closed(runtime: Any, keep: bool = False) -> Iterator[None]:
     """Close ``runtime``'s resources (``runtime.close_resources()``) when the block ends, however
-    it ends, unless ``keep`` (the caller runs many runs on one runtime and closes them itself)."""
-    try:
+    it ends, unless ``keep`` (the caller runs many runs on one runtime and closes them itself), or
+    until the last of several runs under way on ``runtime`` at once ends (``runtime.run_resources``)."""
+    if runtime is None:
         yield
-    finally:
-        if not keep and runtime is not None:
-            runtime.close_resources()
+        return
+    with runtime.run_resources(keep):
+        yield
 
 
 def carried_environment() -> dict[str, str]:

@@ -78,7 +78,7 @@ class VerifyStep:
                             for path, _ in chunk])
 
     def close(self) -> None:
-        self.runtime.close_resources()  # the registry session of this worker's checks
+        self.runtime.close_idle_resources()  # the registry session of this worker's checks (in the driver's process: the run's end)
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class ProcessStep:
                                                error=f"{job.entry.path}: {message}")) for job in chunk])
 
     def close(self) -> None:
-        self.chain.runtime.close_resources()  # this worker's registry writer, safety model, contexts
+        self.chain.runtime.close_idle_resources()  # this worker's registry writer, safety model, contexts
 
 
 class GenerateStep:
@@ -167,7 +167,7 @@ class GenerateStep:
         return ChunkResult([ItemResult(name=f"image {index}", status="failed", error=message) for index in chunk])
 
     def close(self) -> None:
-        self.chain.runtime.close_resources()  # this worker's registry writer, safety model, contexts
+        self.chain.runtime.close_idle_resources()  # this worker's registry writer, safety model, contexts
 
 
 # -- drivers --------------------------------------------------------------------------------
@@ -197,12 +197,10 @@ def verify_reports(work: Sequence[VerifyJob], executor: Executor, schemes: Seque
     """Reports for ``work`` in input order, computed on ``executor``'s workers (with ``runtime``'s
     plugins; a worker process loads the same plugins itself)."""
     factory = partial(VerifyStep, tuple(schemes), all_schemes, runtime)
-    try:
+    # What plugins kept open for the run here (c2pa's registry) is closed when it ends; workers' end with them.
+    with resources_closed(runtime):
         for done in executor.map(factory, chunked(work, verify_chunk_size(len(work), executor.workers))):
             yield from done.results
-    finally:
-        if runtime is not None:  # what plugins kept open for the run here (c2pa's registry); workers' end with them
-            runtime.close_resources()
 
 
 class _LocalOrder:

@@ -169,34 +169,35 @@ def generate(
     steps_per_image = len(pipe.scheduler.timesteps)
     # disable=None: a bar on a terminal, silence in logs and pipes (tqdm writes to stderr).
     bar = tqdm(total=len(jobs) * steps_per_image, unit="step", desc="generating", disable=None if progress is None else not progress)
-    try:
-        chain.setup(context)
-        for start in range(0, len(jobs), settings.batch_size):
-            batch_jobs = jobs[start : start + settings.batch_size]
-            records = [
-                ProvenanceRecord(
-                    kind="generated",
-                    safety="disabled" if safety == "off" else "not-run",
-                    generation={
-                        "prompt": prompt, "negative_prompt": settings.negative_prompt, "seed": seed,
-                        "steps": settings.steps, "guidance_scale": settings.guidance_scale,
-                        "sampler": sampler, "width": width, "height": height, "model": model,
-                        "dtype": str(pipe.unet.dtype).removeprefix("torch."),
-                    },
-                )
-                for _, prompt, seed in batch_jobs
-            ]
-            images = _denoise_and_decode(pipe, chain, context, settings, batch_jobs, records, height, width, bar, torch)
-            items = [
-                ImageItem(image=image, record=record, name=names[index], index=index, seed=seed, prompt=prompt)
-                for image, record, (index, prompt, seed) in zip(images, records, batch_jobs)
-            ]
-            runtime.after_decode(items=items, context=context)
-            results += finish_batch(items, chain, context, writer, on_result)
-    finally:
-        bar.close()
-        if not keep_resources:
-            runtime.close_resources()
+    # What plugins kept open for the run is closed when it ends (when the last of several runs
+    # under way on this runtime at once ends), unless keep_resources.
+    with runtime.run_resources(keep_resources):
+        try:
+            chain.setup(context)
+            for start in range(0, len(jobs), settings.batch_size):
+                batch_jobs = jobs[start : start + settings.batch_size]
+                records = [
+                    ProvenanceRecord(
+                        kind="generated",
+                        safety="disabled" if safety == "off" else "not-run",
+                        generation={
+                            "prompt": prompt, "negative_prompt": settings.negative_prompt, "seed": seed,
+                            "steps": settings.steps, "guidance_scale": settings.guidance_scale,
+                            "sampler": sampler, "width": width, "height": height, "model": model,
+                            "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+                        },
+                    )
+                    for _, prompt, seed in batch_jobs
+                ]
+                images = _denoise_and_decode(pipe, chain, context, settings, batch_jobs, records, height, width, bar, torch)
+                items = [
+                    ImageItem(image=image, record=record, name=names[index], index=index, seed=seed, prompt=prompt)
+                    for image, record, (index, prompt, seed) in zip(images, records, batch_jobs)
+                ]
+                runtime.after_decode(items=items, context=context)
+                results += finish_batch(items, chain, context, writer, on_result)
+        finally:
+            bar.close()
     return results
 
 

@@ -136,6 +136,10 @@ class Option:
             raise ChainError(f"{where} expects {self.type.__name__}, got {shown(value)}") from None
         if self.type is Path:
             result = result.expanduser()
+        if self.type is float and not math.isfinite(result):
+            # NaN passes every range check (each comparison with it is false): a threshold of NaN
+            # would flag nothing.
+            raise ChainError(f"{where} expects a finite number, got {shown(value)}")
         limits = self.limits(runtime)
         if limits is not None:
             try:

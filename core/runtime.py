@@ -23,12 +23,13 @@ runtime, and registering or unregistering a plugin forgets them all.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import pluggy
 from pluggy import HookImpl
@@ -89,6 +90,8 @@ class Runtime:
         self._undo_tracing: Callable[[], None] | None = None
         self._resources: dict[tuple[str, int], Any] = {}
         self._resources_lock = threading.RLock()
+        self._runs: dict[int, int] = {}  # runs under way per process (run_resources)
+        self._close_when_idle: set[int] = set()  # processes where an ended run asked for a close
         self._environ: dict[str, str] = {}
         self.skipped: list[str] = []
         """Entry points the allowlist or the deny list kept out (in entry-point order)."""
@@ -240,13 +243,47 @@ class Runtime:
 
     def close_resources(self) -> None:
         """Close (``close()``) and forget every :meth:`resource` of this process; the next use opens anew."""
+        with self._resources_lock:
+            closing = self._take_resources()
+        _close_all(closing)
+
+    @contextlib.contextmanager
+    def run_resources(self, keep: bool = False) -> Iterator[None]:
+        """The block is a run that uses this runtime's resources. When it ends, they are closed
+        once no other run of this process is still under way (threads of a library user running
+        two runs on one runtime: the first to end must not close what the other is using); then the
+        last run to end closes them. ``keep``: this run leaves them open (a server's engine runs
+        many runs and closes them itself)."""
         pid = os.getpid()
         with self._resources_lock:
-            closing = [self._resources.pop(key) for key in [key for key in self._resources if key[1] == pid]]
-        for resource in closing:
-            close = getattr(resource, "close", None)
-            if close is not None:
-                close()
+            self._runs[pid] = self._runs.get(pid, 0) + 1
+        try:
+            yield
+        finally:
+            with self._resources_lock:
+                left = self._runs.pop(pid) - 1
+                if left:
+                    self._runs[pid] = left
+                if not keep:
+                    self._close_when_idle.add(pid)
+                closing = []
+                if not left and pid in self._close_when_idle:
+                    self._close_when_idle.discard(pid)
+                    closing = self._take_resources()
+            _close_all(closing)
+
+    def close_idle_resources(self) -> None:
+        """:meth:`close_resources` unless a run of this process is under way (:meth:`run_resources`),
+        whose end closes them instead (a worker of a run that runs in the driver's own process)."""
+        with self._resources_lock:
+            if self._runs.get(os.getpid()):
+                return
+            closing = self._take_resources()
+        _close_all(closing)
+
+    def _take_resources(self) -> list[Any]:
+        pid = os.getpid()
+        return [self._resources.pop(key) for key in [key for key in self._resources if key[1] == pid]]
 
     def has_hook(self, hook_name: str) -> bool:
         """Whether a loaded plugin (or the core) declares the hook ``hook_name``."""
@@ -306,6 +343,13 @@ class Runtime:
             self.pm.hook.sdmark_inspect_image(path=path, image=image, metadata=metadata, report=report, runtime=self)
         except Exception as exc:  # a plugin's extra report must not stop a folder or hide the verdict
             report["inspect_error"] = f"{type(exc).__name__}: {exc}"
+
+
+def _close_all(resources: list[Any]) -> None:
+    for resource in resources:
+        close = getattr(resource, "close", None)
+        if close is not None:
+            close()
 
 
 def _short(value: Any, limit: int = 80) -> str:

@@ -221,6 +221,9 @@ def view(report: dict[str, Any], upload_thumbnail: str | None = None) -> dict[st
     recovery = _recovery(credentials)
     recovered_manifest = (recovery or {}).get("manifest") or {}
     record = report.get("record") or credentials.get("record") or recovered_manifest.get("record")
+    # An embedded manifest's record is only its signer's claim unless the manifest is valid and trusted.
+    record_unverified = (not report.get("record") and bool(credentials.get("record"))
+                         and not (credentials.get("status") == "valid" and credentials.get("trusted") is True))
     hidden = CREDENTIALS_SHOWN | (RECOVERED_SHOWN if recovery else set())
     return {
         "uid": secrets.token_hex(6),  # element ids stay unique when the script adds reports to the page
@@ -235,6 +238,7 @@ def view(report: dict[str, Any], upload_thumbnail: str | None = None) -> dict[st
         "status_words": STATUS_WORDS,
         "credentials_extra": {k: v for k, v in credentials.items() if k not in hidden and v not in (None, [], {})},
         "record": record if isinstance(record, dict) else None,
+        "record_unverified": record_unverified,
         "file_metadata": {k: report.get(k) for k in ("xmp_digital_source_type", "parameters") if report.get(k)},
         "other": {k: v for k, v in report.items() if k not in REPORT_SHOWN and v not in (None, [], {})},
         "upload_thumbnail": upload_thumbnail,

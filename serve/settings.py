@@ -6,6 +6,7 @@ N fresh processes that each build their own app; ``sdmark serve`` sets them from
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -62,10 +63,12 @@ class ServeSettings:
 
     def check(self) -> None:
         """Refuse settings that would make the server unsafe or useless."""
-        if (self.max_upload_bytes < 1 or self.threads < 1 or self.queue < 0 or self.timeout_s <= 0 or self.max_files < 1
-                or self.receiving < 1 or self.min_upload_rate < 0 or self.upload_grace_s <= 0):
+        # NaN passes every comparison's negation: the time limits must be finite numbers as well.
+        if (self.max_upload_bytes < 1 or self.threads < 1 or self.queue < 0 or not 0 < self.timeout_s < math.inf
+                or self.max_files < 1 or self.receiving < 1 or self.min_upload_rate < 0
+                or not 0 < self.upload_grace_s < math.inf):
             raise SdmarkError("serve: limits must be positive (max upload, threads, timeout, max files, receiving, "
-                              "upload grace; queue and minimum upload rate >= 0)")
+                              "upload grace; queue and minimum upload rate >= 0; the times finite)")
         if self.token is not None and len(self.token) < 16:
             raise SdmarkError("serve: the mark token must be at least 16 characters")
 

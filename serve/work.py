@@ -146,8 +146,12 @@ class Engine:
         return Path(result.path).read_bytes(), summary
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.runtime.close_resources()  # what every request shared: registry session and writer, safety model
+        """Drop the queued work, wait for the running work (a request that timed out leaves its
+        job running), then close what every request shared: registry session and writer, SDK
+        contexts, safety model. Closed earlier, a running job would write through a closed writer
+        (reopened, never closed) or sign with a freed context."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.runtime.close_resources()
 
 
 def _mark_chain(settings: ServeSettings) -> str:

@@ -314,3 +314,22 @@ def test_cli_process_with_a_caption_chain(tmp_path, photo_dir):
     assert missing.exit_code == 1
     lines = [json.loads(line) for line in missing.stdout.splitlines()]
     assert len(lines) == 3 and all(line["status"] == "failed" and "{seed}" in line["error"] for line in lines)
+
+
+def test_fields_read_from_the_inputs_own_metadata_are_recorded_as_unverified(tmp_path, photos):
+    """Anyone can write a prompt or seed into a file's metadata: a caption that draws them from a
+    processed input says so in its record (and in the summary a C2PA action quotes), since the
+    output is then signed by us."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a castle\nSteps: 25, Sampler: Euler a, CFG scale: 6.5, Seed: 777")
+    source = tmp_path / "castle.png"
+    photos["astronaut"].save(source, pnginfo=info)
+    [result] = process_images([source], Chain.build("caption:text='{prompt} seed {seed}'"), None, safety="off",
+                              progress=False, warn=lambda m: None)
+    entry = result.record.find("caption")[0].result
+    assert entry["text"] == "a castle seed 777"
+    assert entry["unverified_fields"] == ["prompt", "seed"]
+    assert "not verified" in entry["fields_from"] and "unverified" in entry["summary"]
+    [plain] = process_images([source], Chain.build("caption:text='{source} {date}'"), None, safety="off",
+                             progress=False, warn=lambda m: None)
+    assert "unverified_fields" not in plain.record.find("caption")[0].result

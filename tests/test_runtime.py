@@ -261,3 +261,50 @@ def test_process_images_returns_results_in_input_order(runtime, photos, tmp_path
     assert [r.status for r in results] == ["kept", "failed", "kept"]
     assert [Path(str(r.source)).name for r in results] == ["a.png", "b.png", "c.png"]
     assert sorted(seen) == sorted(r.name for r in results)  # streamed as finished, all of them
+
+
+def test_a_run_ending_leaves_open_what_another_run_of_the_runtime_still_uses(runtime, register_plugin, photos, tmp_path):
+    """Two ``process_images`` calls at once on one runtime (threads of a library user): the one that
+    ends first must not close the resources (registry writer, SDK contexts, safety model) that the
+    other is still using; the last run to end closes them."""
+    import threading
+
+    from sdmark.core.stages import Stage
+
+    class Kept:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    inside, release, seen = threading.Event(), threading.Event(), []
+
+    class Hold(Stage):
+        name = "t-hold"
+        changes_pixels = False
+
+        def process_one(self, item, context):
+            kept = context.require_runtime().resource("test.kept", Kept)
+            inside.set()
+            release.wait(10)
+            seen.append(kept.closed)  # what the stage would use now
+            return {"summary": "held"}
+
+    class HoldPlugin:
+        @hookimpl
+        def sdmark_register_stages(self, register):
+            register(Hold)
+
+    register_plugin(HoldPlugin(), name="t-hold")
+    photos["coffee"].save(tmp_path / "coffee.png")
+    photos["chelsea"].save(tmp_path / "chelsea.png")
+    held = threading.Thread(target=lambda: process_images([tmp_path / "coffee.png"], Chain.build("t-hold", runtime), None,
+                                                          safety="off", progress=False))
+    held.start()
+    assert inside.wait(30)
+    [quick] = process_images([tmp_path / "chelsea.png"], Chain([], runtime), None, safety="off", progress=False)
+    assert quick.status == "kept"
+    release.set()
+    held.join(30)
+    assert seen == [False]
+    assert runtime.resource("test.kept", Kept).closed is False  # closed by the last run: this one is new

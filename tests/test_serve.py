@@ -347,6 +347,39 @@ def test_saturated_server_answers_503_with_retry_after(images):
         assert upload(busy, images["unmarked"]).status_code == 200
 
 
+def test_shutdown_closes_what_requests_share_only_after_the_work_still_running_ends():
+    """A request that timed out (504) leaves its job running in the pool; shutting the server down
+    must not close the runtime's resources (registry writer, SDK contexts, safety model) under it."""
+    import asyncio
+
+    from sdmark.serve.work import Engine, WorkTimeout
+
+    class Kept:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    engine = Engine(ServeSettings(timeout_s=0.05))
+    started, release, seen = threading.Event(), threading.Event(), []
+
+    def job() -> None:
+        kept = engine.runtime.resource("test.kept", Kept)
+        started.set()
+        release.wait(10)
+        seen.append(kept.closed)  # what the job would use now: a closed connection, a freed context
+
+    ticket = engine.admit()
+    assert ticket is not None
+    with pytest.raises(WorkTimeout):
+        asyncio.run(engine.run(ticket, job))
+    assert started.wait(10)
+    threading.Timer(0.3, release.set).start()
+    engine.close()
+    engine.pool.shutdown(wait=True)
+    assert seen == [False]
+
+
 def test_per_request_timeout_is_504(images):
     with TestClient(create_app(ServeSettings(timeout_s=0.001))) as slow:
         response = upload(slow, images["marked"])
@@ -393,6 +426,24 @@ def test_metrics_count_requests_verdicts_and_rejections(client, images):
     assert re.search(r'sdmark_serve_verdicts_total\{verdict="unmarked"\} [1-9]', text)
     assert re.search(r'sdmark_serve_rejections_total\{reason="bomb"\} [1-9]', text)
     assert 'sdmark_serve_request_seconds_bucket{le="0.5",route="/v1/verify"}' in text
+
+
+def test_the_page_says_a_record_from_credentials_that_are_not_valid_and_trusted_is_unverified():
+    """Anyone can sign an image with their own certificate: the record of an untrusted or tampered
+    manifest is shown as that manifest's claim, not as the image's provenance."""
+    from sdmark.serve import page
+
+    record = {"kind": "generated", "generation": {"prompt": "a quiet harbour", "model": "some/model"}, "stages": []}
+
+    def shown(status: str, trusted: bool) -> str:
+        report = {"path": "x.png", "watermarked": False, "detections": [],
+                  "content_credentials": {"present": True, "status": status, "trusted": trusted, "record": record}}
+        return page.render_reports([page.view(report)])
+
+    for status in ("untrusted", "tampered", "invalid"):
+        html = shown(status, False)
+        assert "a quiet harbour" in html and "not verified" in html
+    assert "not verified" not in shown("valid", True)
 
 
 def test_page_renders_unknown_and_missing_fields_without_breaking():
@@ -634,3 +685,13 @@ def test_browser_shows_payload_signer_and_no_watermark(server, images, tmp_path)
             context.close()
         finally:
             browser.close()
+
+
+def test_time_limits_must_be_finite_numbers():
+    """NaN passes a ``<= 0`` check: a timeout or upload grace of NaN must be refused, not run without limits."""
+    from sdmark.core.errors import SdmarkError
+
+    for name in ("TIMEOUT_S", "UPLOAD_GRACE_S"):
+        for raw in ("nan", "inf"):
+            with pytest.raises(SdmarkError, match="limits must be"):
+                ServeSettings.from_env({f"SDMARK_SERVE_{name}": raw})

@@ -183,3 +183,18 @@ def test_the_docs_options_example_says_what_the_code_does(runtime):
         Chain.build("mirror:times=9", runtime)
     assert str(caught.value) == quoted
     assert Chain.build("mirror:times=2", runtime).stages[0].options.times == 2
+
+
+def test_a_float_option_is_a_finite_number(paint, tmp_path, runtime):
+    """NaN passes every range check (each comparison with it is false): a safety threshold or
+    sensitivity of NaN would flag nothing, so the safety stage would fail open. Every float option
+    refuses NaN and infinity, from a spec and from TOML."""
+    for spec in ("t-paint:width=nan", "t-paint:width=inf", "t-paint:width=-NaN",
+                 "safety:threshold=nan", "safety:backend=sd-clip,sensitivity=nan",
+                 "safety:policy=blur,blur_radius=inf"):
+        with pytest.raises(ChainError, match="expects a finite number"):
+            Chain.build(spec, paint)
+    path = tmp_path / "chain.toml"
+    path.write_text('[[stage]]\nname = "safety"\nthreshold = nan\n', encoding="utf-8")
+    with pytest.raises(ChainError, match=re.escape("option safety:threshold expects a finite number, got nan")):
+        Chain.build(path, runtime)

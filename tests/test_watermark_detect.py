@@ -191,3 +191,21 @@ def test_rivagan_pattern_round_trip(photo_arrays):
     schemes = select_schemes(["sdmark-rivaGan"])
     assert verify_image(marked, schemes)["watermarked"]
     assert not verify_image(rgb, schemes)["watermarked"]
+
+
+def test_verify_and_the_stage_name_the_sdmark_format_read(photo_arrays, photos, runtime, tmp_path):
+    """Two formats are written (format 2 from 512 px a side unless it would read poorly, else
+    format 1): the report and the stage's record say which one was read, not only the library."""
+    from sdmark.core.chain import Chain
+    from sdmark.core.process import process_images
+    from sdmark.plugins.watermark import spectral
+
+    rgb = photo_arrays["astronaut"]
+    for fmt in spectral.FORMATS:
+        [found] = [d for d in verify_image(spectral.embed(rgb, b"\x01" * 8, fmt=fmt))["detections"] if d["scheme"] == "sdmark"]
+        assert found["format"] == fmt
+    photos["astronaut"].save(tmp_path / "astronaut.png")
+    photos["astronaut"].resize((300, 300)).save(tmp_path / "small.png")
+    results = process_images([tmp_path / "astronaut.png", tmp_path / "small.png"], Chain.build("watermark", runtime), None,
+                             safety="off", progress=False)
+    assert [r.record.stages[-1].result["readback"]["format"] for r in results] == list(spectral.FORMATS)

@@ -80,31 +80,51 @@ def field_values(item: ImageItem) -> dict[str, Any]:
     }
     if record.source and record.source.get("name"):
         values["source"] = record.source["name"]
-    generation = _generation(item)
+    generation, _ = _generation(item)
     for key, value in generation.items():
         if value is not None and value != "":
             values[key] = value
     return values
 
 
-def _generation(item: ImageItem) -> dict[str, Any]:
-    """Generation settings under template names, from the record, the source record or A1111 text."""
+GENERATION_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "sampler", "guidance", "model")
+"""The fields whose values come from generation settings (for a processed image: its input's)."""
+
+UNVERIFIED_ORIGINS = {
+    "declared": "the input's own sdmark text record, not verified (anyone can write one)",
+    "parameters": "the input's own AUTOMATIC1111 parameters text, not verified (anyone can write one)",
+}
+"""Where a processed image's generation fields may come from without proof, as the record says it."""
+
+
+def generation_origin(item: ImageItem) -> str | None:
+    """Where :func:`field_values` takes the generation fields from: ``record`` (this image's own
+    generation), ``credentials`` (the input's verified credentials), ``declared`` or ``parameters``
+    (the input's own metadata: :data:`UNVERIFIED_ORIGINS`), or ``None`` (nowhere)."""
+    return _generation(item)[1]
+
+
+def _generation(item: ImageItem) -> tuple[dict[str, Any], str | None]:
+    """Generation settings under template names, from the record, the source record or A1111 text,
+    and where they came from (:func:`generation_origin`)."""
     record = item.record
     generation = record.generation
+    origin = "record" if generation else None
     if not generation and record.source:
         # The input's verified record first, else what its own metadata declares (a template only).
-        source_record = ((record.source.get("credentials") or {}).get("record")
-                         or (record.source.get("declared") or {}).get("record"))
-        if isinstance(source_record, dict) and isinstance(source_record.get("generation"), dict):
-            generation = source_record["generation"]
+        for origin in ("credentials", "declared"):
+            source_record = (record.source.get(origin) or {}).get("record")
+            if isinstance(source_record, dict) and isinstance(source_record.get("generation"), dict):
+                generation = source_record["generation"]
+                break
     if generation:
         found = {key: generation.get(key) for key in ("prompt", "negative_prompt", "seed", "steps", "sampler", "model")}
         found["guidance"] = generation.get("guidance_scale")
-        return found
+        return found, origin
     parameters = item.text.get("parameters") or item.source_metadata.get("parameters")
     if isinstance(parameters, str) and parameters.strip():
-        return parse_a1111(parameters)
-    return {}
+        return parse_a1111(parameters), "parameters"
+    return {}, None
 
 
 def parse_a1111(text: str) -> dict[str, Any]:

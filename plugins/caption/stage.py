@@ -89,7 +89,8 @@ class CaptionStage(Stage[CaptionOptions]):
 
     def process_one(self, item: ImageItem, context: RunContext) -> dict[str, Any]:
         """Replace ``item.image`` with the captioned image (taller with ``mode=extend``)."""
-        from sdmark.plugins.caption.fields import fill
+        from sdmark.plugins.caption.fields import (GENERATION_FIELDS, UNVERIFIED_ORIGINS, fill, generation_origin,
+                                                   template_fields)
         from sdmark.plugins.caption.render import stamp
 
         if not hasattr(self, "_style"):
@@ -117,6 +118,13 @@ class CaptionStage(Stage[CaptionOptions]):
             "box_color": stamped.box_color,
             "size": [stamped.image.width, stamped.image.height],
         }
+        # The output is signed by us: a prompt or seed drawn from what the input merely claims is said to be unverified.
+        origin = generation_origin(item)
+        unverified = sorted(set(template_fields(self.options.text)) & set(GENERATION_FIELDS))
+        if unverified and origin in UNVERIFIED_ORIGINS:
+            result["unverified_fields"] = unverified
+            result["fields_from"] = UNVERIFIED_ORIGINS[origin]
+            result["summary"] += f" ({', '.join('{' + name + '}' for name in unverified)} from the input's unverified metadata)"
         if stamped.truncated:
             result["truncated"] = True
         if missing:

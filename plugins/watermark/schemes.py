@@ -408,7 +408,8 @@ class SpectralScheme:
         if not found.found:
             return Detection(self.name, 1.0, None, details={"decoded": False})
         return Detection(self.name, found.p_value, found.hex,
-                         details={"decoded": True, "corrected_bits": found.corrected, "scale": found.scale})
+                         details={"decoded": True, "format": found.diagnostics.get("format"),
+                                  "corrected_bits": found.corrected, "scale": found.scale})
 
 
 SDXL_MESSAGE = 0xB3EC907BB19E

@@ -116,7 +116,9 @@ class WatermarkStage(Stage[WatermarkOptions]):
             "scheme": method.scheme,
             "payload": expected,
             "id": expected,
-            "readback": {"band": detection.band, "p_value": detection.p_value},
+            # Which format a method with several wrote (sdmark: format 2, or format 1 where 2 would read poorly).
+            "readback": {"band": detection.band, "p_value": detection.p_value,
+                         **({"format": detection.details["format"]} if detection.details.get("format") else {})},
             "strength": strength,
             "psnr_db": psnr,
         }
