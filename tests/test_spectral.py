@@ -186,6 +186,22 @@ def test_grey_images_round_trip(photo_arrays) -> None:
     assert spectral.detect(marked).payload == PAYLOAD
 
 
+def test_embed_refuses_images_too_small_to_read_back_and_reads_those_it_takes(photo_arrays) -> None:
+    """The size floor is what the detector reads (benchmarks/size_floor.py): a 160x160 photo's clean
+    mark read back at no strength, so embed refuses it by its pixel count, naming the floor; the
+    smallest sizes it takes read back."""
+    import cv2
+
+    image = photo_arrays["astronaut"]
+    for w, h in ((160, 160), (128, 224), (300, 100)):
+        small = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        with pytest.raises(spectral.SpectralError, match=f"image is {w}x{h}: .*at least (30976 pixels|128 pixels a side)"):
+            spectral.embed(small, PAYLOAD, strength=3)
+    for w, h in ((176, 176), (128, 256)):
+        small = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        assert any(spectral.detect(spectral.embed(small, PAYLOAD, strength=s)).payload == PAYLOAD for s in (1, 1.5, 2, 3))
+
+
 def test_bad_input_gives_clear_errors(photo_arrays) -> None:
     image = photo_arrays["astronaut"]
     with pytest.raises(spectral.SpectralError, match="at least 128 pixels"):

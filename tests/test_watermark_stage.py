@@ -95,6 +95,20 @@ def test_the_256_floor_is_invisible_watermarks_not_sdmarks(photos, tmp_path):
     assert Chain.build("watermark").stages[0].unfit_size(240, 200) is None
 
 
+def test_a_small_image_that_cannot_carry_the_mark_is_refused_for_its_size(tmp_path):
+    """Between sdmark's floor (176x176 pixels) and the size from which every measured image took the
+    mark (208x208), a refusal blames the size, not the content: a 184x184 gravel texture reads back at
+    no strength (at 192x192 it does), and the message says to upscale it."""
+    from skimage import data
+
+    small = tmp_path / "gravel.png"
+    Image.fromarray(data.gravel()).convert("RGB").resize((184, 184), Image.Resampling.LANCZOS).save(small)
+    [refused] = process_images([small], Chain.build("watermark:id=5d"), None, safety="off", progress=False)
+    assert refused.status == "failed"
+    assert "at 184x184 the image is too small for it to read reliably" in refused.error
+    assert "208x208" in refused.error and "flat" not in refused.error
+
+
 def test_option_errors_before_any_work():
     with pytest.raises(ChainError, match="must be one of dwtDctSvd, dwtDct, rivaGan"):
         Chain.build("watermark:method=lsb")

@@ -32,7 +32,9 @@ class Method:
     ``embed(rgb, ident)`` returns a marked copy of an ``(H, W, 3)`` uint8 array;
     ``ident`` is the 8-byte id (ignored when ``carries_id`` is false). ``scheme`` is the name of the
     registered scheme that detects this method's marks. ``min_pixels`` and ``min_side`` are the
-    smallest image the method can mark (in pixels, and along the shorter side; 0: no floor), and
+    smallest image the method can mark (in pixels, and along the shorter side; 0: no floor);
+    ``sure_pixels`` is the size from which the method's mark read back on every image measured (0: not
+    measured), so that a refusal between the two can blame the size rather than the content; and
     ``min_carriers`` the least number of 4x4 DWT blocks it needs (0 when it does not use them). ``require()`` raises
     :class:`RuntimeError` with an install hint when a dependency is missing.
 
@@ -53,6 +55,7 @@ class Method:
     require: Callable[[], None] = lambda: None
     min_side: int = 0
     min_pixels: int = 0
+    sure_pixels: int = 0
     strengths: tuple[float, ...] = (1.0,)
     margin_p: Callable[[], float] = lambda: 1e-6  # a function: computing it may import the method's code
 
@@ -204,5 +207,8 @@ def builtin_methods() -> tuple[Method, ...]:
         Method(
             "sdmark", "sdmark's own spread-spectrum mark with self-synchronisation (survives crops, resizing, "
             "JPEG and tone changes); 64-bit id", _spectral_embed, scheme="sdmark", min_side=128,
+            # spectral.MIN_EMBED_PIXELS (not imported here: that pulls in numpy's FFT code and OpenCV);
+            # benchmarks/size_floor.py (48 images): from 208x208 pixels every image read back.
+            min_pixels=176 * 176, sure_pixels=208 * 208,
             strengths=(1.0, 1.5, 2.0, 3.0), margin_p=_spectral_margin),
     )

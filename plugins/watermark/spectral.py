@@ -94,6 +94,13 @@ PAYLOAD_BYTES = code.PAYLOAD_BYTES
 """User payload size: 8 bytes (64 bits)."""
 MIN_EMBED_SIDE = pattern.TILE
 """Smallest width/height :func:`embed` accepts: one whole tile."""
+MIN_EMBED_PIXELS = 176 * 176
+"""Fewest pixels (width x height) :func:`embed` accepts. Below about 170 x 170 the scale search finds
+no lattice: a window of 1.3 tiles or less gives the tile's harmonics too few spectrum bins, so the
+clean mark does not read back at any strength, although it would decode (sync z 14 to 16) at its true
+lattice. Measured by ``benchmarks/size_floor.py``: every size tested from 176 x 176 pixels (and strips
+like 128 x 256 or 128 x 400) read back, while 160 x 160 and 128 x 176 failed on some images; the
+largest failing size is 25600 pixels, so this floor keeps a 20% margin."""
 MIN_DETECT_SIDE = 96
 """Smallest width/height :func:`detect` reads: below it, not even a 0.5x resize holds 1.5 tiles."""
 LATTICES = 4
@@ -201,18 +208,24 @@ def mask(y: np.ndarray) -> np.ndarray:
 
 def embed(rgb: np.ndarray, payload: bytes, key: bytes = PUBLIC_KEY, strength: float = 1.0,
           fmt: str | None = None) -> np.ndarray:
-    """A marked copy of ``rgb`` ((H, W, 3) or (H, W) uint8, at least 128 px a side) carrying ``payload``.
+    """A marked copy of ``rgb`` ((H, W, 3) or (H, W) uint8, at least 128 px a side and ``MIN_EMBED_PIXELS``
+    in all) carrying ``payload``.
 
     ``payload`` is exactly 8 bytes; ``key`` selects the carriers (the public key by default);
     ``strength`` scales the amplitude (1.0: mean PSNR about 41 dB on photos); ``fmt`` names the
     format (:data:`FORMATS`; by default format 2 from ``V2_MIN_SIDE`` a side, else format 1). The
-    input is not changed, and the same inputs give the same bytes.
+    input is not changed, and the same inputs give the same bytes. Raises :class:`SpectralError` for
+    unusable input, a smaller image included.
     """
     rgb = _check_image(rgb, MIN_EMBED_SIDE, "embed")
+    h, w = rgb.shape[:2]
+    if h * w < MIN_EMBED_PIXELS:
+        raise SpectralError(f"image is {w}x{h}: the sdmark watermark needs at least {MIN_EMBED_PIXELS} pixels "
+                            f"(176x176, and {MIN_EMBED_SIDE} a side); its detector cannot read a mark on a smaller "
+                            "image, so upscale it first or leave it unmarked")
     key = _check_key(key)
     if not 0 < strength <= 4:
         raise SpectralError(f"strength must be in (0, 4], got {strength}")
-    h, w = rgb.shape[:2]
     chosen = _format(fmt, min(h, w))
     try:
         code.encode(payload, key)

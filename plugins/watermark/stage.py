@@ -163,6 +163,12 @@ class WatermarkStage(Stage[WatermarkOptions]):
                 best = (marked, detection, strength)
         if best is not None:
             return best
+        h, w = rgb.shape[:2]
+        if w * h < method.sure_pixels:
+            side = round(method.sure_pixels ** 0.5)
+            raise StageError(f"{method.name} mark did not read back ({'; '.join(attempts)}); at {w}x{h} the image "
+                             f"is too small for it to read reliably (it read back on every image measured from "
+                             f"{side}x{side}): upscale it before the watermark stage; not written")
         raise StageError(f"{method.name} mark did not read back ({'; '.join(attempts)}); the image content "
                          "cannot carry it (large flat or saturated areas, or a small image of dense texture?); "
                          "not written")
