@@ -53,7 +53,7 @@ def _read_prompts(path: Path) -> list[str]:
 @click.option("--negative", "negative_prompt", help="Negative prompt.")
 @click.option("--size", help="WIDTHxHEIGHT, each a multiple of 8 (default: the model's native size). The watermark "
               "stage's invisible-watermark methods (dwtDct, dwtDctSvd, rivaGan) need at least 65536 pixels (256x256), "
-              "its sdmark method at least 128 pixels a side; checked before any work.")
+              "its sdmark method at least 30976 pixels (176x176) and 128 a side; checked before any work.")
 @click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True, help="Hub id, local diffusers folder, or .safetensors file.")
 @click.option("--scheduler", type=click.Choice(list(SCHEDULERS)), help="Sampler (default: the model's own).")
 @click.option("--device", default="auto", show_default=True, envvar="SDMARK_DEVICE", show_envvar=True,

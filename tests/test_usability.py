@@ -128,7 +128,7 @@ def test_sizes_the_chain_cannot_take_are_refused_before_any_work(cli_runner, tmp
     odd = runner.invoke(cli, ["generate", "x", "--size", "250x509", *FAST])
     assert odd.exit_code == 2 and "nearest valid size: 248x512" in odd.stderr
     help_text = " ".join(runner.invoke(cli, ["generate", "--help"]).stdout.split())  # as read, not as wrapped
-    assert "65536 pixels (256x256)" in help_text and "128 pixels a side" in help_text
+    assert "65536 pixels (256x256)" in help_text and "30976 pixels (176x176) and 128 a side" in help_text
 
 
 def test_signing_misconfiguration_exits_2_before_any_work(cli_runner, tmp_path, monkeypatch):

@@ -95,12 +95,14 @@ PAYLOAD_BYTES = code.PAYLOAD_BYTES
 MIN_EMBED_SIDE = pattern.TILE
 """Smallest width/height :func:`embed` accepts: one whole tile."""
 MIN_EMBED_PIXELS = 176 * 176
-"""Fewest pixels (width x height) :func:`embed` accepts. Below about 170 x 170 the scale search finds
-no lattice: a window of 1.3 tiles or less gives the tile's harmonics too few spectrum bins, so the
-clean mark does not read back at any strength, although it would decode (sync z 14 to 16) at its true
-lattice. Measured by ``benchmarks/size_floor.py``: every size tested from 176 x 176 pixels (and strips
-like 128 x 256 or 128 x 400) read back, while 160 x 160 and 128 x 176 failed on some images; the
-largest failing size is 25600 pixels, so this floor keeps a 20% margin."""
+"""Fewest pixels (width x height) :func:`embed` accepts. Below about 170 x 170 (1.3 tiles a side) the
+scale search ranks only wrong lattices (scales 0.5 or 1.4 to 2), so the clean mark does not read back
+at any strength, although it would decode at its true lattice (sync z 14 to 16 on 144 and 160 px
+photos at strength 3). Measured by ``benchmarks/size_floor.py`` (48 images): from 176 x 176 pixels every size tested
+(strips like 128 x 256 or 128 x 400 included) read back on every image but the dense grass and gravel
+textures (read on all from 208 x 208), while at 168 x 168, 160 x 160, 128 x 192 and 128 x 176 photos
+and illustrations failed too (at 128 x 128 all but one); the floor sits 10% above the largest of
+those (28224 pixels)."""
 MIN_DETECT_SIDE = 96
 """Smallest width/height :func:`detect` reads: below it, not even a 0.5x resize holds 1.5 tiles."""
 LATTICES = 4
