@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from sdmark.core.errors import SdmarkError
 from sdmark.core.io import sha256_file
 from sdmark.core.stages import ImageItem, RunContext
-from sdmark.plugins.c2pa import settings
+from sdmark.plugins.c2pa import jumbf, settings
 from sdmark.plugins.c2pa.manifest import PARENT_ID, build_manifest, soft_binding
 from sdmark.plugins.c2pa.fingerprint import Fingerprint, fingerprint, thumbnail_png
 from sdmark.plugins.c2pa.registry import Entry, open_registry
@@ -217,32 +217,7 @@ def _register(item: ImageItem, path: Path, title: str, mime: str, manifest_store
 
 
 def manifest_labels(store: bytes) -> list[str]:
-    """Labels of the manifests in a JUMBF manifest store, in order.
-
-    The store is a ``jumb`` superbox: a ``jumd`` description box (16-byte type UUID, a toggles
-    byte, then the label as a NUL-terminated string) followed by one ``jumb`` box per manifest.
-    """
-
-    def boxes(data: bytes, start: int, end: int):
-        while start + 8 <= end:
-            size = int.from_bytes(data[start:start + 4], "big")
-            kind = data[start + 4:start + 8]
-            if size < 8 or start + size > end:
-                return
-            yield kind, start + 8, start + size
-            start += size
-
-    def label(data: bytes, start: int, end: int) -> str | None:
-        for kind, body, stop in boxes(data, start, end):
-            if kind == b"jumd" and stop - body > 17 and data[body + 16] & 0x02:
-                return data[body + 17:stop].split(b"\x00", 1)[0].decode("utf-8", "replace")
-            return None
-        return None
-
-    for kind, body, stop in boxes(store, 0, len(store)):
-        if kind == b"jumb":
-            return [name for child, cbody, cstop in boxes(store, body, stop) if child == b"jumb"
-                    for name in [label(store, cbody, cstop)] if name]
-    return []
+    """Labels of the manifests in a JUMBF manifest store, in order (the active one last)."""
+    return [label for label, _, _ in jumbf.manifests(store)]
 
 
