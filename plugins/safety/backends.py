@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sdmark.core.errors import ChainError, PluginError
+from sdmark.core.backends import BackendRegistry
+from sdmark.core.errors import PluginError
 from sdmark.core.options import DeclaresOptions, Opts, StageOptions
 
 if TYPE_CHECKING:
@@ -79,16 +80,14 @@ class SafetyBackend(DeclaresOptions[Opts]):
         raise NotImplementedError
 
 
-class BackendRegistry:
+class SafetyBackendRegistry(BackendRegistry[SafetyBackend[Any]]):
     """Safety backends by name, filled through ``sdmark_register_safety_backends``."""
 
-    def __init__(self) -> None:
-        self._backends: dict[str, type[SafetyBackend[Any]]] = {}
+    kind = "safety backend"
+    sorted_names = True
 
-    def register(self, backend: type[SafetyBackend[Any]]) -> None:
-        name = getattr(backend, "name", None)
-        if not isinstance(name, str) or not name:
-            raise PluginError(f"safety backend {backend!r} has no name")
+    def check(self, backend: Any) -> str:
+        name = self.name_of(backend)
         if not callable(getattr(backend, "check", None)):
             raise PluginError(f"safety backend {name!r} ({backend.__module__}) has no check() method")
         if "uses" in vars(backend):
@@ -97,25 +96,12 @@ class BackendRegistry:
         options = getattr(backend, "Options", None)
         if not (isinstance(options, type) and issubclass(options, StageOptions)):
             raise PluginError(f"safety backend {name!r} ({backend.__module__}) is not a SafetyBackend subclass")
-        options.declared()  # a malformed declaration is the plugin's error, named now
-        other = self._backends.get(name)
-        if other is not None and other is not backend:
-            raise PluginError(f"safety backend {name!r} is registered twice: by {other.__module__} and by {backend.__module__}")
-        self._backends[name] = backend
-
-    def names(self) -> tuple[str, ...]:
-        return tuple(sorted(self._backends))
-
-    def get(self, name: str) -> type[SafetyBackend[Any]]:
-        try:
-            return self._backends[name]
-        except KeyError:
-            raise ChainError(f"unknown safety backend {name!r}; installed: {', '.join(self.names()) or 'none'}") from None
+        return name
 
 
-def backend_registry(runtime: Runtime) -> BackendRegistry:
+def backend_registry(runtime: Runtime) -> SafetyBackendRegistry:
     """Every backend ``runtime``'s plugins register (built once per runtime)."""
-    return runtime.collect("sdmark_register_safety_backends", BackendRegistry, BackendRegistry.register)
+    return runtime.collect("sdmark_register_safety_backends", SafetyBackendRegistry, SafetyBackendRegistry.register)
 
 
 def backend_names(runtime: Runtime) -> tuple[str, ...]:
@@ -129,8 +115,7 @@ def get_backend(name: str, runtime: Runtime) -> type[SafetyBackend[Any]]:
 
 def backend_options(runtime: Runtime) -> dict[str, type[StageOptions]]:
     """Each backend's options class, by backend name (the ``safety`` stage's option group)."""
-    registry = backend_registry(runtime)
-    return {name: registry.get(name).Options for name in registry.names()}
+    return backend_registry(runtime).options()
 
 
 def load_backend(name: str, options: StageOptions, context: RunContext) -> SafetyBackend[Any]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from sdmark.core.backends import BackendRegistry
 from sdmark.core.errors import ChainError, ModelLoadError, PluginError
 from sdmark.core.options import DeclaresOptions, Opts, StageOptions, option
 from sdmark.plugins.upscale import diffusion, resample
@@ -90,39 +91,18 @@ class UpscaleBackend(DeclaresOptions[Opts]):
         raise NotImplementedError
 
 
-class UpscaleBackendRegistry:
+class UpscaleBackendRegistry(BackendRegistry[UpscaleBackend[Any]]):
     """Upscale backends by name, in registration order, filled through ``sdmark_register_upscale_backends``."""
 
-    def __init__(self) -> None:
-        self._backends: dict[str, type[UpscaleBackend[Any]]] = {}
+    kind = "upscale backend"
 
-    def register(self, backend: type[UpscaleBackend[Any]]) -> None:
-        """Add a backend class (a name already taken is an error, so two plugins never fight silently)."""
-        name = getattr(backend, "name", None)
+    def check(self, backend: Any) -> str:
         if not (isinstance(backend, type) and issubclass(backend, UpscaleBackend)):
             raise PluginError(f"upscale backend {backend!r} is not an UpscaleBackend subclass")
-        if not isinstance(name, str) or not name:
-            raise PluginError(f"upscale backend {backend!r} has no name")
+        name = self.name_of(backend)
         if backend.phase not in PHASES:
             raise PluginError(f"upscale backend {name!r} has phase {backend.phase!r}; use one of {', '.join(PHASES)}")
-        backend.Options.declared()  # a malformed declaration is the plugin's error, named now
-        other = self._backends.get(name)
-        if other is not None and other is not backend:
-            raise PluginError(f"upscale backend {name!r} is registered twice: by {other.__module__} and by {backend.__module__}")
-        self._backends[name] = backend
-
-    def names(self) -> tuple[str, ...]:
-        return tuple(self._backends)
-
-    def get(self, name: str) -> type[UpscaleBackend[Any]]:
-        try:
-            return self._backends[name]
-        except KeyError:
-            raise ChainError(f"unknown upscale backend {name!r}; installed: {', '.join(self.names()) or 'none'}") from None
-
-    def options(self) -> dict[str, type[StageOptions]]:
-        """Each backend's options class, by name (the stage's option group)."""
-        return {name: backend.Options for name, backend in self._backends.items()}
+        return name
 
 
 def backend_registry(runtime: Runtime) -> UpscaleBackendRegistry:
