@@ -246,7 +246,7 @@ def process_with(
     keep_metadata: bool = False,
 ) -> list[ItemResult]:
     """:func:`sdmark.core.process.process_images` on ``executor``'s workers: the same results in
-    the same order, the same files. Returned results carry no pixels (``item.image`` is ``None``)."""
+    the same order, the same files. Returned results carry no pixels (``item.image`` is an empty 0x0 image)."""
     from tqdm.auto import tqdm
 
     from sdmark.core.process import prepare_process
