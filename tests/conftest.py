@@ -81,6 +81,24 @@ def photo_dir(tmp_path: Path, photos) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def isolate_c2pa():
+    """``isolate(patch, folder)``: signing keys and registry under ``folder``, and no signing, trust
+    anchor or TSA setting from the developer's environment (through the MonkeyPatch ``patch``)."""
+    from sdmark.plugins.c2pa import set_signing_config, set_trust_anchors
+
+    def isolate(patch: pytest.MonkeyPatch, folder: Path) -> None:
+        for name in list(os.environ):
+            if name.startswith("SDMARK_SIGN") or name in ("SDMARK_TRUST_ANCHORS", "SDMARK_TSA_URL"):
+                patch.delenv(name)
+        patch.setenv("SDMARK_KEYS_DIR", str(folder / "keys"))
+        patch.setenv("SDMARK_REGISTRY", str(folder / "registry.sqlite"))
+        set_trust_anchors(None)
+        set_signing_config(None)
+
+    return isolate
+
+
 @pytest.fixture
 def cli_runner(runtime):
     """A CliRunner and the sdmark click group with every plugin command attached, on this test's runtime."""

@@ -28,15 +28,9 @@ FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 
 
 @pytest.fixture(autouse=True)
-def c2pa_env(tmp_path, monkeypatch):
+def c2pa_env(tmp_path, monkeypatch, isolate_c2pa):
     """Keys, registry and anchors in tmp paths; nothing from the developer's environment."""
-    for name in list(os.environ):
-        if name.startswith("SDMARK_SIGN") or name in ("SDMARK_TRUST_ANCHORS", "SDMARK_TSA_URL"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("SDMARK_KEYS_DIR", str(tmp_path / "keys"))
-    monkeypatch.setenv("SDMARK_REGISTRY", str(tmp_path / "registry.sqlite"))
-    set_trust_anchors(None)
-    set_signing_config(None)
+    isolate_c2pa(monkeypatch, tmp_path)
     yield
     set_trust_anchors(None)
     set_signing_config(None)

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory, photos):
+def images(tmp_path_factory, photos, isolate_c2pa):
     """A marked and signed image, a stripped copy of it (credentials only through the registry), an
     unmarked photo; keys, registry and trust anchor in a private folder for this module."""
     from click.testing import CliRunner
@@ -45,13 +45,7 @@ def images(tmp_path_factory, photos):
 
     folder = tmp_path_factory.mktemp("serve")
     with pytest.MonkeyPatch.context() as patch:
-        for name in list(os.environ):
-            if name.startswith("SDMARK_SIGN") or name in ("SDMARK_TRUST_ANCHORS", "SDMARK_TSA_URL"):
-                patch.delenv(name)
-        patch.setenv("SDMARK_KEYS_DIR", str(folder / "keys"))
-        patch.setenv("SDMARK_REGISTRY", str(folder / "registry.sqlite"))
-        set_signing_config(None)
-        set_trust_anchors(None)
+        isolate_c2pa(patch, folder)
         runner, cli = CliRunner(), get_cli()
         result = runner.invoke(cli, ["keys", "init", "--name", "Serve Test Signer", "--org", "sdmark tests"])
         assert result.exit_code == 0, result.output
