@@ -30,12 +30,10 @@ KINDS = ("unmarked", "marked", "marked, mirrored", "marked, turned 10 degrees")
 
 
 def _worker(images: int, runs: int) -> None:
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    import cv2
-
-    cv2.setNumThreads(1)
     sys.path.insert(0, str(HERE))
     import robustness as rb
+
+    rb.one_core()
     from sdmark.plugins.watermark import spectral
 
     originals = [image for _, image in rb.photos(images) + rb.illustrations(images)]

@@ -44,6 +44,17 @@ FOREIGN_MESSAGE = np.unpackbits(np.frombuffer(bytes.fromhex("b3ec907bb19e"), dty
 FP_RATE = 1e-6
 
 
+def one_core() -> None:
+    """Run this process, OpenCV's threads included, on one core: the machine is shared, and a ratio
+    holds only with both of its sides on the same core."""
+    import os
+
+    import cv2
+
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    cv2.setNumThreads(1)
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -796,12 +807,9 @@ def adversary(photo_count: int, illustration_count: int, regen_model: str | None
 
 def speed(repeats: int = 5) -> str:
     """Embed/detect times on one core: sdmark at 512..4096 px, and every method at 512 px, interleaved."""
-    import os
-
     import cv2
 
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, honestly
-    cv2.setNumThreads(1)
+    one_core()
     from skimage import data
 
     source = data.astronaut()

@@ -22,7 +22,6 @@ Prints medians over files in ms, and of each file's ratios to its read; the targ
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -69,13 +68,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--images", type=int, default=4, help="photos and illustrations each (default 4)")
     args = parser.parse_args()
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    import cv2
+    import robustness
 
-    cv2.setNumThreads(1)
+    robustness.one_core()
     from PIL import Image
 
-    import robustness
     from sdmark.core.io import read_image
     from sdmark.core.runtime import Runtime
     from sdmark.plugins.watermark import spectral

@@ -20,7 +20,6 @@ shared machine the best round is the least disturbed one), and the target: at le
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -46,11 +45,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    # one core for both sides (the machine is shared; OpenCV would otherwise spread over every core)
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    import cv2
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import robustness
 
-    cv2.setNumThreads(1)
+    robustness.one_core()  # both sides on one core (OpenCV would otherwise spread over every core)
     from imwatermark import WatermarkDecoder
     from PIL import Image
 
