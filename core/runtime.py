@@ -220,11 +220,10 @@ class Runtime:
         (the plugin that declares it is not loaded).
         """
         if hook_name not in self._registries:
-            caller = getattr(self.pm.hook, hook_name, None)
-            if caller is None or caller.spec is None:
+            if not self.has_hook(hook_name):
                 raise PluginError(f"no plugin declares the hook {hook_name!r} (is the plugin that owns it disabled?)")
             registry = new()
-            caller(register=lambda thing: add(registry, thing))
+            getattr(self.pm.hook, hook_name)(register=lambda thing: add(registry, thing))
             self._registries[hook_name] = registry
         return self._registries[hook_name]
 
